@@ -1,0 +1,2 @@
+"""image-audit's benchmarks: ``./run bench`` (``python -m bench``) prints every figure as a ratio
+measured side by side in one run, or a count. See the README's "Benchmarks" section."""

@@ -1,0 +1,141 @@
+"""What every benchmark shares: throw-away warehouses, server processes, figures and their printing."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from image_audit.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "var" / "bench"
+
+
+def postgres_admin_url() -> str | None:
+    """The PostgreSQL server the PostgreSQL figures use, if any (the same variable as the tests)."""
+    return os.environ.get("IMAGE_AUDIT_BENCH_POSTGRES_URL") or os.environ.get("IMAGE_AUDIT_TEST_POSTGRES_URL")
+
+
+@contextlib.contextmanager
+def warehouse(backend: str, workdir: Path) -> Iterator[str]:
+    """A new, empty, migrated warehouse URL on ``sqlite`` or ``postgres``; dropped afterwards."""
+    from image_audit.warehouse.engine import dispose_engines, get_engine
+    from image_audit.warehouse.schema import migrate
+
+    name = f"image_audit_bench_{uuid.uuid4().hex[:10]}"
+    if backend == "sqlite":
+        url = f"sqlite:///{workdir / f'{name}.db'}"
+        admin = None
+    else:
+        admin_url = make_url(postgres_admin_url()).set(drivername="postgresql+psycopg2")
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        url = make_url(postgres_admin_url()).set(database=name).render_as_string(hide_password=False)
+    migrate(get_engine(url))
+    try:
+        yield url
+    finally:
+        dispose_engines()
+        if admin is not None:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
+
+
+@contextlib.contextmanager
+def server_process(module_args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
+    """``python -m <module_args> --port P`` in its own process, until its /health answers; yields its URL."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", *module_args, "--port", str(port)],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(
+                    f"{module_args[0]} did not start: {process.stderr.read().decode()[-2000:]}"
+                )
+            time.sleep(0.1)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def run_json(module_args: list[str], env: dict[str, str] | None = None) -> dict:
+    """Run ``python -m <module_args>`` in its own process and parse the JSON it prints last."""
+    completed = subprocess.run(
+        [sys.executable, "-m", *module_args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if completed.returncode:
+        raise RuntimeError(f"{' '.join(module_args)} failed: {completed.stderr[-3000:]}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    """Where the figures were taken (they are ratios, but the reader wants to know)."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory_gib, 1),
+        "python": platform.python_version(),
+        "taken_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) by nearest rank; values need not be sorted."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def report(name: str, figures: dict, targets: list[tuple[str, bool]]) -> dict:
+    """Print a benchmark's figures and its targets (met or not); save them under var/bench."""
+    print(f"\n== {name} ==")
+    for key, value in figures.items():
+        print(f"  {key}: {value}")
+    for target, met in targets:
+        print(f"  [{'met' if met else 'NOT MET'}] {target}")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    saved = {"machine": machine(), "figures": figures, "targets": dict(targets)}
+    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(saved, indent=2, default=str))
+    return saved

@@ -1,0 +1,219 @@
+"""1, 2 and 5. The real DAG end to end against the emulator, side by side with its floor and with the
+naive DAG users write first; and the footprint of the run.
+
+Each contender gets a fresh emulator (its own process, zero injected latency) and the same N sample
+images. The DAG runs as users run it on one machine, ``airflow dags test``, in its own process, with
+the webhook receiver in another (``python -m copyleaks_provider.receiver``) on the same warehouse.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from bench.common import ROOT, report, run_json, server_process, warehouse
+from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.schema import audit_results, audit_scans
+
+EMAIL, API_KEY = "bench@image-audit.dev", "bench-api-key"
+#: The daily interval every contender audits; its catalog rows are ingested inside it.
+DAY = datetime(2026, 11, 20, tzinfo=UTC)
+DAG_ID = "image_catalog_audit"
+NAIVE_DAG_ID = "naive_image_audit"
+CONCURRENCY = 16  # the connection's default max_concurrency, given to the floor too
+
+
+@dataclass
+class Deployment:
+    emulator: str
+    receiver: str
+    warehouse: str
+    env: dict[str, str]
+
+
+@contextlib.contextmanager
+def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -> Iterator[Deployment]:
+    """A fresh emulator, a warehouse, a receiver on it, and the Airflow environment wired to them."""
+    secret = secrets.token_urlsafe(24)
+    with (
+        server_process(
+            ["copyleaks_emulator", "--account", f"{EMAIL}:{API_KEY}", "--log-level", "warning"]
+        ) as emulator,
+        warehouse(backend, workdir) as url,
+    ):
+        connection = {
+            "conn_type": "copyleaks",
+            "login": "x",
+            "password": "x",
+            "extra": {"webhook_secret": secret},
+        }
+        receiver_env = {
+            "IMAGE_AUDIT_WAREHOUSE_URL": url,
+            "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
+        }
+        with server_process(["copyleaks_provider.receiver"], receiver_env) as receiver:
+            connection = {
+                "conn_type": "copyleaks",
+                "login": EMAIL,
+                "password": API_KEY,
+                "extra": {
+                    "identity_url": emulator,
+                    "api_url": emulator,
+                    "webhook_base_url": receiver,
+                    "webhook_secret": secret,
+                },
+            }
+            env = {
+                "AIRFLOW_HOME": str(workdir / "airflow"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+                "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+                "IMAGE_AUDIT_WAREHOUSE_URL": url,
+                "IMAGE_AUDIT_REPORTS_DIR": str(workdir / "reports"),
+                "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
+            }
+            yield Deployment(emulator, receiver, url, env)
+
+
+def seed(deployed: Deployment, count: int) -> None:
+    rows = sample_catalog_rows(f"{deployed.emulator}/samples", count, start=DAY, bad_rows=False)
+    seed_catalog(get_engine(deployed.warehouse), rows)
+
+
+def airflow(args: list[str], env: dict[str, str], log: Path) -> tuple[float, int]:
+    """Run ``airflow <args>``; returns its wall time and its peak RSS in KiB (``dags test`` runs every
+    task in its own process, so that is the largest any task of the run reached)."""
+    started = time.perf_counter()
+    with log.open("a") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "airflow", *args],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"airflow {' '.join(args)} failed; see {log}")
+    return elapsed, usage.ru_maxrss
+
+
+def run_dag(deployed: Deployment, dag_id: str, workdir: Path) -> dict:
+    """``airflow dags test`` of ``dag_id`` for DAY's interval, timed, and the run's footprint."""
+    log = workdir / f"{dag_id}.log"
+    airflow(["db", "migrate"], deployed.env, log)
+    logical = (DAY + timedelta(days=1)).isoformat()
+    elapsed, peak_rss_kib = airflow(["dags", "test", dag_id, logical], deployed.env, log)
+    with sqlite3.connect(workdir / "airflow" / "airflow.db") as meta:
+        (run_id, state) = meta.execute(
+            "SELECT run_id, state FROM dag_run WHERE dag_id = ?", (dag_id,)
+        ).fetchone()
+        task_instances = meta.execute(
+            "SELECT count(*) FROM task_instance WHERE dag_id = ? AND run_id = ?", (dag_id, run_id)
+        ).fetchone()[0]
+        xcom_bytes = meta.execute(
+            "SELECT coalesce(sum(length(value)), 0) FROM xcom WHERE dag_id = ? AND run_id = ?",
+            (dag_id, run_id),
+        ).fetchone()[0]
+    with get_engine(deployed.warehouse).connect() as conn:
+        results = conn.execute(select(func.count()).select_from(audit_results)).scalar_one()
+        completed = conn.execute(
+            select(func.count()).select_from(audit_scans).where(audit_scans.c.state == "completed")
+        ).scalar_one()
+    return {
+        "wall_s": round(elapsed, 1),
+        "state": state,
+        "results": results,
+        "completed_scans": completed,
+        "task_instances": task_instances,
+        "xcom_bytes": xcom_bytes,
+        "peak_rss_mib": round(peak_rss_kib / 1024),
+        "deferred": "running trigger in line" in log.read_text(),
+    }
+
+
+def run_floor(deployed: Deployment, count: int) -> dict:
+    args = ["--api", deployed.emulator, "--email", EMAIL, "--key", API_KEY]
+    args += [
+        "--samples",
+        f"{deployed.emulator}/samples",
+        "--count",
+        str(count),
+        "--concurrency",
+        str(CONCURRENCY),
+    ]
+    return run_json(["bench.floor", *args])
+
+
+def compare_with_floor(count: int, backend: str = "sqlite") -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
+        with deployment(backend, Path(tmp) / "floor") as deployed:
+            floor = run_floor(deployed, count)
+        with deployment(backend, Path(tmp) / "dag") as deployed:
+            seed(deployed, count)
+            dag = run_dag(deployed, DAG_ID, Path(tmp) / "dag")
+    dag["ratio_to_floor"] = round(dag["wall_s"] / floor["elapsed_s"], 2)
+    return {"floor": floor, "dag": dag}
+
+
+def compare_with_naive(count: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-naive-") as tmp:
+        with deployment("sqlite", Path(tmp) / "ours") as deployed:
+            seed(deployed, count)
+            ours = run_dag(deployed, DAG_ID, Path(tmp) / "ours")
+        naive_dags = Path(__file__).parent / "naive_dags"
+        with deployment("sqlite", Path(tmp) / "naive", dags_folder=naive_dags) as deployed:
+            seed(deployed, count)
+            naive = run_dag(deployed, NAIVE_DAG_ID, Path(tmp) / "naive")
+    return {"ours": ours, "naive": naive, "speedup": round(naive["wall_s"] / ours["wall_s"], 1)}
+
+
+def main(sizes: tuple[int, ...] = (1_000, 10_000), naive_count: int = 1_000, backend: str = "sqlite") -> dict:
+    figures: dict = {}
+    targets = []
+    for count in sizes:
+        measured = compare_with_floor(count, backend)
+        dag, floor = measured["dag"], measured["floor"]
+        figures[f"{count} images, floor script"] = f"{floor['elapsed_s']} s"
+        figures[f"{count} images, DAG"] = (
+            f"{dag['wall_s']} s = {dag['ratio_to_floor']} x floor; state {dag['state']}, "
+            f"{dag['results']} results, {dag['task_instances']} task instances, "
+            f"{dag['xcom_bytes']} XCom bytes, peak RSS {dag['peak_rss_mib']} MiB, "
+            f"wait deferred: {dag['deferred']}"
+        )
+        complete = dag["state"] == "success" and dag["results"] == dag["completed_scans"] == count
+        targets.append((f"{count}: every image has its result", complete))
+        if count >= 10_000:
+            targets.append((f"{count}: DAG <= 1.5 x floor", dag["ratio_to_floor"] <= 1.5))
+            targets.append((f"{count}: <= 30 task instances", dag["task_instances"] <= 30))
+            targets.append((f"{count}: XCom < 10 KB", dag["xcom_bytes"] < 10_000))
+            targets.append((f"{count}: no worker slot held while waiting (deferred)", dag["deferred"]))
+    if naive_count:
+        naive = compare_with_naive(naive_count)
+        figures[f"{naive_count} images, naive DAG"] = (
+            f"{naive['naive']['wall_s']} s, {naive['naive']['task_instances']} task instances, "
+            f"{naive['naive']['xcom_bytes']} XCom bytes, {naive['naive']['results']} results"
+        )
+        figures[f"{naive_count} images, ours"] = f"{naive['ours']['wall_s']} s"
+        figures[f"{naive_count} images, speedup over naive"] = f"{naive['speedup']} x"
+        targets.append((f"{naive_count}: >= 20 x faster than the naive DAG", naive["speedup"] >= 20))
+    return report("e2e", figures, targets)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""image_catalog_audit: the nightly Copyleaks audit of newly ingested catalog images.
+
+plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> report
+
+- ``plan`` reads the catalog rows ingested in the run's data interval (so backfills just work), plus
+  scans earlier runs left unfinished, records every decision in the warehouse and returns batch ids.
+- ``submit_batch`` submits one batch through the Copyleaks hook's async client.
+- ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
+  its timeout: the missing scans become ``timed_out`` and the next run retries them).
+- ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
+  It is a teardown: it runs even when a submit fails, and the run's state still shows that failure.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
+from copyleaks_provider.scan_ids import MODEL_ALIASES
+from copyleaks_provider.sensors import CopyleaksScanResultsSensor
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "image_catalog_audit"
+#: Downstream analytics DAGs schedule on this; its events carry the report's paths and totals.
+AUDIT_REPORT_ASSET = Asset(name="image_audit_report", uri="image-audit://reports/image_catalog_audit")
+
+with DAG(
+    dag_id=DAG_ID,
+    description="Audit newly ingested catalog images for AI-generated content with Copyleaks",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=4,
+    render_template_as_native_obj=True,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
+    tags=["copyleaks", "image-audit"],
+    doc_md=__doc__,
+    params={
+        "source_filter": Param(None, type=["null", "string"], description="Only catalog rows of this source"),
+        "limit": Param(None, type=["null", "integer"], minimum=1, description="At most this many rows"),
+        "sandbox": Param(
+            None, type=["null", "boolean"], description="Mock results, no credits (null: the connection's)"
+        ),
+        "force_rescan": Param(False, type="boolean", description="Rescan images already scanned"),
+        "batch_size": Param(1000, type="integer", minimum=1, maximum=100_000, description="Images per batch"),
+        "max_credits": Param(
+            None, type=["null", "integer"], minimum=0, description="Budget guard: stop planning past this"
+        ),
+        "model": Param("ai-image-1-ultra", enum=sorted({*MODEL_ALIASES, *MODEL_ALIASES.values()})),
+        "mask_type": Param(None, type=["null", "string"], enum=[None, "heatmap"]),
+        "max_attempts": Param(3, type="integer", minimum=1, description="Tries per image across runs"),
+        "wait_timeout_minutes": Param(360, type="number", minimum=0, description="How long to wait"),
+    },
+) as dag:
+
+    @task
+    def plan() -> list[str]:
+        """Record this run's scans and rejections in the warehouse; return the batch ids to submit."""
+        from image_audit.catalog import CatalogSpec
+        from image_audit.planning import PlanOptions, RunContext, plan_run
+        from image_audit.warehouse.engine import get_engine
+        from image_audit.warehouse.schema import migrate
+
+        context = get_current_context()
+        params = context["params"]
+        engine = get_engine()
+        migrate(engine)
+        start, end = _data_interval(context)
+        spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
+        result = plan_run(
+            engine,
+            spec,
+            RunContext(context["dag"].dag_id, context["run_id"], start, end),
+            PlanOptions(
+                model=params["model"],
+                sandbox=bool(params["sandbox"]),
+                force_rescan=params["force_rescan"],
+                batch_size=params["batch_size"],
+                max_credits=params["max_credits"],
+                max_attempts=params["max_attempts"],
+                source_filter=params["source_filter"],
+                limit=params["limit"],
+            ),
+        )
+        log.info("Interval [%s, %s): %s", start, end, result.as_dict())
+        return result.batch_ids
+
+    @task(outlets=[AUDIT_REPORT_ASSET])
+    def report() -> dict:
+        """Close the run in the warehouse and write the analysts' report."""
+        from image_audit.reporting import build_run_report
+        from image_audit.warehouse.engine import get_engine
+        from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
+
+        context = get_current_context()
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        engine = get_engine()
+        released = release_unsubmitted(engine, dag_id, run_id)
+        stranded = mark_timed_out(engine, dag_id, run_id, "the run ended before its result arrived")
+        if released or stranded:
+            log.warning(
+                "%d scans were never submitted (the next run submits them); %d timed out", released, stranded
+            )
+        run_report = build_run_report(engine, dag_id, run_id, data_interval=_data_interval(context))
+        log.info("Report summary: %s", run_report.summary)
+        log.info(
+            "Report: %s (CSV %s, Parquet %s)",
+            run_report.html_path,
+            run_report.csv_path,
+            run_report.parquet_path,
+        )
+        context["outlet_events"][AUDIT_REPORT_ASSET].extra = {
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "html_path": str(run_report.html_path),
+            "csv_path": str(run_report.csv_path),
+            "parquet_path": str(run_report.parquet_path),
+        }
+        return {"html_path": str(run_report.html_path), **_small(run_report.summary)}
+
+    batches = plan()
+    submitted = CopyleaksSubmitImagesOperator.partial(
+        task_id="submit_batch",
+        model="{{ params.model }}",
+        mask_type="{{ params.mask_type }}",
+        sandbox="{{ params.sandbox }}",
+        retries=3,
+        retry_delay=timedelta(seconds=20),
+        retry_exponential_backoff=True,
+    ).expand(batch_id=batches)
+    waited = CopyleaksScanResultsSensor(
+        task_id="wait_for_results",
+        wait_timeout="{{ params.wait_timeout_minutes * 60 }}",
+    )
+    reported = report()
+    batches >> submitted >> waited >> reported
+    # A teardown that counts for the run state would be its only leaf, hiding a failed submit or wait:
+    # left out, the run fails whenever submit_batch or wait_for_results does.
+    reported.as_teardown(setups=batches)
+
+
+def _data_interval(context) -> tuple[datetime, datetime]:
+    """The run's data interval; a manual run without one audits the 24 hours before it was triggered."""
+    start, end = context.get("data_interval_start"), context.get("data_interval_end")
+    if start is None or end is None or start == end:
+        end = context["dag_run"].run_after
+        start = end - timedelta(days=1)
+    return start, end
+
+
+def _small(summary: dict) -> dict:
+    """The scalar totals of a report summary: what belongs in XCom."""
+    return {k: v for k, v in summary.items() if isinstance(v, int | float | str | bool) or v is None}

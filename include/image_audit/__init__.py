@@ -1,0 +1,1 @@
+"""image-audit: the warehouse, catalog, reporting and demo parts of the Copyleaks image audit pipeline."""

@@ -1,0 +1,120 @@
+"""Reading the image catalog: the data team's own table, named by a ``CatalogSpec``.
+
+Rows are streamed in chunks (a nightly interval may hold millions), and each row is checked before
+anything is planned: a bad row is rejected with its reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import DateTime, Engine, column, select, table
+from sqlalchemy.sql.elements import quoted_name
+
+from copyleaks_provider.exceptions import CopyleaksValidationError
+from copyleaks_provider.hooks import validate_file_name, validate_image_url
+
+
+@dataclass(frozen=True)
+class CatalogSpec:
+    """Where the catalog lives: table and column names (teams have their own table).
+
+    Set it per deployment with the Airflow Variable ``image_audit_catalog`` (JSON with these keys).
+    ``file_name`` and ``fetch_headers_ref`` columns may be ``None`` when the table has none.
+    """
+
+    table: str = "image_catalog"
+    schema: str | None = None
+    image_id: str = "image_id"
+    url: str = "url"
+    file_name: str | None = "file_name"
+    source: str | None = "source"
+    ingested_at: str = "ingested_at"
+    fetch_headers_ref: str | None = "fetch_headers_ref"
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> CatalogSpec:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values or {}) - known
+        if unknown:
+            raise ValueError(f"unknown catalog setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**(values or {}))
+
+
+@dataclass(frozen=True)
+class CatalogRow:
+    image_id: str | None
+    url: str | None
+    file_name: str | None
+    source: str | None
+    ingested_at: datetime | None
+    fetch_headers_ref: str | None
+
+
+def read_catalog(
+    engine: Engine,
+    spec: CatalogSpec,
+    interval_start: datetime,
+    interval_end: datetime,
+    *,
+    source_filter: str | None = None,
+    limit: int | None = None,
+    chunk_size: int = 5_000,
+) -> Iterator[CatalogRow]:
+    """Rows ingested in ``[interval_start, interval_end)``, oldest first, streamed in chunks."""
+    names = {
+        "image_id": spec.image_id,
+        "url": spec.url,
+        "file_name": spec.file_name,
+        "source": spec.source,
+        "ingested_at": spec.ingested_at,
+        "fetch_headers_ref": spec.fetch_headers_ref,
+    }
+    cols = {
+        key: column(quoted_name(name, quote=None), DateTime(timezone=True) if key == "ingested_at" else None)
+        for key, name in names.items()
+        if name
+    }
+    source_table = table(spec.table, *cols.values(), schema=spec.schema)
+    query = (
+        select(*(col.label(key) for key, col in cols.items()))
+        .select_from(source_table)
+        .where(cols["ingested_at"] >= interval_start, cols["ingested_at"] < interval_end)
+        .order_by(cols["ingested_at"], cols["image_id"])
+    )
+    if source_filter:
+        if "source" not in cols:
+            raise ValueError("source_filter was given but the catalog spec has no source column")
+        query = query.where(cols["source"] == source_filter)
+    if limit:
+        query = query.limit(limit)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
+        for row in result.mappings():
+            yield CatalogRow(**{key: row.get(key) for key in names})
+
+
+def file_name_of(row: CatalogRow) -> str:
+    """The row's file name, or the last segment of its URL path when the catalog has none."""
+    if row.file_name:
+        return row.file_name
+    from urllib.parse import urlsplit
+
+    return urlsplit(row.url or "").path.rsplit("/", 1)[-1]
+
+
+def rejection_reason(row: CatalogRow) -> str | None:
+    """Why this row cannot be submitted (``None`` when it can): the hook's own request rules."""
+    if not row.image_id or not str(row.image_id).strip():
+        return "missing image id"
+    if not row.url or not row.url.strip():
+        return "missing URL"
+    try:
+        validate_image_url(row.url)
+        validate_file_name(file_name_of(row))
+    except CopyleaksValidationError as exc:
+        return str(exc)
+    return None

@@ -1,0 +1,269 @@
+"""The production topology as local processes: ``./run cluster``.
+
+The same components as ``docker-compose.yaml``, without Docker: Airflow's api-server (which also serves
+the webhook receiver through the ``copyleaks`` plugin), scheduler, dag-processor, triggerer and a
+Celery worker, with PostgreSQL holding the metadata database and the warehouse and Redis as the Celery
+broker, plus the Copyleaks emulator standing in for Copyleaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from image_audit.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Any database on the server will do: the cluster creates its own ``<name>_airflow`` and
+#: ``<name>_warehouse`` databases beside it.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The Airflow components, as in docker-compose.yaml (service name -> command).
+COMPONENTS = {
+    "airflow-apiserver": ["api-server"],
+    "airflow-scheduler": ["scheduler"],
+    "airflow-dag-processor": ["dag-processor"],
+    "airflow-triggerer": ["triggerer"],
+    "airflow-worker": ["celery", "worker", "--concurrency", "4"],
+}
+
+
+@dataclass
+class LocalCluster:
+    """Start with ``with LocalCluster(...) as cluster:``; everything started is stopped on exit."""
+
+    postgres_url: str = DEFAULT_POSTGRES_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    home: Path = ROOT / "var" / "cluster"
+    name: str = "image_audit"
+    emulator_credits: int = 1_000_000
+    api_port: int = field(default_factory=free_port)
+    emulator_port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: One secret for every component's execution-API tokens.
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def emulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.emulator_port}"
+
+    def database_url(self, suffix: str) -> str:
+        return (
+            make_url(self.postgres_url)
+            .set(database=f"{self.name}_{suffix}")
+            .render_as_string(hide_password=False)
+        )
+
+    @property
+    def warehouse_url(self) -> str:
+        return self.database_url("warehouse")
+
+    def environment(self) -> dict[str, str]:
+        metadata = make_url(self.database_url("airflow")).set(drivername="postgresql+psycopg2")
+        metadata_url = metadata.render_as_string(hide_password=False)
+        env = dict(os.environ)
+        env.update(
+            AIRFLOW_HOME=str(self.home / "airflow"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+            AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
+            AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            AIRFLOW__CORE__EXECUTOR="CeleryExecutor",
+            AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
+            AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+            AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{self.api_url}/execution/",
+            AIRFLOW__API__BASE_URL=self.api_url,
+            AIRFLOW__API__PORT=str(self.api_port),
+            AIRFLOW__API_AUTH__JWT_SECRET=self.jwt_secret,
+            AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=metadata_url,
+            AIRFLOW__CELERY__BROKER_URL=self.redis_url,
+            AIRFLOW__CELERY__RESULT_BACKEND="db+" + metadata_url,
+            AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
+            AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
+            IMAGE_AUDIT_WAREHOUSE_URL=self.warehouse_url,
+            IMAGE_AUDIT_REPORTS_DIR=str(self.home / "reports"),
+            AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(
+                {
+                    "conn_type": "copyleaks",
+                    "login": "demo@image-audit.dev",
+                    "password": "demo-api-key",
+                    "extra": {
+                        "identity_url": self.emulator_url,
+                        "api_url": self.emulator_url,
+                        "webhook_base_url": f"{self.api_url}/copyleaks-webhook",
+                        "webhook_secret": self.webhook_secret,
+                    },
+                }
+            ),
+        )
+        return env
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self, timeout: float = 180) -> LocalCluster:
+        (self.home / "logs").mkdir(parents=True, exist_ok=True)
+        self._create_databases()
+        env = self.environment()
+        subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            check=True,
+            stdout=(self.home / "logs" / "db-migrate.log").open("w"),
+            stderr=subprocess.STDOUT,
+        )
+        emulator = ["--port", str(self.emulator_port), "--credits", str(self.emulator_credits)]
+        self._spawn("emulator", [sys.executable, "-m", "copyleaks_emulator", *emulator], env)
+        for name, args in COMPONENTS.items():
+            extra = ["--port", str(self.api_port)] if name == "airflow-apiserver" else []
+            self._spawn(name, [sys.executable, "-m", "airflow", *args, *extra], env)
+        self._wait_healthy(timeout)
+        return self
+
+    def stop(self, grace: float = 20) -> None:
+        """SIGTERM every process group started (children included), SIGKILL what outlives ``grace``."""
+        for process in self.processes.values():
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            # The leader may be gone while its children (api-server workers, Celery forks) are not.
+            _signal_group(process, signal.SIGKILL)
+            process.wait()
+        self.processes.clear()
+
+    def drop_databases(self) -> None:
+        admin = self._admin_engine()
+        with admin.connect() as conn:
+            for suffix in ("airflow", "warehouse"):
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{self.name}_{suffix}" WITH (FORCE)'))
+        admin.dispose()
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    def _admin_engine(self):
+        url = make_url(self.postgres_url).set(drivername="postgresql+psycopg2")
+        return create_engine(url, isolation_level="AUTOCOMMIT")
+
+    def _create_databases(self) -> None:
+        admin = self._admin_engine()
+        with admin.connect() as conn:
+            existing = set(conn.execute(text("SELECT datname FROM pg_database")).scalars())
+            for suffix in ("airflow", "warehouse"):
+                if f"{self.name}_{suffix}" not in existing:
+                    conn.execute(text(f'CREATE DATABASE "{self.name}_{suffix}"'))
+        admin.dispose()
+        from image_audit.warehouse.engine import get_engine
+        from image_audit.warehouse.schema import migrate
+
+        migrate(get_engine(self.warehouse_url))
+
+    def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        log = (self.home / "logs" / f"{name}.log").open("w")
+        self.processes[name] = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            dead = [name for name, p in self.processes.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{dead} exited; see {self.home / 'logs'}")
+            try:
+                health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=2).json()
+                emulator = httpx.get(f"{self.emulator_url}/health", timeout=2).status_code == 200
+                components = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                if emulator and all(health.get(c, {}).get("status") == "healthy" for c in components):
+                    return
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"the cluster was not healthy after {timeout} s; see {self.home / 'logs'}")
+
+    # --- the REST API ----------------------------------------------------------------------------
+    def trigger_dag_run(
+        self, dag_id: str, logical_date: str, conf: dict | None = None, timeout: float = 120
+    ) -> str:
+        """Trigger ``dag_id`` through Airflow's REST API once the dag-processor has parsed it."""
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.api_url}/api/v2/dags/{dag_id}", timeout=5).status_code != 200:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{dag_id} was not parsed within {timeout} s")
+            time.sleep(1)
+        response = httpx.post(
+            f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns",
+            json={"logical_date": logical_date, "conf": conf or {}},
+            timeout=30,
+        )
+        response.raise_for_status()
+        return response.json()["dag_run_id"]
+
+    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            state = httpx.get(f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=5).json()[
+                "state"
+            ]
+            if state in ("success", "failed"):
+                return state
+            time.sleep(1)
+        raise TimeoutError(f"run {run_id} still running after {timeout} s")
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group has already exited
+        os.killpg(process.pid, signum)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--postgres-url", default=DEFAULT_POSTGRES_URL, help="any database on the server")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="the Celery broker")
+    parser.add_argument("--name", default="image_audit", help="prefix of the databases created")
+    parser.add_argument("--home", type=Path, default=ROOT / "var" / "cluster")
+    parser.add_argument("--api-port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(args.postgres_url, args.redis_url, args.home, args.name, api_port=args.api_port)
+    # SIGTERM (docker stop, systemd, kill) unwinds like Ctrl-C, also while the cluster is starting.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    with cluster:
+        print(f"Airflow UI and REST API: {cluster.api_url} (every user is admin: local use only)")
+        print(f"Webhook receiver:        {cluster.api_url}/copyleaks-webhook/health")
+        print(f"Copyleaks emulator:      {cluster.emulator_url}")
+        print(f"Warehouse:               {make_url(cluster.warehouse_url).render_as_string()}")
+        print(f"Logs:                    {cluster.home / 'logs'}\nPress Ctrl-C to stop.")
+        try:
+            while all(p.poll() is None for p in cluster.processes.values()):
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,375 @@
+"""``build_run_report``: the analysts' report of one DAG run (HTML, CSV, Parquet and the warehouse row)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Connection, Engine, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from copyleaks_provider.models import decode_rle_mask
+from image_audit.config import reports_dir
+from image_audit.reporting import aggregates, charts
+from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
+from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_exports
+from image_audit.reporting.overlays import http_fetcher, overlay_thumbnail, thumbnail_size, to_data_uri
+from image_audit.reporting.render import render_report
+from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
+from image_audit.warehouse.schema import ScanState, audit_reports
+
+log = logging.getLogger(__name__)
+
+HTML_NAME, CSV_NAME, PARQUET_NAME = "report.html", "results.csv", "results.parquet"
+#: Rows of the issues table in the HTML (all of them are in the CSV and the warehouse).
+ISSUE_ROWS_SHOWN = 200
+#: Sources and days kept in the stored summary (the HTML and the exports have them all).
+SUMMARY_GROUPS = 31
+FETCH_WORKERS = 4
+
+
+@dataclass
+class RunReport:
+    dag_id: str
+    run_id: str
+    summary: dict
+    html_path: Path
+    csv_path: Path
+    parquet_path: Path
+
+
+@dataclass
+class _Thumbnail:
+    image_id: str
+    scan_id: str
+    ai: float
+    mask_area: float | None
+    verdict: str
+    source: str | None
+    file_name: str | None
+    url: str | None
+    width: int
+    height: int
+    data_uri: str = ""
+    drawn: bool = False
+    display_size: tuple[int, int] = field(default=(0, 0))
+
+
+def safe_run_id(run_id: str) -> str:
+    """A directory name for ``run_id`` (``manual__2026-11-24T10:00:00+00:00`` has ``:`` and ``+``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("._") or "run"
+    if safe != run_id:
+        safe = f"{safe[:180]}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
+    return safe
+
+
+def _ratio(part: float, whole: float) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat()
+
+
+def _clean(value):
+    """JSON-able scalars (numpy and NaN free)."""
+    if value is None:
+        return None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+def _group_summary(table: pd.DataFrame) -> dict:
+    keep = ["images", "completed", *aggregates.VERDICTS, "failed", "timed_out", "rejected"]
+    return {
+        str(name): {key: int(row[key]) for key in keep} | {"ai_share": _clean(row["ai_share"])}
+        for name, row in table.head(SUMMARY_GROUPS).iterrows()
+    }
+
+
+def _summary(run, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval) -> dict:
+    completed = states[ScanState.COMPLETED.value]
+    flagged = verdicts[Verdict.AI_GENERATED.value] + verdicts[Verdict.PARTLY_AI.value]
+    ai_sum = float(by_source["ai_sum"].sum()) if len(by_source) else 0.0
+    return {
+        "dag_id": run.dag_id,
+        "run_id": run.run_ids[0],
+        "data_interval_start": _iso(interval[0]),
+        "data_interval_end": _iso(interval[1]),
+        "generated_at": datetime.now(UTC).isoformat(),
+        "images": sum(states.values()),
+        **{state: count for state, count in states.items()},
+        **verdicts,
+        "ai_share": _ratio(verdicts[Verdict.AI_GENERATED.value], completed),
+        "flagged_share": _ratio(flagged, completed),
+        "mean_ai": _ratio(ai_sum, completed),
+        "scan_rows": credit["scan_rows"],
+        "rejected_rows": credit["rejected_rows"],
+        "credits_expected": credit["expected"],
+        "credits_actual": credit["actual"],
+        "states": states,
+        "verdicts": verdicts,
+        "thresholds": thresholds.as_dict(),
+        "credits": {
+            "expected": credit["expected"],
+            "actual": credit["actual"],
+            "copyleaks_expected": credit["copyleaks_expected"],
+            "sent": credit["sent"],
+            "results": credit["results"],
+            "sandbox_scans": credit["sandbox"],
+        },
+        "histogram": {
+            "bins": HISTOGRAM_BINS,
+            "counts": [sum(column) for column in zip(*histogram.values(), strict=True)],
+            "by_verdict": histogram,
+        },
+        "by_source": _group_summary(by_source),
+        "by_day": _group_summary(by_day),
+    }
+
+
+# --- earlier runs -------------------------------------------------------------------------------------
+
+
+def _earlier_reports(conn: Connection, dag_id: str, run_id: str, until, limit: int) -> list[dict]:
+    """Up to ``limit`` earlier reports of the DAG by data interval (else report time), oldest first."""
+    if limit <= 0:
+        return []
+    r = audit_reports.c
+    when = func.coalesce(r.data_interval_end, r.created_at)
+    query = select(r.run_id, r.summary, r.data_interval_end, r.created_at).where(
+        r.dag_id == dag_id, r.run_id != run_id
+    )
+    if until is not None:
+        query = query.where(when <= until)
+    query = query.order_by(when.desc(), r.run_id.desc()).limit(limit)
+    rows = [dict(row) for row in conn.execute(query).mappings()]
+    return rows[::-1]
+
+
+def _trend_frame(earlier: list[dict], summary: dict) -> pd.DataFrame:
+    records = []
+    for row in [*earlier, {"run_id": summary["run_id"], "summary": summary, "current": True}]:
+        s = row["summary"] or {}
+        when = s.get("data_interval_end") or _iso(row.get("data_interval_end") or row.get("created_at"))
+        records.append(
+            {
+                "run_id": row["run_id"],
+                "current": bool(row.get("current")),
+                "when": pd.to_datetime(when, utc=True) if when else pd.NaT,
+                "images": s.get("images"),
+                "completed": s.get("completed"),
+                **{v: s.get(v) for v in aggregates.VERDICTS},
+                "issues": sum(s.get(k) or 0 for k in aggregates.ISSUE_STATES),
+                "ai_share": s.get("ai_share"),
+                "flagged_share": s.get("flagged_share"),
+                "credits_actual": s.get("credits_actual"),
+                "credits_expected": s.get("credits_expected"),
+            }
+        )
+    frame = pd.DataFrame.from_records(records)
+    days = frame["when"].dt.strftime("%Y-%m-%d")
+    frame["label"] = days if days.is_unique else frame["when"].dt.strftime("%m-%d %H:%M")
+    frame["label"] = frame["label"].fillna(frame["run_id"].str.slice(0, 16))
+    for column in ("ai_share", "flagged_share"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
+
+
+# --- thumbnails ---------------------------------------------------------------------------------------
+
+
+def _thumbnails(conn, scope, thresholds, top_n, fetch_image) -> list[_Thumbnail]:
+    top = aggregates.most_ai_images(conn, scope, thresholds, top_n) if top_n > 0 else pd.DataFrame()
+    if top.empty:
+        return []
+    masks = aggregates.load_masks(conn, top["scan_id"].tolist())
+    items = [
+        _Thumbnail(
+            image_id=row.image_id,
+            scan_id=row.scan_id,
+            ai=float(row.ai),
+            mask_area=_clean(row.mask_area),
+            verdict=row.verdict,
+            source=row.source,
+            file_name=row.file_name,
+            url=row.url,
+            width=int(row.width),
+            height=int(row.height),
+        )
+        for row in top.itertuples()
+    ]
+
+    def fetch(item: _Thumbnail) -> bytes | None:
+        if not item.url:
+            return None
+        try:
+            return fetch_image(item.url)
+        except Exception as exc:  # a missing image never fails the report: it shows a placeholder
+            log.warning("Could not fetch image %s for the report (%s)", item.image_id, type(exc).__name__)
+            return None
+
+    with ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="report-fetch") as pool:
+        payloads = list(pool.map(fetch, items))
+    for item, payload in zip(items, payloads, strict=True):
+        starts, lengths = masks.get(item.scan_id, ([], []))
+        try:
+            mask = decode_rle_mask(starts, lengths, item.height, item.width)
+        except ValueError as exc:  # a mask that does not fit its image: show the picture untinted
+            log.warning("Mask of scan %s not drawn: %s", item.scan_id, exc)
+            mask = np.zeros((item.height, item.width), dtype=bool)
+        picture, item.drawn = overlay_thumbnail(payload, mask)
+        item.display_size = thumbnail_size(item.width, item.height)
+        item.data_uri = to_data_uri(picture)
+        item.url = redact_url(item.url)
+    return items
+
+
+# --- warehouse row ------------------------------------------------------------------------------------
+
+
+def _upsert_report(conn: Connection, row: dict) -> None:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(audit_reports).values(**row)
+    updates = {k: statement.excluded[k] for k in row if k not in ("dag_id", "run_id")}
+    conn.execute(statement.on_conflict_do_update(index_elements=["dag_id", "run_id"], set_=updates))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --- the report ---------------------------------------------------------------------------------------
+
+
+def build_run_report(
+    engine: Engine,
+    dag_id: str,
+    run_id: str,
+    *,
+    out_dir: Path | None = None,
+    thresholds: Thresholds = Thresholds(),
+    rolling_runs: int = 10,
+    top_n: int = 12,
+    fetch_image: Callable[[str], bytes] | None = None,
+    data_interval: tuple[datetime, datetime] | None = None,
+) -> RunReport:
+    """Aggregate one run, write its HTML report, CSV and Parquet, and upsert its ``audit_reports`` row.
+
+    Rebuilding a run's report replaces its files and row. ``fetch_image(url)`` gets the thumbnails' images
+    (default: an HTTP GET with a timeout); a failure shows a placeholder with the mask, never fails.
+    ``data_interval`` defaults to the one the run's scans recorded (none for a run without scans).
+    """
+    out_dir = Path(out_dir) if out_dir is not None else reports_dir() / dag_id / safe_run_id(run_id)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html_path, csv_path, parquet_path = out_dir / HTML_NAME, out_dir / CSV_NAME, out_dir / PARQUET_NAME
+    scope = Scope.run(dag_id, run_id)
+    fetch_image = fetch_image or http_fetcher()
+
+    with engine.connect() as conn:
+        interval = tuple(data_interval or aggregates.data_interval(conn, scope))
+        cube = aggregates.outcome_cube(conn, scope, thresholds)
+        histogram = aggregates.ai_histogram(conn, scope, thresholds)
+        credit = aggregates.credits(conn, scope)
+        reasons = aggregates.issue_reasons(conn, scope)
+        issues, issue_total = aggregates.issue_rows(conn, scope, ISSUE_ROWS_SHOWN)
+        thumbnails = _thumbnails(conn, scope, thresholds, top_n, fetch_image)
+        until = interval[1] or datetime.now(UTC)
+        earlier = _earlier_reports(conn, dag_id, run_id, until, rolling_runs - 1)
+        rolling = None
+        if earlier:
+            rolling_scope = Scope(dag_id, (*[row["run_id"] for row in earlier], run_id))
+            rolling_cube = aggregates.outcome_cube(conn, rolling_scope, thresholds)
+            rolling = {
+                "runs": len(rolling_scope.run_ids),
+                "states": aggregates.state_counts(rolling_cube),
+                "verdicts": aggregates.verdict_counts(rolling_cube),
+            }
+    with engine.connect() as conn:
+        exported = write_exports(aggregates.iter_image_rows(conn, scope, thresholds), csv_path, parquet_path)
+
+    states = aggregates.state_counts(cube)
+    verdicts = aggregates.verdict_counts(cube)
+    by_source = aggregates.breakdown(cube, "source")
+    by_day = aggregates.breakdown(cube, "day")
+    summary = _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval)
+    if rolling:
+        summary["rolling"] = rolling
+    if exported != summary["images"]:  # a late webhook landed between the queries
+        log.warning("Exported %d images, counted %d: results arrived meanwhile", exported, summary["images"])
+    trend = _trend_frame(earlier, summary)
+
+    issues["url"] = issues["url"].map(redact_url)
+    ingested = pd.to_datetime(issues["ingested_at"], utc=True, format="ISO8601").dt.strftime("%Y-%m-%d %H:%M")
+    issues["ingested_at"] = ingested.astype(object).where(ingested.notna(), None)
+    context = {
+        "summary": summary,
+        "thresholds": thresholds,
+        "rules": thresholds.describe(),
+        "states": states,
+        "verdicts": verdicts,
+        "verdict_labels": {v.value: label for v, label in VERDICT_LABELS.items()},
+        "state_colors": charts.STATE_COLORS,
+        "verdict_colors": charts.VERDICT_COLORS,
+        "by_source": by_source,
+        "by_day": by_day,
+        "reasons": reasons,
+        "issues": issues,
+        "issue_total": issue_total,
+        "thumbnails": thumbnails,
+        "top_n": top_n,
+        "trend": trend,
+        "rolling": rolling,
+        "files": {"csv": csv_path.name, "parquet": parquet_path.name},
+        "export_columns": EXPORT_COLUMNS,
+        "charts": {
+            "states": charts.counts_chart(states, charts.STATE_COLORS),
+            "verdicts": charts.counts_chart(
+                verdicts, charts.VERDICT_COLORS, {v.value: label for v, label in VERDICT_LABELS.items()}
+            ),
+            "histogram": charts.histogram_chart(histogram, thresholds),
+            "by_source": charts.verdict_breakdown_chart(by_source, "source") if len(by_source) else None,
+            "by_day": charts.verdict_breakdown_chart(by_day, "ingestion day") if len(by_day) else None,
+            "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
+        },
+    }
+    _write_atomically(html_path, render_report(context))
+
+    with engine.begin() as conn:
+        _upsert_report(
+            conn,
+            {
+                "dag_id": dag_id,
+                "run_id": run_id,
+                "created_at": datetime.now(UTC),
+                "data_interval_start": interval[0],
+                "data_interval_end": interval[1],
+                "summary": summary,
+                "html_path": str(html_path),
+                "csv_path": str(csv_path),
+                "parquet_path": str(parquet_path),
+            },
+        )
+    log.info("Report of %s/%s: %d images, written to %s", dag_id, run_id, summary["images"], out_dir)
+    return RunReport(dag_id, run_id, summary, html_path, csv_path, parquet_path)

@@ -1,0 +1,98 @@
+"""Engines for the warehouse URL: sync (psycopg2 / sqlite3) and async (asyncpg / aiosqlite).
+
+SQLite is opened in WAL mode with a busy timeout so the receiver, the submit tasks and the trigger can
+write and read the same file at once.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from image_audit.config import warehouse_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_SYNC_DRIVERS = {"postgresql": "postgresql+psycopg2", "sqlite": "sqlite"}
+_ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+
+
+def _with_driver(url: str, drivers: dict[str, str]) -> str:
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend not in drivers:
+        raise ValueError(f"unsupported warehouse database {backend!r}: use sqlite or postgresql")
+    return parsed.set(drivername=drivers[backend]).render_as_string(hide_password=False)
+
+
+def sync_url(url: str) -> str:
+    return _with_driver(url, _SYNC_DRIVERS)
+
+
+def async_url(url: str) -> str:
+    return _with_driver(url, _ASYNC_DRIVERS)
+
+
+def is_postgres(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, opens transactions
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide sync engine for ``url`` (default: the warehouse configured right now)."""
+    return _engine_for(url or warehouse_url())
+
+
+def dispose_engines() -> None:
+    """Close every cached engine's connections and forget them (tests switch warehouses)."""
+    for engine in list(_ENGINES.values()):
+        engine.dispose()
+    _ENGINES.clear()
+
+
+_ENGINES: dict[str, Engine] = {}
+
+
+def _engine_for(url: str) -> Engine:
+    if url in _ENGINES:
+        return _ENGINES[url]
+    engine = create_engine(sync_url(url), pool_pre_ping=True)
+    if not is_postgres(url):
+        event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
+    return _ENGINES.setdefault(url, engine)
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN")
+
+
+def _sqlite_begin_immediate(conn) -> None:
+    # Take the write lock up front: a read-then-write transaction that upgrades later may fail at
+    # once with SQLITE_BUSY when another writer got in between, instead of waiting its turn.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_async_warehouse_engine(
+    url: str | None = None, *, write_transactions: bool = False, **kwargs
+) -> AsyncEngine:
+    """A new async engine for ``url``; its owner disposes it (async pools belong to one event loop).
+
+    ``write_transactions``: on SQLite every transaction takes the write lock when it begins (for an
+    engine whose transactions read then write, like the receiver's).
+    """
+    url = url or warehouse_url()
+    engine = create_async_engine(async_url(url), pool_pre_ping=True, **kwargs)
+    if not is_postgres(url):
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        begin = _sqlite_begin_immediate if write_transactions else _sqlite_begin
+        event.listen(engine.sync_engine, "begin", begin)
+    return engine

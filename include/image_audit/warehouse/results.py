@@ -1,0 +1,244 @@
+"""Storing Copyleaks callbacks: each result exactly once, the scan's state in the same transaction.
+
+Callbacks are stored in batches (``store_callbacks``), and the receiver's :class:`CallbackWriter`
+gathers the callbacks that arrive while a transaction is in flight into the next one: a group commit.
+One transaction per batch: lock the batch's scan rows (in scan id order, so two batches never
+deadlock), insert the results (``ON CONFLICT DO NOTHING``), update the scans, and on PostgreSQL queue
+one ``pg_notify`` per run touched (delivered on commit, so a waiting trigger never wakes before the
+rows are visible). Per-callback commits would cost one WAL flush each, and NOTIFY serialises commits.
+
+Ordering rules (callbacks may be duplicated, late or out of order, even within one batch):
+- a result always wins: it completes the scan whatever its state (``timed_out``, ``failed``, ...);
+- the first result is kept; a later one for the same scan is a duplicate and changes nothing;
+- an error callback fails a scan only while it has no result and is not already ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from copyleaks_provider.models import WebhookBody
+from image_audit.warehouse.schema import ScanState, audit_results, audit_scans
+
+log = logging.getLogger(__name__)
+
+#: PostgreSQL channel of scan state changes; payload ``{"dag_id", "run_id"}``: a run whose scans changed.
+NOTIFY_CHANNEL = "image_audit_scans"
+#: Errors that say the warehouse is away (not that a callback is bad): the whole batch is answered 503.
+UNAVAILABLE_ERRORS = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,
+    OSError,
+)
+
+
+class CallbackOutcome(StrEnum):
+    STORED = "stored"  # a detection result, stored; the scan is completed
+    FAILED_RECORDED = "failed_recorded"  # an error callback; the scan is failed with Copyleaks' message
+    DUPLICATE = "duplicate"  # already stored (or an error after a result / another error): nothing changed
+    UNKNOWN_SCAN = "unknown_scan"  # no such scan: nothing written
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One validated callback. ``raw``: the body as received, kept verbatim in ``raw_body``."""
+
+    scan_id: str
+    body: WebhookBody
+    raw: dict[str, Any]
+
+
+async def store_callbacks(
+    engine: AsyncEngine | AsyncConnection, callbacks: Sequence[Callback]
+) -> list[CallbackOutcome]:
+    """Store ``callbacks`` in one transaction, durable (committed) when this returns; idempotent.
+
+    ``engine``: an engine (one transaction is opened and committed here) or a connection whose open
+    transaction the caller commits. Returns one outcome per callback, in order.
+    """
+    if isinstance(engine, AsyncConnection):
+        return await _store(engine, callbacks)
+    async with engine.begin() as conn:
+        return await _store(conn, callbacks)
+
+
+async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[CallbackOutcome]:
+    now = datetime.now(UTC)
+    postgres = conn.dialect.name == "postgresql"
+    scan_ids = sorted({c.scan_id for c in callbacks})
+    query = (
+        select(audit_scans.c.scan_id, audit_scans.c.state, audit_scans.c.dag_id, audit_scans.c.run_id)
+        .where(audit_scans.c.scan_id.in_(scan_ids))
+        .order_by(audit_scans.c.scan_id)
+    )
+    if postgres:  # SQLite: the receiver's engine opens every transaction with BEGIN IMMEDIATE
+        query = query.with_for_update()
+    scans = {row.scan_id: row for row in await conn.execute(query)}
+    state = {scan_id: row.state for scan_id, row in scans.items()}
+
+    outcomes: list[CallbackOutcome | None] = []
+    results: dict[str, dict[str, Any]] = {}  # the first result of each scan in this batch
+    failures: dict[str, str] = {}  # scan id -> Copyleaks' error message
+    for callback in callbacks:
+        scan_id = callback.scan_id
+        if scan_id not in scans:
+            outcomes.append(CallbackOutcome.UNKNOWN_SCAN)
+        elif callback.body.is_error:
+            if state[scan_id] in (ScanState.COMPLETED, ScanState.FAILED):
+                outcomes.append(CallbackOutcome.DUPLICATE)
+            else:
+                error = callback.body.error
+                failures[scan_id] = f"Copyleaks error {error.code}: {error.message}"
+                state[scan_id] = ScanState.FAILED
+                outcomes.append(CallbackOutcome.FAILED_RECORDED)
+        elif scan_id in results:
+            outcomes.append(CallbackOutcome.DUPLICATE)
+        else:
+            results[scan_id] = _result_values(scan_id, callback.body, callback.raw, now)
+            state[scan_id] = ScanState.COMPLETED  # a stored result means completed: later errors are late
+            outcomes.append(None)  # stored or duplicate: the insert tells
+
+    if failures:
+        await conn.execute(
+            update(audit_scans)
+            .where(audit_scans.c.scan_id == bindparam("failed_scan_id"))
+            .values(state=ScanState.FAILED.value, completed_at=now, updated_at=now),
+            [{"failed_scan_id": scan_id, "last_error": message} for scan_id, message in failures.items()],
+        )
+    inserted: set[str] = set()
+    if results:
+        # executemany: one cached statement, sent as multi-row INSERTs ("insertmanyvalues").
+        inserted = set((await conn.execute(_INSERT_RESULTS[postgres], list(results.values()))).scalars())
+        if inserted:
+            await conn.execute(
+                update(audit_scans)
+                .where(audit_scans.c.scan_id.in_(sorted(inserted)))
+                .values(state=ScanState.COMPLETED.value, completed_at=now, updated_at=now, last_error=None)
+            )
+    if postgres:
+        changed = {*failures, *inserted}
+        for dag_id, run_id in sorted({(scans[s].dag_id, scans[s].run_id) for s in changed}):
+            payload = json.dumps({"dag_id": dag_id, "run_id": run_id})
+            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+
+    return [
+        outcome
+        if outcome is not None
+        else (CallbackOutcome.STORED if callback.scan_id in inserted else CallbackOutcome.DUPLICATE)
+        for callback, outcome in zip(callbacks, outcomes, strict=True)
+    ]
+
+
+class CallbackWriter:
+    """Group commit for the receiver: each request awaits its callback's outcome, durable on return.
+
+    ``writers`` tasks each take every callback waiting in the queue (up to ``max_batch``) into one
+    transaction, so under load a commit carries many callbacks and at rest each goes alone at once.
+    A batch that fails because the warehouse is away fails all its callbacks (the receiver answers 503
+    and Copyleaks retries); one that fails for any other reason is retried callback by callback, so a
+    bad callback fails alone.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, writers: int, max_batch: int = 500) -> None:
+        self._engine = engine
+        self._writers = writers
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[tuple[Callback, asyncio.Future]] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+
+    async def store(self, callback: Callback) -> CallbackOutcome:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._write_batches()) for _ in range(self._writers)]
+        future = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((callback, future))
+        return await future
+
+    async def close(self) -> None:
+        """Stop the writers; callbacks still queued get an error (their senders retry)."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while not self._queue.empty():
+            _, future = self._queue.get_nowait()
+            if not future.done():
+                future.set_exception(ConnectionAbortedError("the receiver is shutting down"))
+
+    async def _write_batches(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            await self._write(batch)
+
+    async def _write(self, batch: list[tuple[Callback, asyncio.Future]]) -> None:
+        try:
+            outcomes = await store_callbacks(self._engine, [callback for callback, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1 or isinstance(exc, UNAVAILABLE_ERRORS):
+                for _, future in batch:
+                    _settle(future, exception=exc)
+                return
+            log.info(
+                "A batch of %d callbacks failed (%s); storing them one by one", len(batch), type(exc).__name__
+            )
+            for item in batch:
+                await self._write([item])
+            return
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
+            _settle(future, result=outcome)
+
+
+def _settle(future: asyncio.Future, *, result: Any = None, exception: BaseException | None = None) -> None:
+    """Answer a waiting request, unless it went away (the write stands: callbacks are idempotent)."""
+    if future.done():
+        return
+    if exception is not None:
+        future.set_exception(exception)
+    else:
+        future.set_result(result)
+
+
+def _result_values(scan_id: str, body: WebhookBody, raw: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """The results row, from a body already validated as a detection (no second validation)."""
+    shape, metadata, document = body.image_info.shape, body.image_info.metadata, body.scanned_document
+    return {
+        "scan_id": scan_id,
+        "ai": body.summary.ai,
+        "human": body.summary.human,
+        "model": body.model,
+        "width": shape.width,
+        "height": shape.height,
+        "mask_starts": body.result.starts,
+        "mask_lengths": body.result.lengths,
+        "image_metadata": metadata.model_dump(by_alias=True, exclude_none=True) if metadata else None,
+        "actual_credits": document.actual_credits,
+        "expected_credits": document.expected_credits,
+        "developer_payload": body.developer_payload,
+        "received_at": now,
+        "raw_body": raw,
+    }
+
+
+#: The results insert of each dialect (keyed by "is PostgreSQL"): a duplicate result is skipped, and
+#: the scan ids actually inserted come back.
+_INSERT_RESULTS = {
+    postgres: dialect.insert(audit_results)
+    .on_conflict_do_nothing(index_elements=["scan_id"])
+    .returning(audit_results.c.scan_id)
+    for postgres, dialect in ((True, postgresql), (False, sqlite))
+}

@@ -1,0 +1,76 @@
+"""Scan state transitions made by the submit task (the receiver and the sensor own the others)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, bindparam, select, update
+
+from image_audit.warehouse.schema import ScanState, audit_scans
+
+
+def load_unsent_scans(engine: Engine, batch_id: str) -> list[dict]:
+    """The batch's scans still ``pending``: a retried task resumes exactly where the last try stopped."""
+    query = (
+        select(
+            audit_scans.c.scan_id,
+            audit_scans.c.image_id,
+            audit_scans.c.url,
+            audit_scans.c.file_name,
+            audit_scans.c.model,
+            audit_scans.c.fetch_headers_ref,
+        )
+        .where(audit_scans.c.batch_id == batch_id, audit_scans.c.state == ScanState.PENDING.value)
+        .order_by(audit_scans.c.scan_id)
+    )
+    with engine.connect() as conn:
+        return [dict(row) for row in conn.execute(query).mappings()]
+
+
+def record_transitions(engine: Engine, changes: Iterable[tuple[str, ScanState, str | None]]) -> int:
+    """Move ``pending`` scans to ``submitted`` or ``rejected`` in one statement per state.
+
+    Only ``pending`` rows change: a webhook that raced ahead of this write (the scan is already
+    ``completed``) is never overwritten.
+    """
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "b_scan_id": scan_id,
+            "b_state": state.value,
+            "b_error": error,
+            "b_submitted_at": now if state == ScanState.SUBMITTED else None,
+        }
+        for scan_id, state, error in changes
+    ]
+    if not rows:
+        return 0
+    statement = (
+        update(audit_scans)
+        .where(
+            audit_scans.c.scan_id == bindparam("b_scan_id"), audit_scans.c.state == ScanState.PENDING.value
+        )
+        .values(
+            state=bindparam("b_state"),
+            last_error=bindparam("b_error"),
+            submitted_at=bindparam("b_submitted_at"),
+            updated_at=now,
+        )
+    )
+    with engine.begin() as conn:
+        conn.execute(statement, rows)
+    return len(rows)
+
+
+def record_submit_error(engine: Engine, scan_ids: Iterable[str], error: str) -> None:
+    """Note a transient failure on scans that stay ``pending`` (the task's retry resubmits them)."""
+    ids = list(scan_ids)
+    if not ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(audit_scans)
+            .where(audit_scans.c.scan_id.in_(ids), audit_scans.c.state == ScanState.PENDING.value)
+            .values(last_error=error, updated_at=datetime.now(UTC))
+        )

@@ -1,0 +1,157 @@
+"""Warehouse tables (SQLAlchemy Core) and their idempotent migration.
+
+Hot queries and the indexes that serve them:
+- receiver: scan by id (primary key), result by scan id (primary key);
+- trigger: count of non-terminal scans of a DAG run (``ix_audit_scans_run_state``);
+- planning: has this image been scanned with this model (``ix_audit_scans_image_model``);
+- submit task: scans of a batch (``ix_audit_scans_batch``);
+- catalog: rows ingested in a data interval (``ix_image_catalog_ingested_at``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.exc import OperationalError
+
+metadata = MetaData()
+TZ = DateTime(timezone=True)
+
+
+class ScanState(StrEnum):
+    PENDING = "pending"  # planned, not yet accepted by Copyleaks
+    SUBMITTED = "submitted"  # Copyleaks answered 201; waiting for the webhook
+    COMPLETED = "completed"  # a detection result is stored
+    FAILED = "failed"  # Copyleaks reported an error for this image (error webhook)
+    TIMED_OUT = "timed_out"  # no webhook before the run's wait ended; a later run retries it
+    REJECTED = "rejected"  # never sent: bad catalog row, or Copyleaks refused the request (400)
+
+
+TERMINAL_STATES = frozenset({ScanState.COMPLETED, ScanState.FAILED, ScanState.TIMED_OUT, ScanState.REJECTED})
+WAITING_STATES = frozenset({ScanState.PENDING, ScanState.SUBMITTED})
+
+#: The catalog table as the demo and most data teams have it. The DAG only reads it, and its table and
+#: column names are configurable (``image_audit.catalog.CatalogSpec``).
+image_catalog = Table(
+    "image_catalog",
+    metadata,
+    Column("image_id", String(255), primary_key=True),
+    Column("url", Text),
+    Column("file_name", String(255)),
+    Column("source", String(255)),
+    Column("ingested_at", TZ, nullable=False),
+    Column("fetch_headers_ref", String(255)),
+    Index("ix_image_catalog_ingested_at", "ingested_at"),
+)
+
+audit_batches = Table(
+    "audit_batches",
+    metadata,
+    Column("batch_id", String(64), primary_key=True),
+    Column("dag_id", String(250), nullable=False),
+    Column("run_id", String(250), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Index("ix_audit_batches_run", "dag_id", "run_id"),
+)
+
+audit_scans = Table(
+    "audit_scans",
+    metadata,
+    Column("scan_id", String(36), primary_key=True),
+    Column("image_id", String(255), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False, default=1),
+    Column("state", String(16), nullable=False),
+    Column("url", Text),
+    Column("file_name", String(255)),
+    Column("source", String(255)),
+    Column("ingested_at", TZ),
+    Column("fetch_headers_ref", String(255)),
+    Column("batch_id", String(64)),
+    Column("dag_id", String(250)),
+    Column("run_id", String(250)),
+    Column("data_interval_start", TZ),
+    Column("data_interval_end", TZ),
+    Column("sandbox", Boolean, nullable=False, default=False),
+    Column("expected_credits", Integer, nullable=False, default=1),
+    Column("created_at", TZ, nullable=False),
+    Column("updated_at", TZ, nullable=False),
+    Column("submitted_at", TZ),
+    Column("completed_at", TZ),
+    Column("last_error", Text),
+    Index("ix_audit_scans_run_state", "dag_id", "run_id", "state"),
+    Index("ix_audit_scans_image_model", "image_id", "model"),
+    Index("ix_audit_scans_batch", "batch_id"),
+    Index("ix_audit_scans_state", "state"),
+)
+
+audit_results = Table(
+    "audit_results",
+    metadata,
+    Column("scan_id", String(36), ForeignKey("audit_scans.scan_id"), primary_key=True),
+    Column("ai", Float, nullable=False),
+    Column("human", Float, nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("mask_starts", JSON, nullable=False),
+    Column("mask_lengths", JSON, nullable=False),
+    Column("image_metadata", JSON),
+    Column("actual_credits", Integer),
+    Column("expected_credits", Integer),
+    Column("developer_payload", Text),
+    Column("received_at", TZ, nullable=False),
+    Column("raw_body", JSON, nullable=False),
+)
+
+audit_reports = Table(
+    "audit_reports",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("created_at", TZ, nullable=False),
+    Column("data_interval_start", TZ),
+    Column("data_interval_end", TZ),
+    Column("summary", JSON, nullable=False),
+    Column("html_path", Text),
+    Column("csv_path", Text),
+    Column("parquet_path", Text),
+)
+
+
+_MIGRATION_LOCK_ID = 0x1A6E_A0D1
+
+
+def migrate(engine: Engine) -> None:
+    """Create whatever tables and indexes are missing; safe to run any number of times, concurrently.
+
+    On PostgreSQL an advisory lock serialises concurrent callers (mapped tasks starting together); on
+    SQLite a caller that loses the race sees the other's tables on its retry.
+    """
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+                metadata.create_all(conn, checkfirst=True)
+            return
+        except OperationalError as exc:  # sqlite: "table ... already exists" from a concurrent caller
+            if attempt == 2 or "already exists" not in str(exc):
+                raise

@@ -1,0 +1,159 @@
+"""Typed model of Copyleaks' detection response and webhook body, and the RLE mask codec.
+
+Field names are snake_case in Python and camelCase on the wire (``model_dump(by_alias=True)`` gives
+the wire form). Unknown fields are kept, so a newer Copyleaks answer still parses.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+class RleMask(_Wire):
+    """Run-length-encoded AI pixels: ``starts[i]`` indexes the image flattened row by row."""
+
+    starts: list[int] = Field(default_factory=list)
+    lengths: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _runs_are_well_formed(self) -> RleMask:
+        if len(self.starts) != len(self.lengths):
+            raise ValueError("result.starts and result.lengths must have the same length")
+        if any(s < 0 for s in self.starts) or any(n <= 0 for n in self.lengths):
+            raise ValueError("result.starts must be >= 0 and result.lengths > 0")
+        return self
+
+
+class Summary(_Wire):
+    human: float = Field(ge=0.0, le=1.0)
+    ai: float = Field(ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Summary:
+        if abs(self.human + self.ai - 1.0) > 1e-3:
+            raise ValueError(f"summary.ai + summary.human must be 1, got {self.ai + self.human}")
+        return self
+
+
+class ImageShape(_Wire):
+    height: int = Field(gt=0)
+    width: int = Field(gt=0)
+
+
+class ImageMetadata(_Wire):
+    issued_time: str | None = None
+    issued_by: str | None = None
+    app_or_device_used: str | None = None
+
+
+class ImageInfo(_Wire):
+    shape: ImageShape
+    metadata: ImageMetadata | None = None
+
+
+class ScannedDocument(_Wire):
+    scan_id: str = Field(min_length=1, max_length=36)
+    actual_credits: int | None = None
+    expected_credits: int | None = None
+    creation_time: datetime | None = None
+
+
+class ScanError(_Wire):
+    code: int
+    message: str = Field(max_length=4000)
+
+
+class DetectionResponse(_Wire):
+    """The answer of the sync check, and the body of a successful webhook."""
+
+    model: str
+    result: RleMask
+    summary: Summary
+    image_info: ImageInfo
+    scanned_document: ScannedDocument
+
+    @model_validator(mode="after")
+    def _mask_fits_image(self) -> DetectionResponse:
+        shape = self.image_info.shape
+        check_rle_bounds(self.result.starts, self.result.lengths, shape.height * shape.width)
+        return self
+
+    def mask(self) -> np.ndarray:
+        """The AI-pixel mask as a ``height x width`` boolean array."""
+        shape = self.image_info.shape
+        return decode_rle_mask(self.result.starts, self.result.lengths, shape.height, shape.width)
+
+
+class WebhookBody(_Wire):
+    """What Copyleaks POSTs to the webhook: a detection response, or ``error`` for a failed scan.
+
+    Both carry ``scannedDocument.scanId`` and the ``developerPayload`` given at submit time.
+    """
+
+    scanned_document: ScannedDocument
+    developer_payload: str | None = None
+    error: ScanError | None = None
+    model: str | None = None
+    result: RleMask | None = None
+    summary: Summary | None = None
+    image_info: ImageInfo | None = None
+
+    @model_validator(mode="after")
+    def _is_result_or_error(self) -> WebhookBody:
+        detection = (self.model, self.result, self.summary, self.image_info)
+        if self.error is None and any(part is None for part in detection):
+            raise ValueError("a webhook body needs either 'error' or model, result, summary and imageInfo")
+        if self.error is None:
+            shape = self.image_info.shape
+            check_rle_bounds(self.result.starts, self.result.lengths, shape.height * shape.width)
+        return self
+
+    @property
+    def is_error(self) -> bool:
+        return self.error is not None
+
+    def detection(self) -> DetectionResponse:
+        """The detection response inside a successful webhook body."""
+        if self.error is not None:
+            raise ValueError(f"scan {self.scanned_document.scan_id} failed: {self.error.message}")
+        return DetectionResponse.model_validate(self.model_dump(by_alias=True))
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def check_rle_bounds(starts: list[int], lengths: list[int], size: int) -> None:
+    """Raise ``ValueError`` unless every run lies inside an image of ``size`` pixels."""
+    for start, length in zip(starts, lengths, strict=True):
+        if start + length > size:
+            raise ValueError(f"mask run {start}+{length} lies outside the {size}-pixel image")
+
+
+def decode_rle_mask(starts: list[int], lengths: list[int], height: int, width: int) -> np.ndarray:
+    """Decode Copyleaks' RLE into a ``height x width`` boolean array (True = AI pixel)."""
+    size = height * width
+    check_rle_bounds(starts, lengths, size)
+    flat = np.zeros(size + 1, dtype=np.int32)
+    if len(starts):
+        begin = np.asarray(starts, dtype=np.int64)
+        np.add.at(flat, begin, 1)
+        np.add.at(flat, begin + np.asarray(lengths, dtype=np.int64), -1)
+    return (np.cumsum(flat[:size]) > 0).reshape(height, width)
+
+
+def encode_rle_mask(mask: np.ndarray) -> tuple[list[int], list[int]]:
+    """Encode a boolean mask (any shape, flattened row by row) as Copyleaks' ``starts`` / ``lengths``."""
+    flat = np.asarray(mask, dtype=bool).ravel()
+    edges = np.diff(np.concatenate(([0], flat.view(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return starts.tolist(), (ends - starts).tolist()

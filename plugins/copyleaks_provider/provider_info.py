@@ -1,0 +1,70 @@
+"""Provider metadata Airflow reads through the ``apache_airflow_provider`` entry point.
+
+It registers the ``copyleaks`` connection type and its form, so the connection shows in the UI.
+"""
+
+from __future__ import annotations
+
+
+def get_provider_info() -> dict:
+    """The provider dict (schema: ``airflow/provider_info.schema.json``); form fields go to ``extra``."""
+    return {
+        "package-name": "image-audit",
+        "name": "Copyleaks AI Image Detector (image-audit)",
+        "description": "Audit image catalogs for AI-generated pictures with Copyleaks.",
+        "versions": ["0.1.0"],
+        "connection-types": [
+            {
+                "hook-class-name": "copyleaks_provider.hooks.CopyleaksHook",
+                "connection-type": "copyleaks",
+                "hook-name": "Copyleaks AI Image Detector",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["host", "port", "schema", "extra"],
+                    "relabeling": {"login": "Email", "password": "API key"},
+                    "placeholders": {"login": "you@company.com"},
+                },
+                "conn-fields": {
+                    "identity_url": {
+                        "label": "Identity URL",
+                        "schema": {"type": ["string", "null"], "default": "https://id.copyleaks.com"},
+                    },
+                    "api_url": {
+                        "label": "API URL",
+                        "schema": {"type": ["string", "null"], "default": "https://api.copyleaks.com"},
+                    },
+                    "sandbox": {
+                        "label": "Sandbox by default",
+                        "description": "Mock results, no credits (a run's sandbox Param overrides it)",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
+                    "webhook_base_url": {
+                        "label": "Webhook base URL",
+                        "description": "Public URL of the receiver, e.g. https://airflow.example.com/copyleaks-webhook",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "webhook_secret": {
+                        "label": "Webhook secret",
+                        "description": "HMAC key of the callback URLs",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "previous_webhook_secrets": {
+                        "label": "Previous webhook secrets",
+                        "description": "Still accepted during a rotation (comma-separated)",
+                        "schema": {"type": ["string", "null"], "format": "password"},
+                    },
+                    "max_concurrency": {
+                        "label": "Max concurrent requests per task",
+                        "schema": {"type": ["integer", "null"], "default": 16},
+                    },
+                    "requests_per_second": {
+                        "label": "Requests per second per task",
+                        "schema": {"type": ["number", "null"]},
+                    },
+                    "timeout_seconds": {
+                        "label": "HTTP timeout (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 30},
+                    },
+                },
+            }
+        ],
+    }

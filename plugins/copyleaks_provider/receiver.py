@@ -1,0 +1,347 @@
+"""The webhook receiver: where Copyleaks POSTs each scan's result.
+
+One FastAPI app, mounted in the Airflow api-server by ``plugins/copyleaks_plugin.py`` and runnable
+alone for a public edge (``python -m copyleaks_provider.receiver``). It authenticates every callback
+itself (a mounted app gets none of Airflow's auth): the URL's token must be the HMAC of the scan id
+with a current or previous webhook secret, checked before the body is read. Then it stores the result
+exactly once and commits before answering 2xx, so Copyleaks' retries cover any failure.
+
+Answers: 200 stored/duplicate/failed_recorded, 401 no token, 403 wrong token, 404 unknown scan, 400 not
+JSON (or nested too deeply), 413 too large, 422 not a Copyleaks body, 503 warehouse or secrets unavailable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from copyleaks_provider.models import WebhookBody
+from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
+from copyleaks_provider.webhook_auth import verify_webhook_token
+from image_audit.config import warehouse_url as configured_warehouse_url
+from image_audit.warehouse.engine import create_async_warehouse_engine, is_postgres
+from image_audit.warehouse.results import Callback, CallbackOutcome, CallbackWriter
+
+log = logging.getLogger(__name__)
+
+#: Where the api-server plugin mounts the receiver: webhook_base_url is the public form of
+#: ``{api-server}/copyleaks-webhook``.
+WEBHOOK_URL_PREFIX = "/copyleaks-webhook"
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+#: How long secrets read from the connection are trusted before it is read again (rotation).
+SECRETS_TTL_SECONDS = 60.0
+#: After a failed read of the connection, how long before it is tried again (not once per request).
+SECRETS_RETRY_SECONDS = 5.0
+#: Upper bound on waiting for the warehouse (connect, pool checkout, each statement), so a stalled
+#: database gives a 503 well inside Copyleaks' 70 s delivery timeout instead of a hung request.
+DATABASE_TIMEOUT_SECONDS = 10.0
+#: Connections per worker process: the group-commit writers' and the health checks'.
+POOL_SIZE, POOL_OVERFLOW = 8, 8
+#: Concurrent group-commit transactions per worker process on PostgreSQL (SQLite has one writer).
+POSTGRES_WRITERS = 2
+
+SecretsSource = Sequence[str] | Callable[[], Sequence[str]]
+
+
+class SecretsUnavailable(Exception):
+    """No webhook secret can be read (connection missing, unreadable, or without ``webhook_secret``)."""
+
+
+class _WebhookSecrets:
+    """The accepted webhook secrets: fixed, or read from a callable / the connection every ``ttl`` s.
+
+    A failed re-read keeps the secrets last read (a flaky metadata database must not refuse callbacks),
+    and is retried after ``SECRETS_RETRY_SECONDS``.
+    """
+
+    def __init__(self, source: SecretsSource | None, conn_id: str, ttl: float):
+        self._source = source
+        self._conn_id = conn_id
+        self._ttl = ttl
+        self._cached: list[str] = []
+        self._next_read = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def _read(self) -> list[str]:
+        if callable(self._source):
+            return [s for s in self._source() if s]
+        from airflow.sdk import BaseHook
+
+        connection = BaseHook.get_connection(self._conn_id)
+        return CopyleaksSettings.from_connection(connection).webhook_secrets
+
+    async def get(self) -> list[str]:
+        if self._source is not None and not callable(self._source):
+            secrets = [s for s in self._source if s]
+        else:
+            if time.monotonic() >= self._next_read:
+                async with self._lock:
+                    if time.monotonic() >= self._next_read:
+                        await self._refresh()
+            secrets = self._cached
+        if not secrets:
+            raise SecretsUnavailable(f"no webhook_secret in the {self._conn_id!r} connection")
+        return secrets
+
+    async def _refresh(self) -> None:
+        try:
+            self._cached = await asyncio.to_thread(self._read)
+            self._next_read = time.monotonic() + self._ttl
+        except Exception as exc:  # never log the exception text: a validation error may echo a secret
+            self._next_read = time.monotonic() + SECRETS_RETRY_SECONDS
+            log.warning(
+                "Cannot read the webhook secrets from the %r connection (%s)%s",
+                self._conn_id,
+                type(exc).__name__,
+                "; keeping the ones read before" if self._cached else "",
+            )
+
+
+class _Warehouse:
+    """The async engine and its callback writer, created on first use: the plugin module is imported by
+    every Airflow component, and an async pool belongs to the event loop (and process) that serves."""
+
+    def __init__(self, url: str | None):
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._writer: CallbackWriter | None = None
+
+    @property
+    def writer(self) -> CallbackWriter:
+        if self._writer is None:
+            engine = self.engine
+            writers = POSTGRES_WRITERS if engine.dialect.name == "postgresql" else 1
+            self._writer = CallbackWriter(engine, writers=writers)
+        return self._writer
+
+    @property
+    def engine(self) -> AsyncEngine:
+        if self._engine is None:
+            url = self._url or configured_warehouse_url()
+            options: dict[str, Any] = {}
+            if is_postgres(url):
+                timeout = DATABASE_TIMEOUT_SECONDS
+                options["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
+            self._engine = create_async_warehouse_engine(
+                url,
+                write_transactions=True,
+                pool_size=POOL_SIZE,
+                max_overflow=POOL_OVERFLOW,
+                pool_timeout=DATABASE_TIMEOUT_SECONDS,
+                **options,
+            )
+        return self._engine
+
+    async def dispose(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it is known to exceed ``limit`` (declared or streamed)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLarge
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _problem(status: int, message: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": message})
+
+
+def _shown(scan_id: str) -> str:
+    """The scan id as it may appear in a log line: it comes from the URL, so bounded and escaped."""
+    return repr(scan_id[:64])
+
+
+_TOKEN_IN_PATH = re.compile(r"(/callbacks/.+/)[^/]+$")
+
+
+class _RedactTokenInPath:
+    """Replace the callback token in ``scope["path"]`` with ``***`` once the request is answered.
+
+    The token is a per-scan credential. Access logs that run after the app, like the Airflow
+    api-server's ``HttpAccessLogMiddleware``, read ``scope["path"]`` from the same scope dict that
+    Starlette's ``Mount`` passes down, so they log the redacted path.
+    """
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if scope["type"] == "http" and "/callbacks/" in scope.get("path", ""):
+                scope["path"] = _TOKEN_IN_PATH.sub(r"\1***", scope["path"])
+                if isinstance(scope.get("raw_path"), bytes):
+                    scope["raw_path"] = scope["path"].encode("utf-8", "replace")
+
+
+def _validation_message(exc: ValidationError) -> str:
+    """Where and what, never the offending values (they may be large or hostile)."""
+    problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
+    return "the body is not a Copyleaks detection result: " + "; ".join(problems)
+
+
+def create_receiver_app(
+    *,
+    warehouse_url: str | None = None,
+    webhook_secrets: SecretsSource | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    conn_id: str = DEFAULT_CONN_ID,
+    secrets_ttl_seconds: float = SECRETS_TTL_SECONDS,
+) -> FastAPI:
+    """The receiver app; nothing is connected or read until the first request.
+
+    ``warehouse_url``: default ``image_audit.config.warehouse_url()`` (read at first use).
+    ``webhook_secrets``: a list (fixed), or a callable re-read every ``secrets_ttl_seconds``; default:
+    the current and previous secrets of the Airflow connection ``conn_id``, re-read likewise.
+    """
+    secrets = _WebhookSecrets(webhook_secrets, conn_id, secrets_ttl_seconds)
+    warehouse = _Warehouse(warehouse_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await warehouse.dispose()
+
+    app = FastAPI(
+        title="Copyleaks webhook receiver",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        lifespan=lifespan,
+    )
+
+    app.add_middleware(_RedactTokenInPath)
+
+    @app.post("/callbacks/{scan_id}")
+    async def callback_without_token(scan_id: str) -> JSONResponse:
+        log.info("Callback for %s refused: no token in the URL", _shown(scan_id))
+        return _problem(401, "missing callback token")
+
+    # ``:path`` because Copyleaks' scan id alphabet includes "/" (sent percent-encoded, decoded by the
+    # server before routing); the token is always the last segment.
+    @app.post("/callbacks/{scan_id:path}/{token}")
+    async def callback(scan_id: str, token: str, request: Request) -> JSONResponse:
+        try:
+            accepted = await secrets.get()
+        except SecretsUnavailable:
+            log.warning("Callback for %s refused: no webhook secret configured", _shown(scan_id))
+            return _problem(503, "the receiver is not configured yet; retry later")
+        if not verify_webhook_token(accepted, scan_id, token):
+            log.info("Callback for %s refused: bad token", _shown(scan_id))
+            return _problem(403, "invalid callback token")
+
+        try:
+            raw_bytes = await _read_body(request, max_body_bytes)
+        except _BodyTooLarge:
+            log.info("Callback for %s refused: body over %d bytes", _shown(scan_id), max_body_bytes)
+            return _problem(413, f"body larger than {max_body_bytes} bytes")
+        try:
+            raw: Any = json.loads(raw_bytes)
+        except RecursionError:
+            log.info("Callback for %s refused: JSON nested too deeply", _shown(scan_id))
+            return _problem(400, "the body is nested too deeply")
+        except ValueError:
+            log.info("Callback for %s refused: not JSON", _shown(scan_id))
+            return _problem(400, "the body is not valid JSON")
+        if not isinstance(raw, dict):
+            log.info("Callback for %s refused: JSON but not an object", _shown(scan_id))
+            return _problem(422, "the body must be a JSON object")
+        try:
+            body = WebhookBody.model_validate(raw)
+        except ValidationError as exc:
+            log.info("Callback for %s refused: %s", _shown(scan_id), _validation_message(exc))
+            return _problem(422, _validation_message(exc))
+        if body.scanned_document.scan_id != scan_id:
+            log.info("Callback for %s refused: body is for another scan", _shown(scan_id))
+            return _problem(422, "scannedDocument.scanId does not match the callback URL")
+
+        try:
+            outcome = await warehouse.writer.store(Callback(scan_id, body, raw))
+        except (SQLAlchemyError, OSError, RecursionError) as exc:
+            # Parsed, but too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError):
+            # the body's fault, so no 503 that Copyleaks would retry for ever. Rolled back: nothing written.
+            if isinstance(exc, RecursionError) or isinstance(getattr(exc, "orig", None), RecursionError):
+                log.info("Callback for %s refused: JSON nested too deeply to store", _shown(scan_id))
+                return _problem(400, "the body is nested too deeply")
+            # OSError covers refused connections and timeouts (TimeoutError is an OSError).
+            log.warning(
+                "Callback for %s not stored, warehouse unavailable (%s)", _shown(scan_id), type(exc).__name__
+            )
+            return _problem(503, "the warehouse is unavailable; retry later")
+        if outcome == CallbackOutcome.UNKNOWN_SCAN:
+            log.info("Callback for %s refused: unknown scan", _shown(scan_id))
+            return _problem(404, "unknown scan")
+        return JSONResponse(status_code=200, content={"status": outcome.value})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """200 when the warehouse answers, 503 otherwise (for load balancers and compose healthchecks)."""
+        try:
+            async with warehouse.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("Health check: warehouse unreachable (%s)", type(exc).__name__)
+            return _problem(503, "warehouse unreachable")
+        return JSONResponse({"status": "ok"})
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve the receiver alone (a public edge). Secrets come from ``AIRFLOW_CONN_<CONN_ID>`` or a
+    configured secrets backend; the Airflow metadata database is not consulted outside Airflow."""
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description="Run the Copyleaks webhook receiver alone")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument(
+        "--conn-id", default=DEFAULT_CONN_ID, help="the Copyleaks connection (webhook secrets)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_receiver_app(conn_id=args.conn_id)
+    # Import now what the first callback would (reading the connection imports Airflow), then exempt
+    # every object alive from garbage collection: full collections over that import graph otherwise
+    # stall the event loop ~80 ms at a time, which is the receiver's p99 under load.
+    from airflow.sdk import BaseHook  # noqa: F401
+
+    gc.freeze()
+    uvicorn.run(app, host=args.host, port=args.port, access_log=False)
+
+
+if __name__ == "__main__":
+    main()

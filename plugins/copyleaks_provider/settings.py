@@ -1,0 +1,63 @@
+"""The Copyleaks connection, read once into typed settings.
+
+Connection fields: ``login`` = account email, ``password`` = API key; everything else is in ``extra``
+(see ``provider_info.py`` for the UI form). Secrets are ``SecretStr`` so a stray repr or log line shows
+``**********``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+DEFAULT_IDENTITY_URL = "https://id.copyleaks.com"
+DEFAULT_API_URL = "https://api.copyleaks.com"
+DEFAULT_CONN_ID = "copyleaks_default"
+
+
+class CopyleaksSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    email: str
+    api_key: SecretStr
+    identity_url: str = DEFAULT_IDENTITY_URL
+    api_url: str = DEFAULT_API_URL
+    sandbox: bool = False
+    #: Public base URL of our webhook receiver; callbacks go to ``{base}/callbacks/{scan_id}/{token}``.
+    webhook_base_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    #: Secrets still accepted on arrival during a rotation's grace period.
+    previous_webhook_secrets: tuple[SecretStr, ...] = ()
+    max_concurrency: int = Field(default=16, ge=1, le=1000)
+    requests_per_second: float | None = Field(default=None, gt=0)
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("identity_url", "api_url", "webhook_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    @field_validator("previous_webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        return tuple(s.strip() for s in value if s and s.strip()) if value else ()
+
+    @property
+    def webhook_secrets(self) -> list[str]:
+        """Every secret a callback token may be made with, the current one first."""
+        secrets = [self.webhook_secret, *self.previous_webhook_secrets] if self.webhook_secret else []
+        return [s.get_secret_value() for s in secrets]
+
+    @classmethod
+    def from_connection(cls, conn: Any) -> CopyleaksSettings:
+        """Build from an Airflow ``Connection`` (``login``, ``password``, ``extra_dejson``)."""
+        extra = dict(conn.extra_dejson or {})
+        for key in list(extra):  # the UI may store form fields as extra__copyleaks__<name>
+            if key.startswith("extra__copyleaks__"):
+                extra.setdefault(key.removeprefix("extra__copyleaks__"), extra.pop(key))
+        known = {k: v for k, v in extra.items() if k in cls.model_fields and v not in (None, "")}
+        return cls(email=conn.login or "", api_key=conn.password or "", **known)

@@ -1,0 +1,190 @@
+"""A small fake of Copyleaks' login, submit and check endpoints for the hook tests.
+
+It records every request it receives and can be scripted to answer with errors (401, 429 with
+Retry-After, 5xx, 400, 402, ...) a number of times before it answers normally, to slow answers down,
+and to revoke the tokens it issued. Deliberately independent of the full emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+
+LOGIN = "login"
+SUBMIT = "submit"
+CHECK = "check"
+
+
+@dataclass
+class Recorded:
+    kind: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    arrived: float
+
+
+@dataclass
+class Fault:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class FakeCopyleaks:
+    """State and script of the fake; ``app`` is the ASGI app to run under ``BackgroundServer``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._token_numbers = itertools.count(1)
+        self.reset()
+        self.app = self._build_app()
+
+    def reset(self) -> None:
+        """Forget everything; requests still running from before no longer count or take faults."""
+        with self._lock:
+            self._generation = getattr(self, "_generation", 0) + 1
+            self.requests: list[Recorded] = []
+            self.faults: dict[str, deque[Fault]] = {LOGIN: deque(), SUBMIT: deque(), CHECK: deque()}
+            self.issued_tokens: list[str] = []
+            self.valid_tokens: set[str] = set()
+            self.token_lifetime = timedelta(hours=48)
+            self.delay = 0.0
+            self.in_flight = 0
+            self.max_in_flight = 0
+
+    # scripting ----------------------------------------------------------------------------------
+    def fail(self, kind: str, status: int, times: int = 1, *, body: Any = None, **headers: str) -> None:
+        """Answer the next ``times`` requests of ``kind`` with ``status`` (then answer normally)."""
+        with self._lock:
+            self.faults[kind].extend(Fault(status, body, headers) for _ in range(times))
+
+    def revoke_tokens(self) -> None:
+        with self._lock:
+            self.valid_tokens.clear()
+
+    def received(self, kind: str | None = None) -> list[Recorded]:
+        with self._lock:
+            return [r for r in self.requests if kind is None or r.kind == kind]
+
+    def count(self, kind: str | None = None) -> int:
+        return len(self.received(kind))
+
+    # app ----------------------------------------------------------------------------------------
+    def _record(self, kind: str, request: Request, body: Any) -> None:
+        raw_path = request.scope["raw_path"].decode()  # as sent, percent-encoding included
+        record = Recorded(kind, request.method, raw_path, dict(request.headers), body, time.monotonic())
+        with self._lock:
+            self.requests.append(record)
+
+    def _next_fault(self, kind: str) -> Fault | None:
+        with self._lock:
+            return self.faults[kind].popleft() if self.faults[kind] else None
+
+    @staticmethod
+    def _answer(fault: Fault) -> Response:
+        body = fault.body if fault.body is not None else {"message": f"scripted {fault.status}"}
+        return JSONResponse(body, status_code=fault.status, headers=fault.headers)
+
+    def _authorized(self, request: Request) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self._lock:
+            return scheme == "Bearer" and token in self.valid_tokens
+
+    async def _slowly(self) -> None:
+        """Wait ``delay`` seconds, counting the requests waiting at the same time."""
+        with self._lock:
+            generation = self._generation
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            with self._lock:
+                if generation == self._generation:
+                    self.in_flight -= 1
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v3/account/login/api")
+        async def login(request: Request) -> Response:
+            self._record(LOGIN, request, await request.json())
+            if fault := self._next_fault(LOGIN):
+                return self._answer(fault)
+            token = f"fake-access-token-{next(self._token_numbers):06d}"
+            with self._lock:
+                self.issued_tokens.append(token)
+                self.valid_tokens.add(token)
+                now = datetime.now(UTC)
+                expires = now + self.token_lifetime
+            return JSONResponse(
+                {"access_token": token, ".issued": now.isoformat(), ".expires": expires.isoformat()}
+            )
+
+        @app.put("/v1/ai-image-detector-async/{scan_id:path}/submit")
+        async def submit(scan_id: str, request: Request) -> Response:
+            self._record(SUBMIT, request, await request.json())
+            fault = self._next_fault(SUBMIT)
+            await self._slowly()
+            if fault:
+                return self._answer(fault)
+            if not self._authorized(request):
+                return JSONResponse({"message": "Unauthorized"}, status_code=401)
+            return JSONResponse({}, status_code=201)
+
+        @app.post("/v1/ai-image-detector/{scan_id:path}/check")
+        async def check(scan_id: str, request: Request) -> Response:
+            form = await request.form()
+            image = form.get("image")
+            fields = {k: v for k, v in form.items() if k != "image"}
+            fields["image"] = (image.filename, await image.read()) if image is not None else None
+            self._record(CHECK, request, fields)
+            if fault := self._next_fault(CHECK):
+                return self._answer(fault)
+            if not self._authorized(request):
+                return JSONResponse({"message": "Unauthorized"}, status_code=401)
+            return JSONResponse(detection_response(scan_id))
+
+        return app
+
+
+#: The mask ``detection_response`` answers with, on a 4 x 3 image: rows 1 and 2, and the last pixel.
+MASK_HEIGHT, MASK_WIDTH = 4, 3
+MASK_STARTS, MASK_LENGTHS = [3, 11], [6, 1]
+
+
+def expected_mask() -> np.ndarray:
+    mask = np.zeros((MASK_HEIGHT, MASK_WIDTH), dtype=bool)
+    mask[1:3, :] = True
+    mask[3, 2] = True
+    return mask
+
+
+def detection_response(scan_id: str) -> dict[str, Any]:
+    return {
+        "model": "ai-image-1-ultra-01-09-2025",
+        "result": {"starts": MASK_STARTS, "lengths": MASK_LENGTHS},
+        "summary": {"human": 5 / 12, "ai": 7 / 12},
+        "imageInfo": {
+            "shape": {"height": MASK_HEIGHT, "width": MASK_WIDTH},
+            "metadata": {"issuedBy": "Example Camera Co"},
+        },
+        "scannedDocument": {
+            "scanId": scan_id,
+            "actualCredits": 1,
+            "expectedCredits": 1,
+            "creationTime": "2026-11-24T10:00:00Z",
+        },
+    }

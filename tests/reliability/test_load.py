@@ -1,0 +1,160 @@
+"""Load: 10,000 callbacks at the receiver's maximum rate on PostgreSQL; every result stored exactly once.
+
+The receiver runs as in production (``python -m copyleaks_provider.receiver``, secrets from the
+Copyleaks connection) in its own process; the load generator plays Copyleaks with high concurrency
+and, like Copyleaks, retries a delivery that did not get a 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from copyleaks_provider.webhook_auth import webhook_url
+from image_audit.servers import free_port
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.schema import audit_results, audit_scans, migrate
+from tests.conftest import ROOT, requires_postgres
+from tests.reliability.conftest import FIGURES, SECRETS_USED
+from tests.test_receiver import result_body
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
+
+CALLBACKS = 10_000
+CONCURRENCY = 128
+TRIES = 6
+
+
+def _seed_submitted_scans(url: str, n: int) -> list[str]:
+    now = datetime.now(UTC)
+    ids = [f"load-{i:05d}" for i in range(n)]
+    rows = [
+        {
+            "scan_id": scan_id,
+            "image_id": f"image-{scan_id}",
+            "model": "ai-image-1-ultra-01-09-2025",
+            "attempt": 1,
+            "state": "submitted",
+            "dag_id": "image_catalog_audit",
+            "run_id": "load",
+            "created_at": now,
+            "updated_at": now,
+        }
+        for scan_id in ids
+    ]
+    with get_engine(url).begin() as conn:
+        conn.execute(audit_scans.insert(), rows)
+    return ids
+
+
+def _start_receiver(warehouse: str, secret: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    connection = {
+        "conn_type": "copyleaks",
+        "login": "a@b.c",
+        "password": "k",
+        "extra": {"webhook_secret": secret},
+    }
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "IMAGE_AUDIT_WAREHOUSE_URL": warehouse,
+        "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "copyleaks_provider.receiver", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/health").status_code == 200:
+                return process, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("the receiver did not start")
+
+
+async def _deliver_all(base: str, secret: str, scan_ids: list[str]) -> Counter:
+    """POST every callback (a tenth twice, as Copyleaks' duplicates); retry what got no 2xx."""
+    answers: Counter[str] = Counter()
+    gate = asyncio.Semaphore(CONCURRENCY)
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+        async def deliver(scan_id: str) -> None:
+            content = json.dumps(result_body(scan_id)).encode()
+            url = webhook_url(base, secret, scan_id)
+            async with gate:
+                for attempt in range(TRIES):
+                    try:
+                        response = await client.post(
+                            url, content=content, headers={"content-type": "application/json"}
+                        )
+                        answers[str(response.status_code)] += 1
+                        if response.is_success:
+                            answers[response.json()["status"]] += 1
+                            return
+                    except httpx.HTTPError as exc:
+                        answers[type(exc).__name__] += 1
+                    await asyncio.sleep(0.2 * 2**attempt)
+                answers["given_up"] += 1
+
+        duplicated = scan_ids[::10]
+        await asyncio.gather(*(deliver(s) for s in [*scan_ids, *duplicated]))
+    return answers
+
+
+def test_ten_thousand_callbacks_at_full_rate_on_postgres_none_lost(postgres_databases):
+    warehouse = postgres_databases.create()
+    try:
+        migrate(get_engine(warehouse))
+        scan_ids = _seed_submitted_scans(warehouse, CALLBACKS)
+        secret = secrets.token_urlsafe(16)
+        SECRETS_USED.add(secret)
+        process, base = _start_receiver(warehouse, secret)
+        try:
+            started = time.monotonic()
+            answers = asyncio.run(_deliver_all(base, secret, scan_ids))
+            elapsed = time.monotonic() - started
+        finally:
+            process.terminate()
+            process.wait(20)
+
+        with get_engine(warehouse).connect() as conn:
+            rows = conn.execute(select(func.count(), func.count(audit_results.c.scan_id.distinct()))).one()
+            states = dict(
+                conn.execute(select(audit_scans.c.state, func.count()).group_by(audit_scans.c.state)).all()
+            )
+        sent = sum(v for k, v in answers.items() if k.isdigit() or k.endswith("Error"))
+        print(
+            f"\nload: {sent} callbacks in {elapsed:.1f} s ({sent / elapsed:.0f}/s); answers {dict(answers)}"
+        )
+        FIGURES["callbacks_sent"] += sent
+        FIGURES["results_stored"] += rows[0]
+        FIGURES["lost"] += CALLBACKS - rows[1]
+        FIGURES["duplicates"] += rows[0] - rows[1]
+        FIGURES["load_callbacks_per_second"] = round(sent / elapsed)
+        assert answers["given_up"] == 0
+        assert rows == (CALLBACKS, CALLBACKS), "every result row present exactly once"
+        assert states == {"completed": CALLBACKS}
+        assert answers["stored"] == CALLBACKS and answers["duplicate"] == len(scan_ids[::10])
+    finally:
+        postgres_databases.drop(warehouse)

@@ -1,0 +1,79 @@
+"""What a user sees on each permanent failure: one clear message that says what to do.
+
+The task logs of ``dag.test`` go to the test's output (and to AIRFLOW_HOME/logs when file logging is
+on), so the assertions read the captured output and the warehouse/report the run left.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from image_audit.servers import free_port
+from tests.conftest import DAY
+
+pytestmark = pytest.mark.slow
+
+
+def _reconnect(monkeypatch, **changes) -> None:
+    """Change the Copyleaks connection the DAG's tasks read."""
+    import os
+
+    connection = json.loads(os.environ["AIRFLOW_CONN_COPYLEAKS_DEFAULT"])
+    extra = changes.pop("extra", {})
+    connection.update(changes)
+    connection["extra"].update(extra)
+    monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", json.dumps(connection))
+
+
+def _output(capfd, caplog) -> str:
+    captured = capfd.readouterr()
+    return captured.out + captured.err + caplog.text
+
+
+def test_bad_api_key_fails_the_run_with_what_to_check(audit, monkeypatch, capfd, caplog):
+    audit.seed(4, bad_rows=False)
+    _reconnect(monkeypatch, password="not-the-key")
+    run = audit.run(DAY)
+    assert run.state == "failed"
+    output = _output(capfd, caplog)
+    assert "Copyleaks refused the credentials (401)" in output
+    assert "Check the email and API key of the Copyleaks connection" in output
+    assert audit.emulator.state()["submissions"] == {}
+    assert {s["state"] for s in audit.scans()} == {"pending"}  # the next run submits them
+    assert "not-the-key" not in output
+
+
+def test_no_credits_fails_the_run_saying_top_up_or_sandbox(start_emulator, audit, monkeypatch, capfd, caplog):
+    audit.seed(4, bad_rows=False)
+    broke = start_emulator(accounts={audit.emulator.email: audit.emulator.api_key}, credits=0)
+    _reconnect(monkeypatch, extra={"identity_url": broke.url, "api_url": broke.url})
+    run = audit.run(DAY)
+    assert run.state == "failed"
+    output = _output(capfd, caplog)
+    assert "Copyleaks has no credits left on this account (402)" in output
+    assert "Top up credits, or run with sandbox=True" in output
+    assert broke.state()["scans"] == 0
+    assert {s["state"] for s in audit.scans()} == {"pending"}
+
+
+def test_unreachable_webhook_url_times_out_and_says_to_fix_webhook_base_url(
+    audit, monkeypatch, capfd, caplog
+):
+    audit.seed(4, bad_rows=False)
+    closed = f"http://127.0.0.1:{free_port()}/copyleaks-webhook"
+    _reconnect(monkeypatch, extra={"webhook_base_url": closed})
+    audit.emulator.set_faults(webhook_max_tries=2, webhook_retry_base_seconds=0.05)
+    run = audit.run(DAY, wait_timeout_minutes=0.1)
+    audit.emulator.wait_idle()
+    assert audit.emulator.state()["webhooks_failed"] == 4
+    assert run.state == "success"  # partial: the report still goes out
+    output = _output(capfd, caplog)
+    message = "No Copyleaks callback arrived for any of the 4 scans of this run"
+    assert message in output
+    assert closed in output and "reachable from Copyleaks" in output
+    scans = audit.scans()
+    assert {s["state"] for s in scans} == {"timed_out"}
+    assert all("webhook_base_url" in s["last_error"] for s in scans)
+    assert audit.report(run.run_id)["summary"]["states"]["timed_out"] == 4

@@ -1,0 +1,89 @@
+"""The real DAG end to end: emulator -> receiver -> warehouse, with ``dag.test`` on SQLite and PostgreSQL.
+
+Each image must be submitted exactly once (the emulator's counters say so), reruns submit nothing,
+a timeout leaves partial results that the next run completes, and bad rows reach the report.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+
+from tests.conftest import DAY
+
+pytestmark = pytest.mark.slow
+
+
+def _submitted_ids(state: dict) -> Counter:
+    return Counter(state["submissions"])
+
+
+def _good_ids(rows: list[dict]) -> set[str]:
+    return {r["image_id"] for r in rows}
+
+
+def test_normal_run_stores_every_result_and_reports_rejections(audit):
+    rows = audit.seed(24)
+    run = audit.run(DAY)
+    assert run.state == "success"
+    audit.emulator.wait_idle()
+
+    scans = audit.scans()
+    by_state = Counter(s["state"] for s in scans)
+    assert by_state["rejected"] >= 3  # the sample catalog's bad rows
+    assert by_state["pending"] == by_state["submitted"] == by_state["timed_out"] == 0
+    submitted = _submitted_ids(audit.emulator.state())
+    assert submitted and set(submitted.values()) == {1}
+    assert {r["scan_id"] for r in audit.results()} <= set(submitted)
+    sent = {s["scan_id"] for s in scans if s["state"] in ("completed", "failed")}
+    assert sent == set(submitted)
+    assert len({s["image_id"] for s in scans if s["state"] != "rejected"}) == len(submitted)
+    summary = audit.report(run.run_id)["summary"]
+    assert summary["rejected_rows"] == by_state["rejected"]
+    assert summary["states"]["completed"] == by_state["completed"] == len(audit.results())
+    assert len(rows) >= 24
+
+
+def test_backfill_submits_each_image_once_and_a_rerun_submits_nothing(audit):
+    audit.seed(30, days=3)
+    for offset in range(3):
+        assert audit.run(DAY + timedelta(days=offset)).state == "success"
+    audit.emulator.wait_idle()
+    first = _submitted_ids(audit.emulator.state())
+    assert set(first.values()) == {1}
+    scans = [s for s in audit.scans() if s["state"] != "rejected"]
+    assert len(first) == len({s["image_id"] for s in scans}) == len(scans)
+    assert {s["data_interval_start"].date() if s["data_interval_start"] else None for s in scans} >= {
+        (DAY + timedelta(days=d)).date() for d in range(3)
+    }
+
+    rerun = audit.run(DAY + timedelta(days=1))
+    assert rerun.state == "success"
+    audit.emulator.wait_idle()
+    assert _submitted_ids(audit.emulator.state()) == first
+
+
+def test_timeout_gives_partial_results_that_the_next_run_completes(audit):
+    audit.seed(20, bad_rows=False)
+    audit.emulator.set_faults(p_drop_webhook=0.5, webhook_max_tries=1)
+    first = audit.run(DAY, wait_timeout_minutes=0.1)
+    assert first.state == "success"
+    audit.emulator.wait_idle()
+    timed_out = [s for s in audit.scans() if s["state"] == "timed_out"]
+    assert timed_out, "with half the webhooks dropped some scans must time out"
+    assert audit.report(first.run_id)["summary"]["states"]["timed_out"] == len(timed_out)
+
+    audit.emulator.set_faults(p_drop_webhook=0.0)
+    second = audit.run(DAY + timedelta(days=1))
+    assert second.state == "success"
+    audit.emulator.wait_idle()
+    latest: dict[str, dict] = {}
+    for scan in sorted(audit.scans(), key=lambda s: s["attempt"]):
+        latest[scan["image_id"]] = scan
+    assert {s["state"] for s in latest.values()} <= {"completed", "failed"}
+    retried = {s["image_id"] for s in timed_out}
+    assert all(latest[i]["attempt"] == 2 for i in retried)
+    # Each attempt's scan id was submitted once; the retried images twice in all (by design).
+    assert set(_submitted_ids(audit.emulator.state()).values()) == {1}

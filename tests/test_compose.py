@@ -1,0 +1,115 @@
+"""docker-compose.yaml, checked statically against the topology of ./run cluster (no Docker here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from copyleaks_provider.receiver import WEBHOOK_URL_PREFIX
+from copyleaks_provider.settings import CopyleaksSettings
+from image_audit.cluster import COMPONENTS, LocalCluster
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
+
+
+def _env_file_connection(path: Path) -> CopyleaksSettings:
+    line = next(x for x in path.read_text().splitlines() if x.startswith("AIRFLOW_CONN_COPYLEAKS_DEFAULT="))
+    conn = json.loads(line.split("=", 1)[1])
+    assert conn["conn_type"] == "copyleaks"
+
+    class _Conn:
+        login, password, extra_dejson = conn["login"], conn["password"], conn["extra"]
+
+    return CopyleaksSettings.from_connection(_Conn)
+
+
+def test_every_local_component_is_a_service_running_the_same_command(compose):
+    services = compose["services"]
+    assert set(COMPONENTS) <= set(services)
+    for name, args in COMPONENTS.items():
+        command = services[name]["command"]
+        expected = " ".join(a for a in args if not a.startswith("--") and not a.isdigit())
+        assert command == expected, name
+    assert {"postgres", "redis", "airflow-init", "copyleaks-emulator"} <= set(services)
+
+
+def test_shared_settings_match_the_local_cluster(compose):
+    common = compose["x-airflow-common"]
+    env = common["environment"]
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
+    assert (
+        env["IMAGE_AUDIT_WAREHOUSE_URL"].startswith("postgresql://")
+        and "image_audit_warehouse" in (env["IMAGE_AUDIT_WAREHOUSE_URL"])
+    )
+    assert "/execution/" in env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
+    mounts = {v.split(":")[1] for v in common["volumes"] if v.startswith("./")}
+    assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
+    init_sql = (ROOT / "compose" / "init-warehouse.sql").read_text()
+    assert "CREATE DATABASE image_audit_warehouse" in init_sql
+
+
+def test_the_image_is_airflow_332_with_the_project_installed():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("# ") and "FROM apache/airflow:3.3.2-python3.11" in dockerfile
+    assert "requirements.txt" in dockerfile and "pip install" in dockerfile
+
+
+def test_receiver_is_exposed_and_the_emulator_is_an_optional_profile(compose):
+    services = compose["services"]
+    assert "8080:8080" in services["airflow-apiserver"]["ports"]
+    assert services["copyleaks-emulator"]["profiles"] == ["emulator"]
+    emulator = _env_file_connection(ROOT / "compose" / "emulator.env")
+    assert emulator.webhook_base_url == f"http://airflow-apiserver:8080{WEBHOOK_URL_PREFIX}"
+    assert emulator.api_url == emulator.identity_url == "http://copyleaks-emulator:8099"
+    real = _env_file_connection(ROOT / "compose" / "copyleaks.env.example")
+    assert real.api_url == "https://api.copyleaks.com" and real.webhook_base_url.endswith(WEBHOOK_URL_PREFIX)
+
+
+def test_the_local_cluster_sets_what_every_compose_service_shares(compose, tmp_path):
+    """Settings that shape the topology are set in both places; the rest is host-specific."""
+    local = LocalCluster(home=tmp_path, api_port=18080, emulator_port=18099).environment()
+    shared = compose["x-airflow-common"]["environment"]
+    topology = {
+        "AIRFLOW__CORE__EXECUTOR",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__CELERY__BROKER_URL",
+        "AIRFLOW__CELERY__RESULT_BACKEND",
+        "IMAGE_AUDIT_WAREHOUSE_URL",
+        "IMAGE_AUDIT_REPORTS_DIR",
+    }
+    assert topology <= set(local) and topology <= set(shared)
+    assert local["AIRFLOW__CORE__EXECUTOR"] == shared["AIRFLOW__CORE__EXECUTOR"]
+    assert local["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    assert shared["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
+    assert local["IMAGE_AUDIT_WAREHOUSE_URL"].endswith("/image_audit_warehouse")
+    assert local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("/image_audit_airflow")
+    conn = json.loads(local["AIRFLOW_CONN_COPYLEAKS_DEFAULT"])
+    assert conn["conn_type"] == "copyleaks"
+    assert conn["extra"]["webhook_base_url"] == f"http://127.0.0.1:18080{WEBHOOK_URL_PREFIX}"
+    assert conn["extra"]["api_url"] == conn["extra"]["identity_url"] == "http://127.0.0.1:18099"
+
+
+def test_optional_services_stay_out_of_a_plain_up(compose):
+    """Only the core stack starts with `docker compose up`; the extras are opt-in profiles."""
+    services = compose["services"]
+    profiled = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiled == {
+        "copyleaks-emulator": ["emulator"],
+        "copyleaks-receiver": ["receiver"],
+        "flower": ["flower"],
+    }
+    receiver = services["copyleaks-receiver"]["entrypoint"]
+    assert receiver[:3] == ["python", "-m", "copyleaks_provider.receiver"] and "0.0.0.0" in receiver
+    assert services["flower"]["command"] == "celery flower"

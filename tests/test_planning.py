@@ -1,0 +1,195 @@
+"""Planning against a real warehouse: what a run submits, rejects, skips, adopts and retries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, update
+
+from copyleaks_provider.scan_ids import make_scan_id
+from image_audit.catalog import CatalogSpec, read_catalog
+from image_audit.planning import PlanOptions, RunContext, plan_run
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.progress import release_unsubmitted
+from image_audit.warehouse.schema import ScanState, audit_batches, audit_scans, image_catalog
+
+DAY = datetime(2026, 11, 23, tzinfo=UTC)
+MODEL = "ai-image-1-ultra"
+
+
+def _run(run_id: str = "run-1", day: datetime = DAY) -> RunContext:
+    return RunContext("image_catalog_audit", run_id, day, day + timedelta(days=1))
+
+
+def _rows(n: int, day: datetime = DAY, prefix: str = "img") -> list[dict]:
+    return [
+        {
+            "image_id": f"{prefix}-{i:04d}",
+            "url": f"https://cdn.example.com/{prefix}/{i:04d}.jpg",
+            "file_name": f"{prefix}-{i:04d}.jpg",
+            "source": "partner-feed" if i % 2 else "stock",
+            "ingested_at": day + timedelta(minutes=i),
+        }
+        for i in range(n)
+    ]
+
+
+def _scans(engine, **where) -> list[dict]:
+    query = select(audit_scans)
+    for key, value in where.items():
+        query = query.where(audit_scans.c[key] == value)
+    with engine.connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
+
+
+@pytest.fixture
+def engine(warehouse_url):
+    return get_engine(warehouse_url)
+
+
+def _seed(engine, rows):
+    columns = [c.name for c in image_catalog.columns]
+    with engine.begin() as conn:
+        conn.execute(image_catalog.insert(), [{c: row.get(c) for c in columns} for row in rows])
+
+
+def test_plans_interval_rows_into_batches(engine):
+    _seed(engine, _rows(25) + _rows(3, day=DAY + timedelta(days=1), prefix="next-day"))
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, batch_size=10))
+
+    assert plan.planned == 25 and plan.new == 25 and len(plan.batch_ids) == 3
+    scans = _scans(engine, run_id="run-1")
+    assert len(scans) == 25
+    assert {s["state"] for s in scans} == {"pending"}
+    assert {s["scan_id"] for s in scans} == {make_scan_id(f"img-{i:04d}", MODEL) for i in range(25)}
+    with engine.connect() as conn:
+        sizes = sorted(conn.execute(select(audit_batches.c.size)).scalars())
+    assert sizes == [5, 10, 10]
+
+
+def test_bad_rows_are_rejected_with_their_reason(engine):
+    rows = _rows(3)
+    late = DAY + timedelta(hours=1)  # ingested after the rows they duplicate: the first one wins
+    rows += [
+        {"image_id": "no-url", "url": None, "file_name": "x.jpg", "ingested_at": late},
+        {"image_id": "ftp", "url": "ftp://host/a.jpg", "file_name": "a.jpg", "ingested_at": late},
+        {"image_id": "gif", "url": "https://host/a.gif", "file_name": "a.gif", "ingested_at": late},
+        {"image_id": "dup-url", "url": rows[0]["url"], "file_name": "d.jpg", "ingested_at": late},
+    ]
+    _seed(engine, rows)
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+
+    assert plan.planned == 3 and plan.rejected == 4
+    reasons = {s["image_id"]: s["last_error"] for s in _scans(engine, state="rejected")}
+    assert reasons["no-url"] == "missing URL"
+    assert "scheme" in reasons["ftp"]
+    assert ".gif" in reasons["gif"]
+    assert reasons["dup-url"] == "duplicate URL: same image as img-0000"
+
+
+def test_rerun_plans_nothing_new_and_keeps_one_row_per_image(engine):
+    _seed(engine, _rows(12))
+    first = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, batch_size=5))
+    again = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, batch_size=5))
+
+    assert again.batch_ids == first.batch_ids and again.new == 0 and again.in_progress == 12
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(audit_scans)).scalar_one() == 12
+        assert conn.execute(select(func.count()).select_from(audit_batches)).scalar_one() == 3
+
+
+def test_completed_images_are_skipped_unless_forced(engine):
+    _seed(engine, _rows(4))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+    with engine.begin() as conn:
+        conn.execute(update(audit_scans).values(state=ScanState.COMPLETED.value))
+
+    skipped = plan_run(engine, CatalogSpec(), _run("run-2"), PlanOptions(model=MODEL))
+    assert skipped.planned == 0 and skipped.already_scanned == 4
+
+    forced = plan_run(engine, CatalogSpec(), _run("run-3"), PlanOptions(model=MODEL, force_rescan=True))
+    assert forced.planned == 4 and forced.retried == 4
+    assert {s["attempt"] for s in _scans(engine, run_id="run-3")} == {2}
+
+
+def test_budget_guard_defers_the_rest_to_a_later_run(engine):
+    _seed(engine, _rows(10))
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_credits=4))
+    assert plan.planned == 4 and plan.deferred_by_budget == 6
+    deferred = [s for s in _scans(engine) if s["batch_id"] is None]
+    assert len(deferred) == 6 and all("budget" in s["last_error"] for s in deferred)
+
+    # The next night's run (another interval, no budget) adopts the deferred scans with their ids.
+    later = plan_run(engine, CatalogSpec(), _run("run-2", DAY + timedelta(days=1)), PlanOptions(model=MODEL))
+    assert later.planned == 6 and later.resumed == 6
+    adopted = _scans(engine, run_id="run-2")
+    assert {s["scan_id"] for s in adopted} == {s["scan_id"] for s in deferred}
+
+
+def test_timed_out_scans_get_a_new_attempt_up_to_the_maximum(engine):
+    _seed(engine, _rows(2))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+    next_day = DAY + timedelta(days=1)
+    for attempt, run_id in [(2, "run-2"), (3, "run-3")]:
+        with engine.begin() as conn:
+            conn.execute(update(audit_scans).values(state=ScanState.TIMED_OUT.value))
+        plan = plan_run(
+            engine, CatalogSpec(), _run(run_id, next_day), PlanOptions(model=MODEL, max_attempts=3)
+        )
+        assert plan.retried == 2
+        assert {s["scan_id"] for s in _scans(engine, run_id=run_id)} == {
+            make_scan_id(f"img-{i:04d}", MODEL, attempt) for i in range(2)
+        }
+    with engine.begin() as conn:
+        conn.execute(update(audit_scans).values(state=ScanState.TIMED_OUT.value))
+    exhausted = plan_run(
+        engine, CatalogSpec(), _run("run-4", next_day), PlanOptions(model=MODEL, max_attempts=3)
+    )
+    assert exhausted.planned == 0 and exhausted.exhausted == 2
+
+
+def test_released_scans_are_adopted_by_the_next_run(engine):
+    _seed(engine, _rows(3))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+    assert release_unsubmitted(engine, "image_catalog_audit", "run-1") == 3
+    later = plan_run(engine, CatalogSpec(), _run("run-2", DAY + timedelta(days=1)), PlanOptions(model=MODEL))
+    assert later.resumed == 3 and later.planned == 3
+
+
+def test_a_team_catalog_with_its_own_names(engine):
+    team = Table(
+        "team_assets",
+        MetaData(),
+        Column("asset_key", String, primary_key=True),
+        Column("public_url", String),
+        Column("landed_at", DateTime(timezone=True)),
+        Column("feed", String),
+    )
+    team.create(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            team.insert(),
+            [
+                {"asset_key": "a1", "public_url": "https://h/a1.png", "landed_at": DAY, "feed": "x"},
+                {"asset_key": "a2", "public_url": "https://h/a2.webp", "landed_at": DAY, "feed": "y"},
+            ],
+        )
+    spec = CatalogSpec.from_dict(
+        {
+            "table": "team_assets",
+            "image_id": "asset_key",
+            "url": "public_url",
+            "ingested_at": "landed_at",
+            "source": "feed",
+            "file_name": None,
+            "fetch_headers_ref": None,
+        }
+    )
+    rows = list(read_catalog(engine, spec, DAY, DAY + timedelta(days=1), source_filter="y"))
+    assert [(r.image_id, r.url, r.source) for r in rows] == [("a2", "https://h/a2.webp", "y")]
+    plan = plan_run(engine, spec, _run(), PlanOptions(model=MODEL))
+    assert plan.planned == 2
+    assert {s["file_name"] for s in _scans(engine)} == {"a1.png", "a2.webp"}
+    with pytest.raises(ValueError, match="unknown catalog setting"):
+        CatalogSpec.from_dict({"tabel": "x"})

@@ -1,0 +1,481 @@
+"""The webhook receiver over real HTTP, on SQLite and PostgreSQL: authentication, validation, idempotence,
+durability (503 while the warehouse is down), NOTIFY, and emulator -> receiver -> results row."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+
+import copyleaks_provider.receiver as receiver_module
+from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.models import (
+    ImageInfo,
+    ImageShape,
+    RleMask,
+    ScannedDocument,
+    Summary,
+    WebhookBody,
+    encode_rle_mask,
+)
+from copyleaks_provider.receiver import create_receiver_app
+from copyleaks_provider.scan_ids import validate_scan_id
+from copyleaks_provider.webhook_auth import webhook_token, webhook_url
+from image_audit.servers import BackgroundServer, free_port
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.schema import ScanState, audit_results, audit_scans, migrate
+from tests.conftest import requires_postgres
+
+SECRET = "current-secret"
+OLD_SECRET = "previous-secret"
+
+
+def seed_scan(url: str, scan_id: str, state: ScanState = ScanState.SUBMITTED, run_id: str = "run-1") -> None:
+    now = datetime.now(UTC)
+    with get_engine(url).begin() as conn:
+        conn.execute(
+            audit_scans.insert(),
+            {
+                "scan_id": scan_id,
+                "image_id": f"image-{scan_id}",
+                "model": "ai-image-1-ultra-01-09-2025",
+                "attempt": 1,
+                "state": state.value,
+                "dag_id": "image_catalog_audit",
+                "run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+
+def result_body(scan_id: str, *, width: int = 8, height: int = 4, ai_pixels: int = 8) -> dict:
+    import numpy as np
+
+    mask = np.zeros(width * height, dtype=bool)
+    mask[:ai_pixels] = True
+    starts, lengths = encode_rle_mask(mask)
+    ai = ai_pixels / (width * height)
+    return {
+        "model": "ai-image-1-ultra-01-09-2025",
+        "result": {"starts": starts, "lengths": lengths},
+        "summary": {"ai": ai, "human": 1 - ai},
+        "imageInfo": {"shape": {"height": height, "width": width}, "metadata": {"issuedBy": "test"}},
+        "scannedDocument": {"scanId": scan_id, "actualCredits": 1, "expectedCredits": 1},
+        "developerPayload": "run-1",
+    }
+
+
+def error_body(scan_id: str) -> dict:
+    return {"scannedDocument": {"scanId": scan_id}, "error": {"code": 400, "message": "image too small"}}
+
+
+def scan_row(url: str, scan_id: str) -> dict:
+    with get_engine(url).connect() as conn:
+        return dict(
+            conn.execute(select(audit_scans).where(audit_scans.c.scan_id == scan_id)).mappings().one()
+        )
+
+
+def result_count(url: str) -> int:
+    with get_engine(url).connect() as conn:
+        return conn.execute(select(func.count()).select_from(audit_results)).scalar_one()
+
+
+@pytest.fixture
+def receiver(warehouse_url):
+    app = create_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[SECRET, OLD_SECRET])
+    with BackgroundServer(app) as server:
+        yield server
+
+
+def post(server, scan_id: str, body, *, secret: str = SECRET, token: str | None = None) -> httpx.Response:
+    url = webhook_url(server.url, secret, scan_id)
+    if token is not None:
+        url = f"{server.url}/callbacks/{scan_id}/{token}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(url, content=content, headers={"content-type": "application/json"}, timeout=30)
+
+
+def test_a_result_is_stored_once_and_completes_the_scan(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-ok")
+    first = post(receiver, "scan-ok", result_body("scan-ok"))
+    assert first.status_code == 200 and first.json() == {"status": "stored"}
+    again = post(receiver, "scan-ok", result_body("scan-ok", ai_pixels=16))
+    assert again.status_code == 200 and again.json() == {"status": "duplicate"}
+
+    assert scan_row(warehouse_url, "scan-ok")["state"] == "completed"
+    with get_engine(warehouse_url).connect() as conn:
+        rows = conn.execute(select(audit_results)).mappings().all()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["ai"], row["width"], row["height"]) == (0.25, 8, 4)  # the first callback, not the duplicate
+    assert row["mask_starts"] == [0] and row["mask_lengths"] == [8]
+    assert row["image_metadata"] == {"issuedBy": "test"} and row["developer_payload"] == "run-1"
+    assert WebhookBody.model_validate(row["raw_body"]).detection().mask().sum() == 8
+
+
+@pytest.mark.parametrize(
+    ("token", "status"),
+    [
+        ("0" * 64, 403),
+        ("not-hex", 403),
+        (webhook_token(SECRET, "another-scan"), 403),
+        (webhook_token("x", "s"), 403),
+    ],
+)
+def test_forged_or_foreign_tokens_are_refused_and_change_nothing(receiver, warehouse_url, token, status):
+    seed_scan(warehouse_url, "scan-auth")
+    response = post(receiver, "scan-auth", result_body("scan-auth"), token=token)
+    assert response.status_code == status
+    assert scan_row(warehouse_url, "scan-auth")["state"] == "submitted" and result_count(warehouse_url) == 0
+
+
+def test_missing_token_is_401(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-notoken")
+    response = httpx.post(f"{receiver.url}/callbacks/scan-notoken", json=result_body("scan-notoken"))
+    assert response.status_code == 401 and result_count(warehouse_url) == 0
+
+
+def test_previous_secret_is_accepted_during_rotation(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-rot")
+    assert post(receiver, "scan-rot", result_body("scan-rot"), secret=OLD_SECRET).status_code == 200
+    seed_scan(warehouse_url, "scan-rot2")
+    assert post(receiver, "scan-rot2", result_body("scan-rot2"), secret="retired").status_code == 403
+
+
+def test_unknown_scan_is_404(receiver, warehouse_url):
+    assert post(receiver, "never-planned", result_body("never-planned")).status_code == 404
+    assert result_count(warehouse_url) == 0
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        (b"{not json", 400),
+        (b"[1, 2]", 422),
+        (json.dumps({"scannedDocument": {"scanId": "scan-bad"}}).encode(), 422),  # neither result nor error
+        (b"[" * 100_000 + b"]" * 100_000, 400),  # deeply nested
+    ],
+)
+def test_malformed_bodies_are_refused_and_change_nothing(receiver, warehouse_url, body, status):
+    seed_scan(warehouse_url, "scan-bad")
+    response = post(receiver, "scan-bad", body)
+    assert response.status_code == status, response.text
+    assert scan_row(warehouse_url, "scan-bad")["state"] == "submitted" and result_count(warehouse_url) == 0
+
+
+def test_wrong_shape_and_mismatched_scan_id_are_422(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-shape")
+    broken = result_body("scan-shape")
+    broken["summary"] = {"ai": 0.9, "human": 0.9}
+    assert post(receiver, "scan-shape", broken).status_code == 422
+    outside = result_body("scan-shape")
+    outside["result"] = {"starts": [30], "lengths": [10]}  # past the 32-pixel image
+    assert post(receiver, "scan-shape", outside).status_code == 422
+    assert post(receiver, "scan-shape", result_body("someone-else")).status_code == 422
+    assert result_count(warehouse_url) == 0
+
+
+def test_oversized_body_is_413(warehouse_url):
+    seed_scan(warehouse_url, "scan-big")
+    app = create_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[SECRET], max_body_bytes=1024)
+    with BackgroundServer(app) as server:
+        body = result_body("scan-big")
+        body["developerPayload"] = "x" * 5000
+        assert post(server, "scan-big", body).status_code == 413
+
+        def chunks():  # no Content-Length: the limit holds while streaming too
+            yield b'{"a": "'
+            yield b"x" * 4096
+            yield b'"}'
+
+        url = webhook_url(server.url, SECRET, "scan-big")
+        assert httpx.post(url, content=chunks()).status_code == 413
+    assert result_count(warehouse_url) == 0
+
+
+def test_error_callback_fails_the_scan_and_a_result_still_wins(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-err")
+    assert post(receiver, "scan-err", error_body("scan-err")).json() == {"status": "failed_recorded"}
+    row = scan_row(warehouse_url, "scan-err")
+    assert row["state"] == "failed" and "image too small" in row["last_error"]
+    assert post(receiver, "scan-err", error_body("scan-err")).json() == {"status": "duplicate"}
+    # Out of order: a result after the error completes the scan.
+    assert post(receiver, "scan-err", result_body("scan-err")).json() == {"status": "stored"}
+    assert scan_row(warehouse_url, "scan-err")["state"] == "completed"
+    # And an error after a result changes nothing.
+    assert post(receiver, "scan-err", error_body("scan-err")).json() == {"status": "duplicate"}
+    assert scan_row(warehouse_url, "scan-err")["state"] == "completed" and result_count(warehouse_url) == 1
+
+
+def test_late_callback_completes_a_timed_out_scan(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-late", ScanState.TIMED_OUT)
+    assert post(receiver, "scan-late", result_body("scan-late")).json() == {"status": "stored"}
+    assert scan_row(warehouse_url, "scan-late")["state"] == "completed"
+
+
+def test_scan_ids_with_url_reserved_characters_round_trip(receiver, warehouse_url):
+    """Copyleaks' scan id alphabet includes "/", "%", quotes and braces: webhook_url percent-encodes
+    them and the receiver must route, verify and store the decoded id."""
+    import numpy as np
+
+    scan_id = "a/b%2f&c=d;e'f\"g{h}<i>|~,."
+    assert validate_scan_id(scan_id)
+    seed_scan(warehouse_url, scan_id)
+    mask = np.zeros((4, 8), dtype=bool)
+    mask[1] = True
+    starts, lengths = encode_rle_mask(mask)
+    body = WebhookBody(
+        scanned_document=ScannedDocument(scan_id=scan_id, actual_credits=1),
+        model="ai-image-1-ultra-01-09-2025",
+        result=RleMask(starts=starts, lengths=lengths),
+        summary=Summary(ai=0.25, human=0.75),
+        image_info=ImageInfo(shape=ImageShape(height=4, width=8)),
+    )
+    response = httpx.post(webhook_url(receiver.url, SECRET, scan_id), json=body.wire(), timeout=30)
+    assert response.json() == {"status": "stored"}
+    assert scan_row(warehouse_url, scan_id)["state"] == "completed"
+    other = "a/b%2f&c=d;e'f\"g{h}<i>|~,x"  # same token route, another (unknown) scan
+    assert post(receiver, other, result_body(other), token=webhook_token(SECRET, scan_id)).status_code == 403
+
+
+def test_concurrent_duplicates_and_errors_store_exactly_one_result_per_scan(receiver, warehouse_url):
+    """Copyleaks retries overlap: results and errors for the same scans arrive at once, in any order."""
+    scan_ids = [f"scan-race-{i}" for i in range(8)]
+    for scan_id in scan_ids:
+        seed_scan(warehouse_url, scan_id)
+    calls = [
+        (i, body) for i in scan_ids for body in (result_body(i), error_body(i), result_body(i, ai_pixels=4))
+    ]
+
+    async def send_all() -> list[tuple[str, str]]:
+        async with httpx.AsyncClient(timeout=60) as client:
+
+            async def send(scan_id: str, body: dict) -> tuple[str, str]:
+                response = await client.post(webhook_url(receiver.url, SECRET, scan_id), json=body)
+                assert response.status_code == 200, response.text
+                return scan_id, response.json()["status"]
+
+            return await asyncio.gather(*(send(i, b) for i, b in calls * 2))
+
+    outcomes = asyncio.run(send_all())
+    for scan_id in scan_ids:
+        statuses = sorted(status for i, status in outcomes if i == scan_id)
+        assert statuses.count("stored") == 1, statuses
+        row = scan_row(warehouse_url, scan_id)
+        assert row["state"] == "completed" and row["last_error"] is None
+    assert result_count(warehouse_url) == len(scan_ids)
+
+
+def test_json_nested_just_below_the_parser_limit_is_stored_or_refused_never_a_5xx(receiver, warehouse_url):
+    """Depths the parser accepts but the serialiser of raw_body may not: a 400, not a 503 retried for ever."""
+    seed_scan(warehouse_url, "scan-deep")
+    statuses = set()
+    for depth in range(900, 1001, 4):
+        body = (
+            json.dumps(result_body("scan-deep"))[:-1]
+            + ', "extra": '
+            + '{"a":' * depth
+            + "1"
+            + "}" * depth
+            + "}"
+        )
+        statuses.add(post(receiver, "scan-deep", body.encode()).status_code)
+    assert statuses <= {200, 400} and 400 in statuses, statuses
+    assert httpx.get(f"{receiver.url}/health").status_code == 200
+
+
+def test_health(receiver):
+    assert httpx.get(f"{receiver.url}/health").json() == {"status": "ok"}
+
+
+def test_sqlite_warehouse_down_gives_503_then_stores_after_it_returns(tmp_path):
+    folder = tmp_path / "warehouse"
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'w.db'}"
+    migrate(get_engine(url))
+    seed_scan(url, "scan-down")
+    get_engine(url).dispose()
+    app = create_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
+    with BackgroundServer(app) as server:
+        folder.rename(tmp_path / "gone")
+        assert post(server, "scan-down", result_body("scan-down")).status_code == 503
+        assert httpx.get(f"{server.url}/health").status_code == 503
+        (tmp_path / "gone").rename(folder)
+        assert post(server, "scan-down", result_body("scan-down")).status_code == 200
+    assert scan_row(url, "scan-down")["state"] == "completed"
+
+
+class AsyncTcpProxy:
+    """An asyncio TCP proxy in front of PostgreSQL, on its own loop in a thread.
+
+    ``cut()``: drop every connection and refuse new ones (the database is gone: errors at once);
+    ``stall()``: keep connections open but forward nothing (a network partition: only timeouts tell);
+    ``restore()``: forward again.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.port = free_port()
+        self._stalled = False
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+
+    def _run(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+
+    def start(self) -> AsyncTcpProxy:
+        self._run(self._listen())
+        return self
+
+    async def _listen(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, reuse_address=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
+        if self._stalled:
+            return  # accepted, never answered
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self._writers.add(up_writer)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if not self._stalled:
+                    writer.write(data)
+                    await writer.drain()
+        writer.close()
+
+    async def _drop_all(self, *, stop_listening: bool) -> None:
+        if stop_listening and self._server is not None:
+            self._server.close()
+            self._server = None
+        for writer in list(self._writers):
+            writer.transport.abort()
+        self._writers.clear()
+
+    def cut(self) -> None:
+        self._run(self._drop_all(stop_listening=True))
+
+    def stall(self) -> None:
+        self._stalled = True
+
+    def restore(self) -> None:
+        self._stalled = False
+        self._run(self._drop_all(stop_listening=False))  # stalled connections are useless now
+        if self._server is None:
+            self.start()
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+@pytest.fixture
+def proxied_postgres(postgres_databases):
+    """A migrated PostgreSQL warehouse, its URL, and the receiver's URL through a cuttable proxy."""
+    url = postgres_databases.create()
+    proxy = None
+    try:
+        migrate(get_engine(url))
+        proxy = AsyncTcpProxy(make_url(url).port or 5432).start()
+        via_proxy = make_url(url).set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        yield url, via_proxy, proxy
+    finally:
+        if proxy is not None:
+            proxy.close()
+        postgres_databases.drop(url)
+
+
+@requires_postgres
+def test_postgres_warehouse_down_gives_503_then_stores_after_it_returns(proxied_postgres):
+    url, via_proxy, proxy = proxied_postgres
+    seed_scan(url, "scan-pg-down")
+    with BackgroundServer(create_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])) as server:
+        assert httpx.get(f"{server.url}/health").status_code == 200
+        proxy.cut()
+        assert post(server, "scan-pg-down", result_body("scan-pg-down")).status_code == 503
+        assert httpx.get(f"{server.url}/health").status_code == 503
+        assert scan_row(url, "scan-pg-down")["state"] == "submitted" and result_count(url) == 0
+        proxy.restore()
+        assert post(server, "scan-pg-down", result_body("scan-pg-down")).json() == {"status": "stored"}
+    assert scan_row(url, "scan-pg-down")["state"] == "completed"
+
+
+@requires_postgres
+def test_stalled_postgres_gives_503_in_bounded_time_not_a_hung_request(proxied_postgres, monkeypatch):
+    """A partition (packets go nowhere, no reset) must end in a 503 Copyleaks retries, not a hang."""
+    monkeypatch.setattr(receiver_module, "DATABASE_TIMEOUT_SECONDS", 1.0)
+    url, via_proxy, proxy = proxied_postgres
+    seed_scan(url, "scan-stall")
+    with BackgroundServer(create_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])) as server:
+        assert httpx.get(f"{server.url}/health").status_code == 200  # a pooled connection exists
+        proxy.stall()
+        assert post(server, "scan-stall", result_body("scan-stall")).status_code == 503  # httpx timeout: 30 s
+        proxy.restore()
+        assert post(server, "scan-stall", result_body("scan-stall")).json() == {"status": "stored"}
+    assert scan_row(url, "scan-stall")["state"] == "completed" and result_count(url) == 1
+
+
+@requires_postgres
+def test_postgres_notifies_waiting_triggers(postgres_databases):
+    import asyncpg
+
+    url = postgres_databases.create()
+    try:
+        migrate(get_engine(url))
+        seed_scan(url, "scan-notify", run_id="run-n")
+        app = create_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
+
+        async def listen_and_post(server) -> dict:
+            dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+            conn = await asyncpg.connect(dsn)
+            received: asyncio.Queue = asyncio.Queue()
+            await conn.add_listener("image_audit_scans", lambda *args: received.put_nowait(args[-1]))
+            try:
+                await asyncio.to_thread(post, server, "scan-notify", result_body("scan-notify"))
+                return json.loads(await asyncio.wait_for(received.get(), timeout=10))
+            finally:
+                await conn.close()
+
+        with BackgroundServer(app) as server:
+            payload = asyncio.run(listen_and_post(server))
+        assert payload == {"dag_id": "image_catalog_audit", "run_id": "run-n"}
+    finally:
+        postgres_databases.drop(url)
+
+
+def test_emulator_to_receiver_to_results_row(emulator, sqlite_warehouse_url):
+    """A real submit through the hook; the emulator fetches, decodes and calls our receiver back."""
+    app = create_receiver_app(warehouse_url=sqlite_warehouse_url, webhook_secrets=[SECRET])
+    with BackgroundServer(app) as server:
+        hook = CopyleaksHook(settings=emulator.connection_settings(server.url, SECRET))
+        for scan_id, name in [("e2e-good", "img-00001.jpg"), ("e2e-tiny", None)]:
+            seed_scan(sqlite_warehouse_url, scan_id)
+            url = emulator.sample_url(name) if name else emulator.sample_url("t.png", "tiny")
+            hook.submit_image(
+                hook.build_submit_request(scan_id, url, Path(url).name, developer_payload="p-1")
+            )
+        emulator.wait_idle()
+    good = scan_row(sqlite_warehouse_url, "e2e-good")
+    assert good["state"] == "completed"
+    with get_engine(sqlite_warehouse_url).connect() as conn:
+        stored = conn.execute(select(audit_results)).mappings().one()
+    body = WebhookBody.model_validate(stored["raw_body"])
+    mask = body.detection().mask()
+    assert mask.shape == (stored["height"], stored["width"])
+    assert abs(mask.mean() - stored["ai"]) < 1e-4 and stored["developer_payload"] == "p-1"
+    tiny = scan_row(sqlite_warehouse_url, "e2e-tiny")
+    assert tiny["state"] == "failed" and "512x512" in tiny["last_error"]

@@ -1,0 +1,364 @@
+"""The run report against hand-computed aggregates of a fixed set of scans (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sqlalchemy import func, select
+
+from copyleaks_provider.models import decode_rle_mask
+from image_audit.reporting import RunReport, Thresholds, build_run_report
+from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url
+from image_audit.reporting.overlays import TINT_ALPHA, TINT_COLOR, overlay_thumbnail, scale_mask, tint
+from image_audit.reporting.overlays import placeholder as make_placeholder
+from image_audit.reporting.report import safe_run_id
+from image_audit.reporting.verdicts import Verdict, verdict_of
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.schema import audit_reports, audit_results
+from tests.test_report_fixtures import (
+    D1,
+    DAG_ID,
+    EXPECTED,
+    HEIGHT,
+    R1,
+    R2,
+    WIDTH,
+    image_png,
+    insert_report_row,
+    insert_scans,
+    mask_for,
+    r1_scans,
+    r2_scans,
+)
+
+R0 = "scheduled__2026-11-20T00:00:00+00:00"
+
+
+class _Fetcher:
+    """``fetch_image`` for the tests: generated PNGs by URL; image ``a`` is unreachable."""
+
+    def __init__(self):
+        self.urls: list[str] = []
+
+    def __call__(self, url: str) -> bytes:
+        self.urls.append(url)
+        if "/img/a.png" in url:
+            raise ConnectionError("unreachable")
+        return image_png(WIDTH, HEIGHT, seed=len(self.urls))
+
+
+def _seed(engine) -> None:
+    insert_scans(engine, r1_scans())
+    insert_scans(engine, r2_scans())
+    old = {"images": 5, "completed": 4, "ai_generated": 1, "partly_ai": 1, "human": 2, "failed": 1}
+    insert_report_row(
+        engine, DAG_ID, R0, datetime(2026, 11, 20, tzinfo=UTC), old | {"ai_share": 0.25, "flagged_share": 0.5}
+    )
+    insert_report_row(engine, "other_dag", "x", datetime(2026, 11, 21, tzinfo=UTC), {"ai_share": 0.9})
+    insert_report_row(engine, DAG_ID, "later", datetime(2026, 11, 30, tzinfo=UTC), {"ai_share": 0.9})
+
+
+@pytest.fixture
+def reports(warehouse_url, tmp_path) -> tuple[RunReport, RunReport, _Fetcher]:
+    engine = get_engine(warehouse_url)
+    _seed(engine)
+    first = build_run_report(engine, DAG_ID, R1, out_dir=tmp_path / "r1", fetch_image=_Fetcher())
+    fetcher = _Fetcher()
+    second = build_run_report(
+        engine, DAG_ID, R2, out_dir=tmp_path / "r2", rolling_runs=3, top_n=3, fetch_image=fetcher
+    )
+    return first, second, fetcher
+
+
+def test_states_verdicts_credits_and_histogram_match_hand_counts(reports):
+    _, report, _ = reports
+    summary = report.summary
+    assert summary["states"] == EXPECTED["states"]
+    assert summary["verdicts"] == EXPECTED["verdicts"]
+    assert summary["images"] == EXPECTED["images"] == sum(summary["states"].values())
+    assert summary["scan_rows"] == EXPECTED["scan_rows"]
+    assert summary["rejected_rows"] == EXPECTED["rejected_rows"]
+    assert summary["credits"] == EXPECTED["credits"]
+    assert (summary["credits_expected"], summary["credits_actual"]) == (16, 12)
+    counts = summary["histogram"]["counts"]
+    assert len(counts) == 20
+    assert {i: n for i, n in enumerate(counts) if n} == EXPECTED["histogram"]
+    by_verdict = summary["histogram"]["by_verdict"]
+    assert {i: n for i, n in enumerate(by_verdict["partly_ai"]) if n} == {
+        2: 1,
+        4: 1,
+        10: 1,
+        17: 1,
+    }  # f, d, h, c
+    assert {i: n for i, n in enumerate(by_verdict["human"]) if n} == {0: 1, 3: 1}  # g, e
+    assert summary["ai_share"] == pytest.approx(4 / 10)
+    assert summary["flagged_share"] == pytest.approx(8 / 10)
+    ai_values = [0.95, 0.90, 0.8999, 0.20, 0.1999, 0.10, 0.0, 0.5, 0.97, 1.0]
+    assert summary["mean_ai"] == pytest.approx(sum(ai_values) / 10)
+    # the XCom-friendly scalars the DAG passes on
+    assert (summary["completed"], summary["rejected"], summary["ai_generated"]) == (10, 3, 4)
+    assert summary["data_interval_end"].startswith("2026-11-22T00:00:00")
+
+
+def test_breakdowns_per_source_and_day(reports):
+    _, report, _ = reports
+    by_source = report.summary["by_source"]
+    assert list(by_source) == ["shop", "blog", "(no source)"]  # most images first
+    assert by_source["shop"] == {
+        "images": 8, "completed": 5, "ai_generated": 3, "partly_ai": 2, "human": 0,
+        "failed": 1, "timed_out": 0, "rejected": 1, "ai_share": pytest.approx(3 / 5),
+    }  # fmt: skip
+    assert by_source["blog"] == {
+        "images": 6, "completed": 4, "ai_generated": 1, "partly_ai": 2, "human": 1,
+        "failed": 0, "timed_out": 1, "rejected": 0, "ai_share": pytest.approx(1 / 4),
+    }  # fmt: skip
+    assert by_source["(no source)"] == {
+        "images": 3, "completed": 1, "ai_generated": 0, "partly_ai": 0, "human": 1,
+        "failed": 0, "timed_out": 0, "rejected": 2, "ai_share": 0.0,
+    }  # fmt: skip
+    by_day = report.summary["by_day"]
+    # 23:30 UTC on the 20th stays the 20th whatever the database session's time zone
+    assert list(by_day) == ["2026-11-20", "2026-11-21"]
+    assert {
+        k: by_day["2026-11-20"][k] for k in ("images", "completed", "ai_generated", "partly_ai", "human")
+    } == {"images": 10, "completed": 5, "ai_generated": 2, "partly_ai": 2, "human": 1}
+    assert {
+        k: by_day["2026-11-21"][k] for k in ("images", "completed", "ai_generated", "partly_ai", "human")
+    } == {"images": 7, "completed": 5, "ai_generated": 2, "partly_ai": 2, "human": 1}
+
+
+def test_trend_rolling_view_and_report_rows(reports, warehouse_url):
+    first, report, _ = reports
+    assert first.summary["images"] == 2 and first.summary["ai_share"] == 1.0
+    # rolling view: R0 (a report row without scans), R1, R2; each image counted once over the runs
+    # (e timed out in R1 and completed in R2; "later" and "other_dag" are out of scope)
+    assert report.summary["rolling"]["runs"] == 3
+    assert report.summary["rolling"]["states"] == {
+        "pending": 1, "submitted": 1, "completed": 11, "failed": 1, "timed_out": 1, "rejected": 3,
+    }  # fmt: skip
+    assert report.summary["rolling"]["verdicts"] == {"ai_generated": 5, "partly_ai": 4, "human": 2}
+    html = report.html_path.read_text()
+    trend_section = html[html.index("<h2>Last 3 runs</h2>") :]
+    positions = [trend_section.index(f"<code>{run}</code>") for run in (R2, R1, R0)]
+    assert positions == sorted(positions)  # newest first in the table
+    assert "<code>later</code>" not in trend_section and "<code>x</code>" not in trend_section
+    assert "25.0%" in trend_section and "100.0%" in trend_section and "40.0%" in trend_section
+    engine = get_engine(warehouse_url)
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(audit_reports).where(audit_reports.c.dag_id == DAG_ID, audit_reports.c.run_id == R2)
+        ).one()
+    assert row.summary["verdicts"] == EXPECTED["verdicts"]
+    assert (row.html_path, row.csv_path, row.parquet_path) == tuple(
+        str(p) for p in (report.html_path, report.csv_path, report.parquet_path)
+    )
+    # rebuilding replaces the row, never adds one
+    build_run_report(engine, DAG_ID, R2, out_dir=report.html_path.parent, top_n=0, fetch_image=_Fetcher())
+    with engine.connect() as conn:
+        count = conn.execute(
+            select(func.count()).select_from(audit_reports).where(audit_reports.c.run_id == R2)
+        ).scalar_one()
+    assert count == 1
+
+
+def test_exports_round_trip_one_row_per_image(reports):
+    _, report, _ = reports
+    csv = pd.read_csv(report.csv_path, keep_default_na=False, na_values=[""], dtype={"image_id": str})
+    parquet = pd.read_parquet(report.parquet_path)
+    assert list(csv.columns) == list(parquet.columns) == EXPORT_COLUMNS
+    assert len(csv) == len(parquet) == EXPECTED["images"]
+    assert parquet["scan_id"].is_unique
+    verdicts = parquet.dropna(subset=["verdict"]).set_index("image_id")["verdict"].to_dict()
+    assert verdicts == EXPECTED["verdict_by_image"]
+    by_id = parquet.set_index("scan_id")
+    assert by_id.loc["h-2-r2", "attempts"] == 2 and by_id.loc["i-2-r2", "ai"] == 0.97
+    assert by_id.loc["k-2-r2", "state"] == "timed_out" and "rej-dup-a" not in by_id.index
+    assert by_id.loc["f-1-r2", "mask_area"] == 0.05
+    assert by_id.loc["a-1-r2", "app_or_device"] == "app-0"
+    assert str(parquet["ingested_at"].dtype) == "datetime64[us, UTC]"
+    assert by_id.loc["d-1-r2", "ingested_at"] == pd.Timestamp(D1)
+    assert not parquet["url"].str.contains("signature").any()  # query strings (signatures) dropped
+    assert sorted(csv["scan_id"]) == sorted(parquet["scan_id"])
+    assert csv.set_index("scan_id").loc["e-2-r2", "ai"] == 0.1999
+    assert csv.set_index("scan_id").loc["j-1-r2", "last_error"].startswith("image too small")
+
+
+class _Assets(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.urls: list[tuple[str, str, str]] = []
+        self.images: list[dict] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name in ("src", "href", "srcset", "poster", "data"):
+            if attrs.get(name):
+                self.urls.append((tag, name, attrs[name]))
+        if tag == "img":
+            self.images.append(attrs)
+
+
+def test_html_is_self_contained_and_holds_no_secrets(reports):
+    _, report, fetcher = reports
+    html = report.html_path.read_text()
+    parser = _Assets()
+    parser.feed(html)
+    assert parser.urls, "the report embeds its charts"
+    assert all(value.startswith("data:image/") for _, _, value in parser.urls), parser.urls
+    assert "url(" not in html.split("</style>")[0].split("<style>")[1]  # no CSS assets either
+    assert "<script" not in html and "<link" not in html
+    charts = [i for i in parser.images if i.get("class") == "chart"]
+    thumbnails = [i for i in parser.images if i.get("class") == "thumbnail"]
+    assert len(charts) == 6 and len(thumbnails) == 3
+    for image in charts + thumbnails:
+        payload = base64.b64decode(image["src"].split(",", 1)[1])
+        with Image.open(io.BytesIO(payload)) as decoded:
+            assert decoded.width > 0 and decoded.height > 0
+    # the top 3 by AI proportion, in order; a's image failed to fetch and shows a placeholder
+    assert [t["alt"].split(" ")[0] for t in thumbnails] == EXPECTED["top3"]
+    assert sorted(u.split("/img/")[1].split("?")[0] for u in fetcher.urls) == ["a.png", "i.png", "o.png"]
+    assert html.count("image unavailable") == 1
+    for secret in ("signature=", "secret-token", "dp-secret-never-rendered"):
+        assert secret not in html
+    for reason in ("missing image id", "duplicate image id in this interval", "image too small"):
+        assert reason in html
+
+
+def test_thresholds_are_configurable(warehouse_url, tmp_path):
+    engine = get_engine(warehouse_url)
+    insert_scans(engine, r2_scans())
+    report = build_run_report(
+        engine,
+        DAG_ID,
+        R2,
+        out_dir=tmp_path,
+        thresholds=Thresholds(ai_generated=0.95, partly_ai=0.5, min_mask_area=None),
+        top_n=0,
+    )
+    # ai_generated: a .95, i .97, o 1.0; partly: b .90, c .8999, h .5; human: d .2, e .1999, f .1, g 0
+    assert report.summary["verdicts"] == {"ai_generated": 3, "partly_ai": 3, "human": 4}
+    assert report.summary["thresholds"] == {"ai_generated": 0.95, "partly_ai": 0.5, "min_mask_area": None}
+
+
+def test_empty_run_still_reports(sqlite_warehouse_url, tmp_path):
+    report = build_run_report(get_engine(sqlite_warehouse_url), DAG_ID, "manual__nothing", out_dir=tmp_path)
+    assert report.summary["images"] == 0 and report.summary["ai_share"] is None
+    assert "No completed images in this run." in report.html_path.read_text()
+    assert pd.read_parquet(report.parquet_path).columns.tolist() == EXPORT_COLUMNS
+    assert pd.read_csv(report.csv_path).empty
+
+
+def test_default_out_dir_is_per_dag_and_safe_run_id(sqlite_warehouse_url, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMAGE_AUDIT_REPORTS_DIR", str(tmp_path))
+    run_id = "manual__2026-11-24T10:00:00+00:00"
+    report = build_run_report(get_engine(sqlite_warehouse_url), DAG_ID, run_id)
+    assert report.html_path.parent == tmp_path / DAG_ID / safe_run_id(run_id)
+    assert ":" not in safe_run_id(run_id) and "+" not in safe_run_id(run_id)
+    assert safe_run_id(run_id) != safe_run_id(run_id.replace(":", "_"))
+    assert safe_run_id("plain_run-1") == "plain_run-1"
+
+
+@pytest.mark.parametrize(
+    ("ai", "mask_area", "expected"),
+    [
+        (0.9, 0.9, Verdict.AI_GENERATED),
+        (math.nextafter(0.9, 0), 0.9, Verdict.PARTLY_AI),
+        (0.2, 0.2, Verdict.PARTLY_AI),
+        (math.nextafter(0.2, 0), 0.0, Verdict.HUMAN),
+        (0.01, 0.05, Verdict.PARTLY_AI),
+        (0.01, math.nextafter(0.05, 0), Verdict.HUMAN),
+    ],
+)
+def test_verdict_rule_edges(ai, mask_area, expected):
+    assert verdict_of(ai, mask_area, Thresholds()) is expected
+
+
+def test_thresholds_must_be_ordered():
+    with pytest.raises(ValueError, match="partly_ai"):
+        Thresholds(ai_generated=0.3, partly_ai=0.5)
+
+
+def test_tint_changes_exactly_the_mask_pixels():
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, size=(HEIGHT, WIDTH, 3), dtype=np.uint8)
+    mask = mask_for(333, seed=11)
+    out = np.asarray(tint(Image.fromarray(pixels, "RGB"), mask))
+    expected = np.rint((1 - TINT_ALPHA) * pixels.astype(float) + TINT_ALPHA * np.array(TINT_COLOR))
+    assert np.array_equal(out[mask], expected[mask].astype(np.uint8))
+    assert np.array_equal(out[~mask], pixels[~mask])
+    changed = (out != pixels).any(axis=2)
+    assert np.array_equal(changed, mask)
+
+
+def test_overlay_thumbnail_tints_the_decoded_mask(sqlite_warehouse_url):
+    engine = get_engine(sqlite_warehouse_url)
+    insert_scans(engine, r2_scans())
+    with engine.connect() as conn:
+        row = conn.execute(select(audit_results).where(audit_results.c.scan_id == "h-2-r2")).one()
+    mask = decode_rle_mask(row.mask_starts, row.mask_lengths, row.height, row.width)
+    assert mask.sum() == 1000  # ai 0.5 of 2,000 pixels
+    png = image_png(WIDTH, HEIGHT, seed=3)
+    original = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    thumbnail, drawn = overlay_thumbnail(png, mask)
+    assert drawn and thumbnail.size == (WIDTH, HEIGHT)
+    out = np.asarray(thumbnail)
+    assert np.array_equal((out != original).any(axis=2), mask)
+    placeholder, drawn = overlay_thumbnail(b"not an image", mask)
+    assert not drawn and placeholder.size == (WIDTH, HEIGHT)
+    untinted = np.asarray(make_placeholder((WIDTH, HEIGHT)))
+    assert np.array_equal((np.asarray(placeholder) != untinted).any(axis=2), mask)
+
+
+def test_large_masks_are_scaled_to_the_thumbnail_keeping_small_regions():
+    mask = np.zeros((800, 1000), dtype=bool)
+    mask[100:103, 200:203] = True  # 9 pixels: far less than one thumbnail cell
+    mask[400:800, 500:1000] = True
+    png = image_png(1000, 800, seed=5)
+    thumbnail, drawn = overlay_thumbnail(png, mask)
+    assert drawn and thumbnail.size == (360, 288)
+    scaled = scale_mask(mask, (360, 288))
+    assert scaled[36:38, 72:74].any()  # the tiny region stays visible
+    assert scaled[150:, 181:].all() and not scaled[:30].any()
+    base = np.asarray(overlay_thumbnail(png, np.zeros_like(mask))[0])
+    assert np.array_equal((np.asarray(thumbnail) != base).any(axis=2), scaled)
+
+
+def test_redact_url_drops_credentials_and_query():
+    assert redact_url("https://user:pw@cdn.example.com:8443/a/b.png?X-Amz-Signature=abc#f") == (
+        "https://cdn.example.com:8443/a/b.png"
+    )
+    assert redact_url(None) is None
+
+
+def test_run_without_results_and_explicit_interval(sqlite_warehouse_url, tmp_path):
+    engine = get_engine(sqlite_warehouse_url)
+    insert_scans(engine, [s for s in r2_scans() if s.state in ("rejected", "failed")])
+    interval = (datetime(2026, 11, 21, tzinfo=UTC), datetime(2026, 11, 22, tzinfo=UTC))
+    report = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path, data_interval=interval)
+    # l, the two rows without an id, and a (its only row here is the duplicate rejection)
+    assert report.summary["states"]["rejected"] == 4 and report.summary["states"]["failed"] == 1
+    assert report.summary["verdicts"] == {"ai_generated": 0, "partly_ai": 0, "human": 0}
+    assert report.summary["by_source"]["shop"]["rejected"] == 2
+    assert report.summary["data_interval_start"] == "2026-11-21T00:00:00+00:00"
+    assert "None: every image was scanned." not in report.html_path.read_text()
+
+
+def test_a_mask_that_does_not_fit_never_fails_the_report(sqlite_warehouse_url, tmp_path):
+    engine = get_engine(sqlite_warehouse_url)
+    insert_scans(engine, r2_scans())
+    with engine.begin() as conn:
+        conn.execute(
+            audit_results.update()
+            .where(audit_results.c.scan_id == "o-1-r2")
+            .values(mask_starts=[1999], mask_lengths=[5])
+        )
+    report = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path, top_n=2, fetch_image=_Fetcher())
+    assert report.html_path.read_text().count('class="thumbnail"') == 2

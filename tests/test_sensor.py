@@ -1,0 +1,199 @@
+"""The deferrable sensor in real Airflow runs (``dag.test`` runs the trigger in-process), real warehouses."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, TaskDeferred
+from sqlalchemy import select
+
+from copyleaks_provider.sensors import CopyleaksScanResultsSensor
+from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
+from image_audit.config import warehouse_url
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.schema import ScanState, audit_scans
+from tests.test_trigger import complete, seed
+
+SENSOR_TASK = "wait_for_results"
+#: What ``seed_run`` puts in a run: three scans await their callback; the others do not count.
+SEEDED = {ScanState.SUBMITTED: 3, ScanState.COMPLETED: 1, ScanState.PENDING: 1}
+
+
+def _sensor_dag(dag_id: str, **sensor_kwargs):
+    """seed the run's scans -> the sensor (defaults to its own run), like the audit DAG's tail."""
+    from airflow.sdk import DAG, get_current_context, task
+
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1, tzinfo=UTC), catchup=False) as dag:
+
+        @task
+        def seed_run() -> None:
+            context = get_current_context()
+            seed(warehouse_url(), context["run_id"], SEEDED, dag_id=context["dag"].dag_id)
+
+        seed_run() >> CopyleaksScanResultsSensor(task_id=SENSOR_TASK, poll_interval=0.2, **sensor_kwargs)
+    _serialize(dag)
+    return dag
+
+
+def _serialize(dag) -> None:
+    """Write a DAG defined in a test into the metadata database, as the dag-processor would (``dag.test``
+    re-parses only the configured bundles, which do not hold it)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    DagBundlesManager().sync_bundles_to_db()
+    with create_session() as session:
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session=session
+        )
+
+
+def _sensor_state(dag_id: str) -> str | None:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        return session.scalar(
+            select(TaskInstance.state).where(
+                TaskInstance.dag_id == dag_id, TaskInstance.task_id == SENSOR_TASK
+            )
+        )
+
+
+class _Receiver(threading.Thread):
+    """Stands in for the webhook receiver: once the sensor waits, the run's callbacks arrive.
+
+    ``dag.test`` marks a deferred task ``queued`` while it runs the trigger in line, so "waiting" is
+    the sensor's task instance queued again after its first try handed over to the trigger.
+    """
+
+    def __init__(self, url: str, dag_id: str):
+        super().__init__(daemon=True)
+        self.url, self.dag_id = url, dag_id
+        self.saw_waiting = False
+
+    def run(self) -> None:
+        give_up = time.monotonic() + 30
+        seen: list[str | None] = []
+        while time.monotonic() < give_up and not self.saw_waiting:
+            state = _sensor_state(self.dag_id)
+            if not seen or seen[-1] != state:
+                seen.append(state)
+            self.saw_waiting = "queued" in seen and seen[-1] in ("deferred", "queued") and len(seen) > 1
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few polls of the trigger find scans still waiting
+        with get_engine(self.url).connect() as conn:
+            run_id = conn.scalar(select(audit_scans.c.run_id).where(audit_scans.c.dag_id == self.dag_id))
+        complete(self.url, run_id, dag_id=self.dag_id)
+
+
+def _sensor_result(dag_run) -> dict:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.scalars(
+            XComModel.get_many(
+                run_id=dag_run.run_id, dag_ids=dag_run.dag_id, task_ids=SENSOR_TASK, key="return_value"
+            )
+        ).one()
+        return XComModel.deserialize_value(row)
+
+
+def _scan_states(url: str, dag_id: str) -> dict[str, list]:
+    with get_engine(url).connect() as conn:
+        rows = conn.execute(
+            select(audit_scans.c.state, audit_scans.c.last_error).where(audit_scans.c.dag_id == dag_id)
+        ).all()
+    states: dict[str, list] = {}
+    for state, last_error in rows:
+        states.setdefault(state, []).append(last_error)
+    return states
+
+
+def test_dag_run_waits_deferred_until_the_callbacks_arrive(warehouse_url, airflow_db, caplog):
+    dag_id = f"sensor_done_{uuid.uuid4().hex[:8]}"
+    dag = _sensor_dag(dag_id, wait_timeout=60)
+    receiver = _Receiver(warehouse_url, dag_id)
+    receiver.start()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="airflow.sdk.definitions.dag"):
+        dag_run = dag.test()
+    receiver.join(timeout=5)
+
+    assert receiver.saw_waiting
+    # The sensor deferred (gave its worker slot back): its wait ran as a trigger, not in the task.
+    assert "running trigger in line" in caplog.text
+    assert time.monotonic() - started < 30, "done when the callbacks arrived, not at the 60 s timeout"
+    assert dag_run.state == "success"
+    counts = {"completed": 4, "pending": 1}
+    assert _sensor_result(dag_run) == {"counts": counts, "timed_out": 0, "partial": False}
+
+
+def test_dag_run_goes_on_with_partial_results_when_the_wait_times_out(warehouse_url, airflow_db):
+    dag_id = f"sensor_timeout_{uuid.uuid4().hex[:8]}"
+    dag_run = _sensor_dag(dag_id, wait_timeout="2").test()  # a template renders seconds as text
+
+    assert dag_run.state == "success"  # the report still runs
+    counts = {"timed_out": 3, "completed": 1, "pending": 1}
+    assert _sensor_result(dag_run) == {"counts": counts, "timed_out": 3, "partial": True}
+    states = _scan_states(warehouse_url, dag_id)
+    assert states["timed_out"] == ["no Copyleaks callback within 0:00:02; the next run resubmits it"] * 3
+    assert states["completed"] == [None] and states["pending"] == [None]  # untouched
+
+
+# --- execute / execute_complete directly: the decisions without a DAG run ----------------------------
+
+
+def _context(dag_id: str, run_id: str) -> dict:
+    from airflow.sdk import DAG
+
+    return {"dag": DAG(dag_id, schedule=None), "run_id": run_id}
+
+
+def test_nothing_waits_returns_at_once_without_deferring(sqlite_warehouse_url):
+    seed(sqlite_warehouse_url, "run-1", {ScanState.COMPLETED: 2, ScanState.FAILED: 1, ScanState.PENDING: 1})
+    sensor = CopyleaksScanResultsSensor(task_id="wait")
+    summary = sensor.execute(_context("image_catalog_audit", "run-1"))
+    assert summary == {
+        "counts": {"completed": 2, "failed": 1, "pending": 1},
+        "timed_out": 0,
+        "partial": False,
+    }
+
+
+def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_url):
+    seed(sqlite_warehouse_url, "run-2", {ScanState.SUBMITTED: 1}, dag_id="other_dag")
+    sensor = CopyleaksScanResultsSensor(
+        task_id="wait",
+        target_dag_id="other_dag",
+        target_run_id="run-2",
+        wait_timeout=timedelta(minutes=5),
+        poll_interval=2,
+    )
+    before = datetime.now(UTC)
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(_context("image_catalog_audit", "run-1"))
+    trigger = deferred.value.trigger
+    assert isinstance(trigger, CopyleaksScanResultsTrigger)
+    assert deferred.value.method_name == "execute_complete"
+    assert (trigger.dag_id, trigger.run_id, trigger.poll_interval) == ("other_dag", "run-2", 2.0)
+    assert before + timedelta(minutes=5) <= trigger.deadline <= datetime.now(UTC) + timedelta(minutes=5)
+
+
+def test_an_error_event_fails_the_task(sqlite_warehouse_url):
+    sensor = CopyleaksScanResultsSensor(task_id="wait")
+    context = _context("image_catalog_audit", "run-1")
+    with pytest.raises(AirflowException, match="OperationalError: database is locked"):
+        sensor.execute_complete(
+            context, {"status": "error", "message": "OperationalError: database is locked"}
+        )
+    with pytest.raises(AirflowException, match="Unexpected event"):
+        sensor.execute_complete(context, None)

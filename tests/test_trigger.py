@@ -1,0 +1,237 @@
+"""The waiting trigger on real warehouses: done, timeout, error, one shared stream for many runs, NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from airflow.sdk.serde import deserialize, serialize
+from airflow.triggers.shared_stream import SharedStreamManager
+from sqlalchemy import insert, text, update
+
+from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
+from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
+from image_audit.warehouse.progress import count_scan_states, waiting_counts_by_run
+from image_audit.warehouse.results import NOTIFY_CHANNEL
+from image_audit.warehouse.schema import ScanState, audit_scans
+from tests.conftest import requires_postgres
+
+DAG_ID = "image_catalog_audit"
+
+
+def seed(url: str, run_id: str, states: dict[ScanState, int], dag_id: str = DAG_ID) -> list[str]:
+    """Insert scans of the run in the given states; returns their ids."""
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "scan_id": f"{hashlib.sha256(f'{dag_id}/{run_id}'.encode()).hexdigest()[:16]}-{state.value}-{i}",
+            "image_id": f"image-{run_id}-{state.value}-{i}",
+            "model": "ai-image-1-ultra-01-09-2025",
+            "attempt": 1,
+            "state": state.value,
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for state, n in states.items()
+        for i in range(n)
+    ]
+    with get_engine(url).begin() as conn:
+        conn.execute(insert(audit_scans), rows)
+    return [r["scan_id"] for r in rows]
+
+
+def complete(url: str, run_id: str, *, notify: bool = False, dag_id: str = DAG_ID) -> None:
+    """What the receiver does for every callback of the run: complete the scans (and NOTIFY)."""
+    with get_engine(url).begin() as conn:
+        conn.execute(
+            update(audit_scans)
+            .where(audit_scans.c.dag_id == dag_id, audit_scans.c.run_id == run_id)
+            .where(audit_scans.c.state == ScanState.SUBMITTED.value)
+            .values(state=ScanState.COMPLETED.value, updated_at=datetime.now(UTC))
+        )
+        if notify:
+            payload = json.dumps({"dag_id": dag_id, "run_id": run_id})
+            conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": payload})
+
+
+def trigger_for(run_id: str, *, wait: float = 60, poll_interval: float = 0.1) -> CopyleaksScanResultsTrigger:
+    return CopyleaksScanResultsTrigger(
+        DAG_ID, run_id, datetime.now(UTC) + timedelta(seconds=wait), poll_interval=poll_interval
+    )
+
+
+async def first_event(trigger: CopyleaksScanResultsTrigger, timeout: float = 20) -> dict:
+    """Like ``dag.test``: the first event of ``run()``."""
+    events = trigger.run()
+    try:
+        return (await asyncio.wait_for(anext(events), timeout)).payload
+    finally:
+        await events.aclose()
+
+
+def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatch):
+    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "postgresql://audit:pw-s3cret@db.example/warehouse")
+    trigger = trigger_for("run-1", poll_interval=3)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "copyleaks_provider.triggers.CopyleaksScanResultsTrigger"
+    assert set(kwargs) == {"dag_id", "run_id", "deadline", "poll_interval"}
+    encoded = serialize(kwargs)  # what the task sends with DeferTask and the triggerer decodes
+    assert "pw-s3cret" not in json.dumps(encoded) and "db.example" not in json.dumps(encoded)
+    again = CopyleaksScanResultsTrigger(**deserialize(encoded))
+    assert again.serialize() == (classpath, kwargs)
+    assert again.deadline == trigger.deadline and again.deadline.tzinfo is not None
+    assert again.shared_stream_key() == trigger.shared_stream_key()
+    assert trigger_for("run-2", poll_interval=3).shared_stream_key() == trigger.shared_stream_key()
+    assert trigger_for("run-1", poll_interval=5).shared_stream_key() != trigger.shared_stream_key()
+    key = trigger.shared_stream_key()
+    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "sqlite:////tmp/other.db")
+    assert trigger_for("run-1", poll_interval=3).shared_stream_key() != key
+    with pytest.raises(ValueError, match="timezone-aware"):
+        CopyleaksScanResultsTrigger(DAG_ID, "run-1", datetime(2026, 1, 1))
+
+
+async def test_progress_queries(warehouse_url):
+    seed(warehouse_url, "run-a", {ScanState.SUBMITTED: 3, ScanState.COMPLETED: 2, ScanState.PENDING: 1})
+    seed(warehouse_url, "run-b", {ScanState.COMPLETED: 1})
+    engine = create_async_warehouse_engine(warehouse_url)
+    try:
+        assert await count_scan_states(engine, DAG_ID, "run-a") == {
+            "submitted": 3,
+            "completed": 2,
+            "pending": 1,
+        }
+        runs = [(DAG_ID, "run-a"), (DAG_ID, "run-b"), ("other", "run-a")]
+        assert await waiting_counts_by_run(engine, runs) == dict(zip(runs, [3, 0, 0], strict=True))
+        assert await waiting_counts_by_run(engine) == {(DAG_ID, "run-a"): 3}
+    finally:
+        await engine.dispose()
+
+
+async def test_done_once_every_scan_has_called_back(warehouse_url):
+    seed(warehouse_url, "run-done", {ScanState.SUBMITTED: 3, ScanState.COMPLETED: 1, ScanState.PENDING: 1})
+    seed(warehouse_url, "run-other", {ScanState.SUBMITTED: 1})  # another run's wait is not ours
+    waiter = asyncio.create_task(first_event(trigger_for("run-done")))
+    await asyncio.sleep(0.5)
+    assert not waiter.done()  # three scans still await their callback
+    await asyncio.to_thread(complete, warehouse_url, "run-done")
+    assert await waiter == {"status": "done", "waiting": 0}  # pending scans are not waited for
+
+
+async def test_timeout_reports_what_is_still_waiting(warehouse_url):
+    seed(warehouse_url, "run-slow", {ScanState.SUBMITTED: 2})
+    assert await first_event(trigger_for("run-slow", wait=0.5)) == {"status": "timeout", "waiting": 2}
+    # a deadline that passed while the trigger was queued: time out at once, without a poll
+    assert await first_event(trigger_for("run-slow", wait=-5)) == {"status": "timeout", "waiting": None}
+
+
+async def test_a_warehouse_it_cannot_use_is_an_error_event(monkeypatch):
+    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "mysql://audit:pw-s3cret@127.0.0.1/warehouse")
+    event = await first_event(trigger_for("run-1"))
+    assert event["status"] == "error" and "unsupported warehouse database" in event["message"]
+    assert "pw-s3cret" not in event["message"]
+
+
+class CountingTrigger(CopyleaksScanResultsTrigger):
+    """The real trigger, counting how many poll loops the triggerer opens."""
+
+    opened = 0
+
+    @classmethod
+    async def open_shared_stream(cls, kwargs):
+        cls.opened += 1
+        async for snapshot in super().open_shared_stream(kwargs):
+            yield snapshot
+
+
+async def test_many_runs_share_one_poll_loop_in_the_triggerers_stream_manager(warehouse_url):
+    """Airflow's own SharedStreamManager (the triggerer's) fans one poll out to each run's filter."""
+    CountingTrigger.opened = 0
+    runs = ["run-a", "run-b", "run-c"]
+    for run in runs:
+        seed(warehouse_url, run, {ScanState.SUBMITTED: 2, ScanState.COMPLETED: 1})
+    manager = SharedStreamManager()
+    deadline = datetime.now(UTC) + timedelta(seconds=60)
+    triggers = [CountingTrigger(DAG_ID, run, deadline, poll_interval=0.1) for run in runs]
+    triggers.append(CountingTrigger(DAG_ID, "run-c", deadline + timedelta(seconds=1), poll_interval=0.1))
+
+    async def wait(trigger_id: int, trigger) -> dict:
+        key = trigger.shared_stream_key()
+        try:
+            stream = manager.subscribe(trigger_id=trigger_id, trigger=trigger, key=key)
+            async for event in trigger.filter_shared_stream(stream):
+                return event.payload
+        finally:
+            await manager.unsubscribe(trigger_id, key)
+
+    waits = [asyncio.create_task(wait(i, t)) for i, t in enumerate(triggers)]
+    try:
+        await asyncio.sleep(0.5)
+        assert not any(w.done() for w in waits)
+        await asyncio.to_thread(complete, warehouse_url, "run-b")
+        assert await asyncio.wait_for(waits[1], 10) == {"status": "done", "waiting": 0}
+        await asyncio.sleep(0.3)
+        assert not any(w.done() for w in (waits[0], waits[2], waits[3]))
+        await asyncio.to_thread(complete, warehouse_url, "run-c")  # two triggers wait on run-c
+        assert await asyncio.wait_for(waits[2], 10) == await asyncio.wait_for(waits[3], 10)
+        await asyncio.to_thread(complete, warehouse_url, "run-a")
+        assert (await asyncio.wait_for(waits[0], 10))["status"] == "done"
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await manager.stop_all()
+    assert CountingTrigger.opened == 1
+
+
+@pytest.fixture
+def postgres_url(postgres_databases, monkeypatch):
+    """A migrated PostgreSQL warehouse, for what only PostgreSQL has (NOTIFY, killable backends)."""
+    from image_audit.warehouse.schema import migrate
+
+    url = postgres_databases.create()
+    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+    migrate(get_engine(url))
+    yield url
+    postgres_databases.drop(url)
+
+
+@requires_postgres
+async def test_postgres_notify_wakes_the_wait_long_before_the_next_poll(postgres_url):
+    warehouse_url = postgres_url
+    seed(warehouse_url, "run-notify", {ScanState.SUBMITTED: 2})
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(first_event(trigger_for("run-notify", poll_interval=30), timeout=25))
+    await asyncio.sleep(1.0)  # the first poll is done: the next one is 30 s away
+    completed_at = loop.time()
+    await asyncio.to_thread(complete, warehouse_url, "run-notify", notify=True)
+    assert await waiter == {"status": "done", "waiting": 0}
+    assert loop.time() - completed_at < 10  # woken by the NOTIFY, not by the 30 s poll
+
+
+@requires_postgres
+async def test_postgres_wait_survives_its_connections_being_killed(postgres_url):
+    """A restarted database: the poll reconnects, LISTEN comes back, and a NOTIFY still wakes the wait."""
+    warehouse_url = postgres_url
+    seed(warehouse_url, "run-restart", {ScanState.SUBMITTED: 1})
+    loop = asyncio.get_running_loop()
+    waiter = asyncio.create_task(first_event(trigger_for("run-restart", poll_interval=30), timeout=25))
+    await asyncio.sleep(1.0)
+    with get_engine(warehouse_url).connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    assert killed >= 1  # at least the LISTEN connection
+    await asyncio.sleep(1.0)  # the lost LISTEN connection wakes the loop, which listens again
+    assert not waiter.done()
+    completed_at = loop.time()
+    await asyncio.to_thread(complete, warehouse_url, "run-restart", notify=True)
+    assert await waiter == {"status": "done", "waiting": 0}
+    assert loop.time() - completed_at < 10  # the new LISTEN heard it: the next poll is 30 s away
