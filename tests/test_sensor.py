@@ -188,6 +188,16 @@ def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_u
     assert before + timedelta(minutes=5) <= trigger.deadline <= datetime.now(UTC) + timedelta(minutes=5)
 
 
+def test_the_default_poll_is_short_without_notify_and_a_safety_net_with_it(warehouse_url):
+    """SQLite has no NOTIFY: polling is how the wait sees results, so it polls every 2 s, not 10."""
+    seed(warehouse_url, "run-3", {ScanState.SUBMITTED: 1})
+    sensor = CopyleaksScanResultsSensor(task_id="wait", target_run_id="run-3")
+    with pytest.raises(TaskDeferred) as deferred:
+        sensor.execute(_context("image_catalog_audit", "run-3"))
+    expected = 10.0 if warehouse_url.startswith("postgresql") else 2.0
+    assert deferred.value.trigger.poll_interval == expected
+
+
 def test_an_error_event_fails_the_task(sqlite_warehouse_url):
     sensor = CopyleaksScanResultsSensor(task_id="wait")
     context = _context("image_catalog_audit", "run-1")

@@ -12,7 +12,8 @@ from airflow.sdk.exceptions import AirflowException
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
-from image_audit.warehouse.engine import get_engine
+from image_audit.config import warehouse_url
+from image_audit.warehouse.engine import get_engine, is_postgres
 from image_audit.warehouse.progress import count_scan_states_sync, mark_timed_out, waiting
 from image_audit.warehouse.schema import ScanState
 
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DEFAULT_WAIT_TIMEOUT = timedelta(hours=6)
+#: Default seconds between warehouse polls: on PostgreSQL the receiver's NOTIFY wakes the wait at once
+#: and the poll is only a safety net; elsewhere (SQLite) the poll is how the wait sees results.
+POLL_INTERVAL_WITH_NOTIFY = 10.0
+POLL_INTERVAL_WITHOUT_NOTIFY = 2.0
 
 
 class CopyleaksScanResultsSensor(BaseSensorOperator):
@@ -35,7 +40,8 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
     :param target_dag_id: the run's DAG (default: this task's DAG). Templated.
     :param target_run_id: the run (default: this task's run). Templated.
     :param wait_timeout: how long to wait for callbacks: seconds or a timedelta. Templated.
-    :param poll_interval: seconds between warehouse polls (on PostgreSQL a NOTIFY wakes the wait at once).
+    :param poll_interval: seconds between warehouse polls; default 10 on PostgreSQL (where a NOTIFY wakes
+        the wait at once), 2 elsewhere.
     :param copyleaks_conn_id: the Copyleaks connection (its webhook_base_url goes in timeout messages).
     """
 
@@ -47,7 +53,7 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
         target_dag_id: str | None = None,
         target_run_id: str | None = None,
         wait_timeout: float | timedelta | str = DEFAULT_WAIT_TIMEOUT,
-        poll_interval: float = 10.0,
+        poll_interval: float | None = None,
         copyleaks_conn_id: str = DEFAULT_CONN_ID,
         **kwargs: Any,
     ) -> None:
@@ -60,6 +66,12 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
 
     def _run_key(self, context: Context) -> tuple[str, str]:
         return self.target_dag_id or context["dag"].dag_id, self.target_run_id or context["run_id"]
+
+    def _poll_interval(self) -> float:
+        if self.poll_interval is not None:
+            return float(self.poll_interval)
+        notified = is_postgres(warehouse_url())
+        return POLL_INTERVAL_WITH_NOTIFY if notified else POLL_INTERVAL_WITHOUT_NOTIFY
 
     def _timeout(self) -> timedelta:
         """``wait_timeout`` as rendered (a template may render seconds as a string)."""
@@ -86,7 +98,7 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
             deadline.isoformat(timespec="seconds"),
         )
         self.defer(
-            trigger=CopyleaksScanResultsTrigger(dag_id, run_id, deadline, self.poll_interval),
+            trigger=CopyleaksScanResultsTrigger(dag_id, run_id, deadline, self._poll_interval()),
             method_name="execute_complete",
         )
 
