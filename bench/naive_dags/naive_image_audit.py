@@ -12,10 +12,11 @@ from datetime import UTC, datetime, timedelta
 
 from airflow.sdk import DAG, get_current_context, task
 from airflow.sdk.bases.sensor import PokeReturnValue
+from airflow.timetables.interval import CronDataIntervalTimetable
 
 with DAG(
     dag_id="naive_image_audit",
-    schedule="@daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),  # the audit DAG's intervals
     start_date=datetime(2026, 1, 1, tzinfo=UTC),
     catchup=False,
     max_active_tasks=64,

@@ -48,6 +48,7 @@ class LocalCluster:
     postgres_url: str = DEFAULT_POSTGRES_URL
     redis_url: str = DEFAULT_REDIS_URL
     home: Path = ROOT / "var" / "cluster"
+    dags_folder: Path = ROOT / "dags"
     name: str = "image_audit"
     emulator_credits: int = 1_000_000
     api_port: int = field(default_factory=free_port)
@@ -82,7 +83,7 @@ class LocalCluster:
         env = dict(os.environ)
         env.update(
             AIRFLOW_HOME=str(self.home / "airflow"),
-            AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+            AIRFLOW__CORE__DAGS_FOLDER=str(self.dags_folder),
             AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
             AIRFLOW__CORE__LOAD_EXAMPLES="False",
             AIRFLOW__CORE__EXECUTOR="CeleryExecutor",

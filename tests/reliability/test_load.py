@@ -15,12 +15,12 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from datetime import UTC, datetime
 
 import httpx
 import pytest
 from sqlalchemy import func, select
 
+from bench.ingest import seed_submitted
 from copyleaks_provider.webhook_auth import webhook_url
 from image_audit.servers import free_port
 from image_audit.warehouse.engine import get_engine
@@ -34,28 +34,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
 CALLBACKS = 10_000
 CONCURRENCY = 128
 TRIES = 6
-
-
-def _seed_submitted_scans(url: str, n: int) -> list[str]:
-    now = datetime.now(UTC)
-    ids = [f"load-{i:05d}" for i in range(n)]
-    rows = [
-        {
-            "scan_id": scan_id,
-            "image_id": f"image-{scan_id}",
-            "model": "ai-image-1-ultra-01-09-2025",
-            "attempt": 1,
-            "state": "submitted",
-            "dag_id": "image_catalog_audit",
-            "run_id": "load",
-            "created_at": now,
-            "updated_at": now,
-        }
-        for scan_id in ids
-    ]
-    with get_engine(url).begin() as conn:
-        conn.execute(audit_scans.insert(), rows)
-    return ids
 
 
 def _start_receiver(warehouse: str, secret: str) -> tuple[subprocess.Popen, str]:
@@ -126,7 +104,8 @@ def test_ten_thousand_callbacks_at_full_rate_on_postgres_none_lost(postgres_data
     warehouse = postgres_databases.create()
     try:
         migrate(get_engine(warehouse))
-        scan_ids = _seed_submitted_scans(warehouse, CALLBACKS)
+        scan_ids = [f"load-{i:05d}" for i in range(CALLBACKS)]
+        seed_submitted(warehouse, scan_ids)
         secret = secrets.token_urlsafe(16)
         SECRETS_USED.add(secret)
         process, base = _start_receiver(warehouse, secret)
