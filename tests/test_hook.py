@@ -141,10 +141,7 @@ def test_a_second_401_is_an_auth_error_without_more_retries(fake, use_async):
     hook = make_hook(fake.url)
     fake.fail(SUBMIT, 401, times=2)
     with pytest.raises(CopyleaksAuthError) as raised:
-        if use_async:
-            asyncio.run(_submit_async(hook, request_for(hook)))
-        else:
-            hook.submit_image(request_for(hook))
+        _submit(hook, request_for(hook), use_async)
     assert raised.value.status_code == 401
     assert fake.count(LOGIN) == 2
     assert fake.count(SUBMIT) == 2
@@ -180,11 +177,12 @@ def test_test_connection_logs_in(fake):
 
 
 # --- retries and error mapping -------------------------------------------------------------------
-def test_a_429_waits_at_least_retry_after(fake):
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_a_429_waits_at_least_retry_after(fake, use_async):
     hook = make_hook(fake.url)  # its own backoff is at most 0.06 s: only Retry-After explains a 1 s gap
     hook.login()
     fake.fail(SUBMIT, 429, **{"Retry-After": "1"})
-    hook.submit_image(request_for(hook))
+    _submit(hook, request_for(hook), use_async)
     first, second = fake.received(SUBMIT)
     assert second.arrived - first.arrived >= 0.95
 
@@ -199,19 +197,21 @@ def test_retry_after_as_an_http_date(fake):
     assert not raised.value.permanent
 
 
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
-def test_transient_errors_are_retried(fake, status):
+def test_transient_errors_are_retried(fake, status, use_async):
     hook = make_hook(fake.url)
     fake.fail(SUBMIT, status, times=2)
-    hook.submit_image(request_for(hook))
+    _submit(hook, request_for(hook), use_async)
     assert fake.count(SUBMIT) == 3
 
 
-def test_retries_are_bounded(fake):
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_retries_are_bounded(fake, use_async):
     hook = make_hook(fake.url, max_retries=2)
     fake.fail(SUBMIT, 503, times=5, body={"message": "Down for maintenance"})
     with pytest.raises(CopyleaksServerError, match="Down for maintenance") as raised:
-        hook.submit_image(request_for(hook))
+        _submit(hook, request_for(hook), use_async)
     assert raised.value.status_code == 503
     assert fake.count(SUBMIT) == 3
 
@@ -226,11 +226,12 @@ def test_retries_are_bounded(fake):
         (409, CopyleaksConflictError, "fileName extension is not supported"),
     ],
 )
-def test_permanent_errors_are_not_retried(fake, status, error, text):
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync", "async"])
+def test_permanent_errors_are_not_retried(fake, status, error, text, use_async):
     hook = make_hook(fake.url)
     fake.fail(SUBMIT, status, body={"message": "fileName extension is not supported"})
     with pytest.raises(error, match=text) as raised:
-        hook.submit_image(request_for(hook))
+        _submit(hook, request_for(hook), use_async)
     assert raised.value.status_code == status
     assert raised.value.permanent
     assert fake.count(SUBMIT) == 1
@@ -440,6 +441,14 @@ def test_an_invalid_check_sends_nothing(fake, scan_id, image, file_name, model):
 async def _submit_async(hook: CopyleaksHook, request: SubmitRequest) -> None:
     async with hook.get_async_client() as client:
         await client.submit_image(request)
+
+
+def _submit(hook: CopyleaksHook, request: SubmitRequest, use_async: bool) -> None:
+    """Submit through the sync client or the async one: both share the retry and error rules."""
+    if use_async:
+        asyncio.run(_submit_async(hook, request))
+    else:
+        hook.submit_image(request)
 
 
 async def test_submit_many_respects_max_concurrency(fake):
