@@ -127,6 +127,24 @@ def test_budget_guard_defers_the_rest_to_a_later_run(engine):
     assert {s["scan_id"] for s in adopted} == {s["scan_id"] for s in deferred}
 
 
+def test_adopted_and_new_scans_fill_the_same_batches(engine):
+    _seed(engine, _rows(6))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_credits=0))  # all deferred
+    _seed(engine, _rows(5, day=DAY + timedelta(days=1), prefix="new"))
+
+    later = plan_run(
+        engine, CatalogSpec(), _run("run-2", DAY + timedelta(days=1)), PlanOptions(model=MODEL, batch_size=4)
+    )
+    assert later.planned == 11 and later.new == 5 and later.resumed == 6 and len(later.batch_ids) == 3
+    scans = _scans(engine, run_id="run-2")
+    assert len(scans) == 11 and {s["batch_id"] for s in scans} == set(later.batch_ids)
+    with engine.connect() as conn:
+        sizes = dict(conn.execute(select(audit_batches.c.batch_id, audit_batches.c.size)).all())
+    assert sorted(sizes.values()) == [3, 4, 4]
+    for batch_id, size in sizes.items():
+        assert size == sum(s["batch_id"] == batch_id for s in scans)
+
+
 def test_timed_out_scans_get_a_new_attempt_up_to_the_maximum(engine):
     _seed(engine, _rows(2))
     plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))

@@ -92,7 +92,7 @@ class _Planner:
         self.options = options
         self.model = canonical_model(options.model)
         self.plan = RunPlan()
-        self.to_submit: list[str] = []  # scan ids of this run to batch, in catalog order
+        self.batches = _Batcher(run, options.batch_size)
         self.seen_ids: set[str] = set()
         self.seen_urls: dict[str, str] = {}
         self.budget = options.max_credits
@@ -209,7 +209,7 @@ class _Planner:
                 self.plan.new += 1
             scan = self._new_attempt(row, attempt)
             if self._take_budget():
-                self.to_submit.append(scan["scan_id"])
+                scan["batch_id"] = self.batches.place(conn, scan["scan_id"])
             else:
                 self.plan.deferred_by_budget += 1
                 scan["last_error"] = (
@@ -220,7 +220,7 @@ class _Planner:
         if inserts:
             statement = _insert(self.engine)
             conn.execute(statement.on_conflict_do_nothing(index_elements=["scan_id"]), inserts)
-        self.to_submit.extend(adopt)
+        self.batches.adopt(conn, adopt)
 
     def adopt_leftovers(self, conn) -> None:
         """Scans earlier runs left behind: unbatched ``pending`` ones, and ``timed_out`` ones to retry."""
@@ -248,7 +248,7 @@ class _Planner:
                 )  # fmt: skip
                 if scan["state"] == ScanState.PENDING.value:
                     if self._take_budget():
-                        self.to_submit.append(scan["scan_id"])
+                        self.batches.adopt(conn, [scan["scan_id"]])
                         self.plan.resumed += 1
                     else:
                         self.plan.deferred_by_budget += 1
@@ -261,55 +261,80 @@ class _Planner:
                     continue
                 attempt = scan["attempt"] + 1
                 new = self._new_attempt(row, attempt)
+                new["batch_id"] = self.batches.place(conn, new["scan_id"])
                 conn.execute(_insert(self.engine).on_conflict_do_nothing(index_elements=["scan_id"]), [new])
-                self.to_submit.append(new["scan_id"])
                 self.plan.retried += 1
 
-    def write_batches(self, conn) -> None:
-        """Batch the scans planned for submission (budget-deferred ones stay unbatched for a later run)."""
+    def finish(self, conn) -> None:
+        """Record the batches' sizes, and list every batch of this run with scans still to submit."""
         run = self.run
-        ordered = list(dict.fromkeys(self.to_submit))
-        now = _now()
-        for chunk in _chunks(ordered, self.options.batch_size):
-            digest = hashlib.sha256(f"{run.dag_id}\x1f{run.run_id}\x1f{chunk[0]}".encode()).hexdigest()
-            batch_id = f"b{digest[:31]}"
-            conn.execute(
-                audit_batches.insert(),
-                {
-                    "batch_id": batch_id,
-                    "dag_id": run.dag_id,
-                    "run_id": run.run_id,
-                    "size": len(chunk),
-                    "created_at": now,
-                },
-            )
-            for ids in _chunks(chunk, 500):
-                conn.execute(
-                    update(audit_scans)
-                    .where(audit_scans.c.scan_id.in_(ids), audit_scans.c.state == ScanState.PENDING.value)
-                    .values(
-                        batch_id=batch_id,
-                        dag_id=run.dag_id,
-                        run_id=run.run_id,
-                        updated_at=now,
-                        last_error=None,
-                    )
-                )
+        this_run = (audit_batches.c.dag_id == run.dag_id) & (audit_batches.c.run_id == run.run_id)
+        batch_size = (
+            select(func.count()).where(audit_scans.c.batch_id == audit_batches.c.batch_id).scalar_subquery()
+        )
+        conn.execute(update(audit_batches).where(this_run).values(size=batch_size))
         # Batches of this run not yet fully submitted (a rerun of planning after a crash) are kept too.
         unfinished = (
-            select(audit_scans.c.batch_id)
+            select(audit_scans.c.batch_id, func.count())
             .where(
                 audit_scans.c.dag_id == run.dag_id,
                 audit_scans.c.run_id == run.run_id,
                 audit_scans.c.state == ScanState.PENDING.value,
                 audit_scans.c.batch_id.is_not(None),
             )
-            .distinct()
+            .group_by(audit_scans.c.batch_id)
         )
-        self.plan.batch_ids = sorted(conn.execute(unfinished).scalars())
-        pending = audit_scans.c.state == ScanState.PENDING.value
-        in_batches = audit_scans.c.batch_id.in_(self.plan.batch_ids)
-        self.plan.planned = conn.execute(select(func.count()).where(in_batches, pending)).scalar_one()
+        pending = dict(conn.execute(unfinished).tuples().all())
+        self.plan.batch_ids = sorted(pending)
+        self.plan.planned = sum(pending.values())
+
+
+class _Batcher:
+    """Cuts the scans a run submits into batches as planning goes, in catalog order.
+
+    A new scan gets its batch id before it is inserted and an adopted one is moved into the open batch,
+    so planning never holds the run's list of scan ids nor rewrites its rows afterwards.
+    """
+
+    def __init__(self, run: RunContext, size: int):
+        self.run = run
+        self.size = size
+        self.batch_id: str | None = None
+        self.filled = 0
+
+    def place(self, conn, scan_id: str) -> str:
+        """The batch ``scan_id`` goes into: the open one, or a new one named after its first scan."""
+        if self.batch_id is None or self.filled >= self.size:
+            digest = hashlib.sha256(
+                f"{self.run.dag_id}\x1f{self.run.run_id}\x1f{scan_id}".encode()
+            ).hexdigest()
+            self.batch_id = f"b{digest[:31]}"
+            self.filled = 0
+            conn.execute(
+                audit_batches.insert(),
+                {"batch_id": self.batch_id, "dag_id": self.run.dag_id, "run_id": self.run.run_id,
+                 "size": 0, "created_at": _now()},
+            )  # fmt: skip
+        self.filled += 1
+        return self.batch_id
+
+    def adopt(self, conn, scan_ids: list[str]) -> None:
+        """Move pending scans of earlier runs into this run's batches (same scan ids)."""
+        by_batch: dict[str, list[str]] = {}
+        for scan_id in scan_ids:
+            by_batch.setdefault(self.place(conn, scan_id), []).append(scan_id)
+        for batch_id, ids in by_batch.items():
+            conn.execute(
+                update(audit_scans)
+                .where(audit_scans.c.scan_id.in_(ids), audit_scans.c.state == ScanState.PENDING.value)
+                .values(
+                    batch_id=batch_id,
+                    dag_id=self.run.dag_id,
+                    run_id=self.run.run_id,
+                    updated_at=_now(),
+                    last_error=None,
+                )
+            )
 
 
 def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOptions) -> RunPlan:
@@ -328,6 +353,7 @@ def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOp
             planner.plan_chunk(conn, chunk)
     with engine.begin() as conn:
         planner.adopt_leftovers(conn)
-        planner.write_batches(conn)
-    log.info("Planned run %s: %s", run.run_id, planner.plan.as_dict())
+        planner.finish(conn)
+    summary = {key: value for key, value in planner.plan.as_dict().items() if key != "batch_ids"}
+    log.info("Planned run %s into %d batches: %s", run.run_id, len(planner.plan.batch_ids), summary)
     return planner.plan
