@@ -2,7 +2,8 @@
 
 Names: ingest, submit, e2e, catalog (default: all). ``--quick`` runs small sizes (a smoke run);
 ``--large`` adds the 100,000-image end-to-end run on PostgreSQL. Figures are also saved as JSON
-under var/bench/. PostgreSQL figures need IMAGE_AUDIT_BENCH_POSTGRES_URL (or the tests' URL).
+under var/bench/. PostgreSQL figures need IMAGE_AUDIT_BENCH_POSTGRES_URL (or the tests' URL); the
+naive-DAG comparison on the local Celery cluster also needs IMAGE_AUDIT_BENCH_REDIS_URL.
 """
 
 from __future__ import annotations

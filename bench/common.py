@@ -29,6 +29,11 @@ def postgres_admin_url() -> str | None:
     return os.environ.get("IMAGE_AUDIT_BENCH_POSTGRES_URL") or os.environ.get("IMAGE_AUDIT_TEST_POSTGRES_URL")
 
 
+def redis_url() -> str | None:
+    """The Redis server the cluster runs use as the Celery broker, if any (the same variable as the tests)."""
+    return os.environ.get("IMAGE_AUDIT_BENCH_REDIS_URL") or os.environ.get("IMAGE_AUDIT_TEST_REDIS_URL")
+
+
 @contextlib.contextmanager
 def warehouse(backend: str, workdir: Path) -> Iterator[str]:
     """A new, empty, migrated warehouse URL on ``sqlite`` or ``postgres``; dropped afterwards."""

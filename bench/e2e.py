@@ -25,7 +25,16 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bench.common import RESULTS_DIR, ROOT, postgres_admin_url, report, run_json, server_process, warehouse
+from bench.common import (
+    RESULTS_DIR,
+    ROOT,
+    postgres_admin_url,
+    redis_url,
+    report,
+    run_json,
+    server_process,
+    warehouse,
+)
 from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans
@@ -225,7 +234,7 @@ def compare_with_naive_on_cluster(count: int) -> dict:
     Redis), one after the other, each on its own day of the same images."""
     from image_audit.cluster import LocalCluster
 
-    redis = os.environ.get("IMAGE_AUDIT_BENCH_REDIS_URL") or os.environ.get("IMAGE_AUDIT_TEST_REDIS_URL")
+    redis = redis_url()
     if not (postgres_admin_url() and redis):
         raise SystemExit("the naive comparison runs on the local cluster: set the PostgreSQL and Redis URLs")
     ours_day, naive_day = DAY, DAY + timedelta(days=1)
@@ -299,7 +308,11 @@ def main(
         )
         figures[f"{naive_count} images, ours (dags test)"] = f"{naive['ours']['wall_s']} s"
         figures[f"{naive_count} images, speedup over naive (dags test)"] = f"{naive['speedup']} x"
-        if on_cluster:
+        if on_cluster and not (postgres_admin_url() and redis_url()):
+            figures[f"{naive_count} images, speedup over naive (cluster)"] = (
+                "not run: set IMAGE_AUDIT_BENCH_POSTGRES_URL and IMAGE_AUDIT_BENCH_REDIS_URL"
+            )
+        elif on_cluster:
             clustered = compare_with_naive_on_cluster(naive_count)
             ours, naive = clustered["ours"], clustered["naive"]
             figures[f"{naive_count} images, naive DAG (cluster)"] = (

@@ -65,10 +65,16 @@ with DAG(
         from sqlalchemy import func, select
 
         from image_audit.warehouse.engine import get_engine
-        from image_audit.warehouse.schema import audit_results
+        from image_audit.warehouse.schema import audit_results, audit_scans
 
+        run_id = get_current_context()["run_id"]
+        stored_for_run = (
+            select(func.count())
+            .select_from(audit_results.join(audit_scans, audit_results.c.scan_id == audit_scans.c.scan_id))
+            .where(audit_scans.c.dag_id == "naive_image_audit", audit_scans.c.run_id == run_id)
+        )
         with get_engine().connect() as conn:
-            stored = conn.execute(select(func.count()).select_from(audit_results)).scalar_one()
+            stored = conn.execute(stored_for_run).scalar_one()
         return PokeReturnValue(is_done=stored >= len(scan_ids))
 
     wait_for_results(submit_image.expand(image=list_images()))
