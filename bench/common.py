@@ -8,16 +8,15 @@ import os
 import platform
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from image_audit import servers
 from image_audit.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,32 +64,9 @@ def warehouse(backend: str, workdir: Path) -> Iterator[str]:
 def server_process(module_args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
     """``python -m <module_args> --port P`` in its own process, until its /health answers; yields its URL."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", *module_args, "--port", str(port)],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(
-                    f"{module_args[0]} did not start: {process.stderr.read().decode()[-2000:]}"
-                )
-            time.sleep(0.1)
+    command = [sys.executable, "-m", *module_args, "--port", str(port)]
+    with servers.server_process(command, port=port, env={**os.environ, **(env or {})}) as base:
         yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 def run_json(module_args: list[str], env: dict[str, str] | None = None) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import io
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from PIL import Image
 from copyleaks_emulator.__main__ import build_parser, settings_from_args
 from copyleaks_emulator.samples import sample_image
 from copyleaks_provider.models import DetectionResponse, WebhookBody
-from image_audit.servers import free_port
+from image_audit.servers import free_port, server_process
 
 SUBMIT = "/v1/ai-image-detector-async/{}/submit"
 CHECK = "/v1/ai-image-detector/{}/check"
@@ -554,21 +553,7 @@ def test_flags_map_to_settings():
 
 def test_python_dash_m_starts_a_server():
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "copyleaks_emulator", "--port", str(port), "--credits", "7"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                state = httpx.get(f"http://127.0.0.1:{port}/admin/state").json()
-                break
-            except httpx.TransportError:
-                assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-                time.sleep(0.1)
-        assert state["credits_remaining"] == 7
-    finally:
-        process.terminate()
-        process.wait(10)
+    command = [sys.executable, "-m", "copyleaks_emulator", "--port", str(port), "--credits", "7"]
+    with server_process(command, port=port, timeout=30) as base:
+        state = httpx.get(f"{base}/admin/state").json()
+    assert state["credits_remaining"] == 7

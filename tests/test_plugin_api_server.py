@@ -6,17 +6,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.servers import free_port
+from image_audit.servers import free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
 SECRET = "api-server-secret"
@@ -63,34 +61,11 @@ def api_server(request, airflow_db, sqlite_warehouse_url, tmp_path):
                  "--conn-extra", extra)  # fmt: skip
     port = free_port()
     log_path = tmp_path / "api-server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{base}/copyleaks-webhook/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"api-server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+    command = [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"]
+    with server_process(
+        command, port=port, health_path="/copyleaks-webhook/health", env=env, log_path=log_path, timeout=90
+    ) as base:
         yield base, log_path
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_callbacks_reach_the_warehouse_through_the_api_server(api_server, sqlite_warehouse_url):

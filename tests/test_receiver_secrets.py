@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 
@@ -17,7 +15,7 @@ import pytest
 import copyleaks_provider.receiver as receiver_module
 from copyleaks_provider.receiver import create_receiver_app
 from copyleaks_provider.webhook_auth import webhook_url
-from image_audit.servers import BackgroundServer, free_port
+from image_audit.servers import BackgroundServer, free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
 
@@ -101,34 +99,17 @@ def standalone_receiver(sqlite_warehouse_url, tmp_path):
         {"conn_type": "copyleaks", "login": "a@b.c", "password": "k", "extra": {"webhook_secret": "edge"}}
     )
     log_path = tmp_path / "receiver.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "copyleaks_provider.receiver", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"receiver did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.2)
+    command = [
+        sys.executable,
+        "-m",
+        "copyleaks_provider.receiver",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with server_process(command, port=port, env=env, log_path=log_path, timeout=30) as base:
         yield base, log_path
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def test_the_receiver_runs_alone_with_the_connection_from_the_environment(

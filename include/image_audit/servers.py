@@ -1,15 +1,24 @@
-"""Run an ASGI app (the emulator, the receiver) under uvicorn in a background thread, on a real port.
+"""Run a server on a real port: an ASGI app (the emulator, the receiver) under uvicorn in a background
+thread, or a server command (``python -m ...``, ``airflow api-server``) in a process of its own.
 
 Used by the demo, the tests and the benchmarks, so all of them talk real HTTP to real servers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 
@@ -57,3 +66,52 @@ class BackgroundServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def server_process(
+    args: list[str],
+    *,
+    port: int,
+    health_path: str = "/health",
+    env: dict[str, str] | None = None,
+    log_path: Path | None = None,
+    timeout: float = 60.0,
+) -> Iterator[str]:
+    """Run the server command ``args`` (listening on ``port``) until ``health_path`` answers 200, and
+    yield its base URL; then stop its whole process group (an api-server forks workers).
+
+    ``env`` is the process's whole environment (default: this one's). Its output goes to ``log_path``
+    (a temporary file when none), whose tail is the error when the server does not start.
+    """
+    base = f"http://127.0.0.1:{port}"
+    with contextlib.ExitStack() as stack:
+        if log_path is None:
+            log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="server-"))) / "server.log"
+        with log_path.open("w") as log:
+            process = subprocess.Popen(
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(base + health_path, timeout=2).status_code == 200:
+                        break
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{' '.join(args[:3])} did not start: {log_path.read_text()[-3000:]}")
+                time.sleep(0.1)
+            yield base
+        finally:
+            _stop_group(process, timeout=20)
+
+
+def _stop_group(process: subprocess.Popen, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()

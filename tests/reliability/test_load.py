@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -22,7 +21,7 @@ from sqlalchemy import func, select
 
 from bench.ingest import seed_submitted
 from copyleaks_provider.webhook_auth import webhook_url
-from image_audit.servers import free_port
+from image_audit.servers import free_port, server_process
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans, migrate
 from tests.conftest import ROOT, requires_postgres
@@ -36,7 +35,7 @@ CONCURRENCY = 128
 TRIES = 6
 
 
-def _start_receiver(warehouse: str, secret: str) -> tuple[subprocess.Popen, str]:
+def _receiver(warehouse: str, secret: str):
     port = free_port()
     connection = {
         "conn_type": "copyleaks",
@@ -50,23 +49,8 @@ def _start_receiver(warehouse: str, secret: str) -> tuple[subprocess.Popen, str]
         "IMAGE_AUDIT_WAREHOUSE_URL": warehouse,
         "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "copyleaks_provider.receiver", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/health").status_code == 200:
-                return process, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("the receiver did not start")
+    command = [sys.executable, "-m", "copyleaks_provider.receiver", "--port", str(port)]
+    return server_process(command, port=port, env=env)
 
 
 async def _deliver_all(base: str, secret: str, scan_ids: list[str]) -> Counter:
@@ -108,14 +92,10 @@ def test_ten_thousand_callbacks_at_full_rate_on_postgres_none_lost(postgres_data
         seed_submitted(warehouse, scan_ids)
         secret = secrets.token_urlsafe(16)
         SECRETS_USED.add(secret)
-        process, base = _start_receiver(warehouse, secret)
-        try:
+        with _receiver(warehouse, secret) as base:
             started = time.monotonic()
             answers = asyncio.run(_deliver_all(base, secret, scan_ids))
             elapsed = time.monotonic() - started
-        finally:
-            process.terminate()
-            process.wait(20)
 
         with get_engine(warehouse).connect() as conn:
             rows = conn.execute(select(func.count(), func.count(audit_results.c.scan_id.distinct()))).one()
