@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import zlib
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -74,7 +75,10 @@ def chromium() -> str:
     try:
         return find_chromium()
     except ChromiumNotFoundError:
-        pytest.fail("Debian's chromium is required: apt-get install -y chromium (.ci/run installs it)")
+        message = "Debian's chromium is needed: apt-get install -y chromium, or set IMAGE_AUDIT_CHROMIUM"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI always runs the browser test)")
+        pytest.skip(f"{message}; the browser test runs where chromium is found")
 
 
 def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp_path):
