@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import io
+import socketserver
 import sys
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timedelta
@@ -315,6 +317,51 @@ def test_unfetchable_images_produce_the_error_webhook(emulator, recorder, route,
     assert put(emulator, f"unfetchable-{route}", submit_body(emulator, recorder, url=url)).status_code == 201
     [webhook] = recorder.wait_for(1)
     assert expected in WebhookBody.model_validate(webhook).error.message
+
+
+class _DroppingImageServer(socketserver.ThreadingTCPServer):
+    """Serves one PNG over plain HTTP/1.1, but closes its first ``drops`` connections without an answer:
+    what a fetcher sees when it reuses a keep-alive connection the server has just closed."""
+
+    daemon_threads = True
+
+    def __init__(self, drops: int):
+        self.drops, self.requests = drops, 0
+        self.body = sample_image("img-00001.png")[0]
+        super().__init__(("127.0.0.1", 0), _DroppingHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/img-00001.png"
+
+
+class _DroppingHandler(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        while self.rfile.readline() not in (b"\r\n", b""):
+            pass  # the request head
+        self.server.requests += 1
+        if self.server.requests <= self.server.drops:
+            return  # closed without a byte
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {len(self.server.body)}\r\n"
+        self.wfile.write(f"{head}Connection: close\r\n\r\n".encode() + self.server.body)
+
+
+@pytest.mark.parametrize(("drops", "fetches", "fetched"), [(1, 2, True), (2, 3, True), (5, 3, False)])
+def test_a_dropped_connection_is_fetched_again_before_the_image_fails(
+    emulator, recorder, drops, fetches, fetched
+):
+    with _DroppingImageServer(drops) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        body = submit_body(emulator, recorder, url=server.url, fileName="img-00001.png")
+        assert put(emulator, f"dropped-{drops}", body).status_code == 201
+        [webhook] = recorder.wait_for(1)
+        server.shutdown()
+    result = WebhookBody.model_validate(webhook)
+    assert server.requests == fetches
+    if fetched:
+        assert result.error is None and result.summary is not None
+    else:
+        assert "could not be fetched (RemoteProtocolError)" in result.error.message
 
 
 def test_custom_headers_are_sent_when_fetching(emulator, recorder):

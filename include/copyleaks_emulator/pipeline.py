@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from copyleaks_emulator.delivery import WebhookSender
 from copyleaks_emulator.detector import (
@@ -30,6 +31,7 @@ from copyleaks_emulator.state import EmulatorState
 log = logging.getLogger(__name__)
 
 FETCH_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+FETCH_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -125,25 +127,34 @@ class ScanPipeline:
         return body
 
     async def _fetch(self, job: ScanJob) -> bytes:
-        assert self._client is not None
+        """GET the image; a dropped connection (a pooled keep-alive connection the server had closed,
+        a reset) is tried again, as any robust fetcher does, before the image counts as unfetchable."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((httpx.NetworkError, httpx.RemoteProtocolError)),
+            stop=stop_after_attempt(FETCH_TRIES),
+            wait=wait_fixed(0.1),
+            reraise=True,
+        )
         try:
-            async with self._client.stream(
-                "GET", job.url, headers=list(job.headers), timeout=FETCH_TIMEOUT, follow_redirects=True
-            ) as response:
-                if not response.is_success:
-                    raise ImageRejected(
-                        f"image could not be fetched: the URL answered {response.status_code}"
-                    )
-                check_size(int(response.headers.get("content-length") or 0))
-                chunks, size = [], 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size >= MAX_BYTES:
-                        check_size(size)
-                    chunks.append(chunk)
-                return b"".join(chunks)
+            return await retrying(self._fetch_once, job)
         except httpx.HTTPError as exc:
             raise ImageRejected(f"image could not be fetched ({type(exc).__name__})") from exc
+
+    async def _fetch_once(self, job: ScanJob) -> bytes:
+        assert self._client is not None
+        async with self._client.stream(
+            "GET", job.url, headers=list(job.headers), timeout=FETCH_TIMEOUT, follow_redirects=True
+        ) as response:
+            if not response.is_success:
+                raise ImageRejected(f"image could not be fetched: the URL answered {response.status_code}")
+            check_size(int(response.headers.get("content-length") or 0))
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size >= MAX_BYTES:
+                    check_size(size)
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     def _dispatch(self, job: ScanJob, body: dict) -> None:
         """Roll the webhook faults; each copy to send keeps one unit of ``in_flight`` until done."""
