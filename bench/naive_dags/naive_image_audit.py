@@ -67,11 +67,11 @@ with DAG(
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.schema import audit_results, audit_scans
 
-        run_id = get_current_context()["run_id"]
+        context = get_current_context()
         stored_for_run = (
             select(func.count())
             .select_from(audit_results.join(audit_scans, audit_results.c.scan_id == audit_scans.c.scan_id))
-            .where(audit_scans.c.dag_id == "naive_image_audit", audit_scans.c.run_id == run_id)
+            .where(audit_scans.c.dag_id == context["dag"].dag_id, audit_scans.c.run_id == context["run_id"])
         )
         with get_engine().connect() as conn:
             stored = conn.execute(stored_for_run).scalar_one()

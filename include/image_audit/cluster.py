@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from image_audit.servers import free_port
+from image_audit.servers import free_port, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Any database on the server will do: the cluster creates its own ``<name>_airflow`` and
@@ -139,13 +140,13 @@ class LocalCluster:
     def stop(self, grace: float = 20) -> None:
         """SIGTERM every process group started (children included), SIGKILL what outlives ``grace``."""
         for process in self.processes.values():
-            _signal_group(process, signal.SIGTERM)
+            signal_group(process, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for process in self.processes.values():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(max(0.1, deadline - time.monotonic()))
             # The leader may be gone while its children (api-server workers, Celery forks) are not.
-            _signal_group(process, signal.SIGKILL)
+            signal_group(process, signal.SIGKILL)
             process.wait()
         self.processes.clear()
 
@@ -224,7 +225,15 @@ class LocalCluster:
         response.raise_for_status()
         return response.json()["dag_run_id"]
 
-    def wait_for_run(self, dag_id: str, run_id: str, timeout: float = 300) -> str:
+    def wait_for_run(
+        self,
+        dag_id: str,
+        run_id: str,
+        timeout: float = 300,
+        poll: float = 1.0,
+        while_running: Callable[[], None] | None = None,
+    ) -> str:
+        """The run's final state, polled through the REST API; ``while_running`` is called at each poll."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             state = httpx.get(f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=5).json()[
@@ -232,13 +241,10 @@ class LocalCluster:
             ]
             if state in ("success", "failed"):
                 return state
-            time.sleep(1)
+            if while_running is not None:
+                while_running()
+            time.sleep(poll)
         raise TimeoutError(f"run {run_id} still running after {timeout} s")
-
-
-def _signal_group(process: subprocess.Popen, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group has already exited
-        os.killpg(process.pid, signum)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -236,6 +236,8 @@ class _Planner:
         for leftovers in _chunks(conn.execute(query).mappings(), 1000):
             image_ids = [r["image_id"] for r in leftovers]
             latest = self._latest_scans(conn, image_ids)
+            adopted: list[str] = []
+            retries: list[dict] = []
             for scan in leftovers:
                 if scan["image_id"] in self.seen_ids:
                     continue  # this interval's own catalog row decided already
@@ -248,7 +250,7 @@ class _Planner:
                 )  # fmt: skip
                 if scan["state"] == ScanState.PENDING.value:
                     if self._take_budget():
-                        self.batches.adopt(conn, [scan["scan_id"]])
+                        adopted.append(scan["scan_id"])
                         self.plan.resumed += 1
                     else:
                         self.plan.deferred_by_budget += 1
@@ -262,8 +264,11 @@ class _Planner:
                 attempt = scan["attempt"] + 1
                 new = self._new_attempt(row, attempt)
                 new["batch_id"] = self.batches.place(conn, new["scan_id"])
-                conn.execute(_insert(self.engine).on_conflict_do_nothing(index_elements=["scan_id"]), [new])
+                retries.append(new)
                 self.plan.retried += 1
+            if retries:
+                conn.execute(_insert(self.engine).on_conflict_do_nothing(index_elements=["scan_id"]), retries)
+            self.batches.adopt(conn, adopted)
 
     def finish(self, conn) -> None:
         """Record the batches' sizes, and list every batch of this run with scans still to submit."""

@@ -106,12 +106,16 @@ def server_process(
             _stop_group(process, timeout=20)
 
 
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the process group ``process`` leads (started with ``start_new_session``)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # the group has already exited
+        os.killpg(process.pid, signum)
+
+
 def _stop_group(process: subprocess.Popen, timeout: float) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
+    signal_group(process, signal.SIGTERM)
     try:
         process.wait(timeout)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
+        signal_group(process, signal.SIGKILL)
         process.wait()
