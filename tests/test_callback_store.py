@@ -1,22 +1,41 @@
 """Group-committed callback storage on SQLite and PostgreSQL: the ordering rules inside one batch,
-and the writer's fallback that lets a bad callback fail alone."""
+failed callbacks kept once each, the new table reaching an existing warehouse, and the writer's
+fallback that lets a bad callback fail alone."""
 
 from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 import image_audit.warehouse.results as results_module
 from copyleaks_provider.models import WebhookBody
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
-from image_audit.warehouse.results import Callback, CallbackOutcome, CallbackWriter, store_callbacks
-from image_audit.warehouse.schema import ScanState, audit_results
-from tests.test_receiver import error_body, result_body, result_count, scan_row, seed_scan
+from image_audit.warehouse.results import (
+    UNRECOGNISED_REASON,
+    Callback,
+    CallbackOutcome,
+    CallbackWriter,
+    store_callbacks,
+)
+from image_audit.warehouse.schema import ScanState, audit_failed_callbacks, audit_results, metadata, migrate
+from tests.test_receiver import (
+    documented_error_body,
+    error_body,
+    failed_callbacks,
+    result_body,
+    result_count,
+    scan_row,
+    seed_scan,
+)
 
 
 def callback(scan_id: str, body: dict) -> Callback:
     return Callback(scan_id, WebhookBody.model_validate(body), body)
+
+
+def unrecognised(scan_id: str, raw, problem: str = "body: not a Copyleaks webhook") -> Callback:
+    return Callback(scan_id, None, raw, problem=problem)
 
 
 def store(url: str, callbacks: list[Callback]) -> list[CallbackOutcome]:
@@ -109,3 +128,117 @@ def test_the_writer_groups_concurrent_callbacks_and_a_bad_one_fails_alone(wareho
     assert max(batches) > 1, "concurrent callbacks share a transaction"
     assert scan_row(warehouse_url, ids[0])["state"] == "submitted"  # the bad one wrote nothing
     assert result_count(warehouse_url) == len(ids) - 1
+
+
+def test_failed_callbacks_in_one_batch_are_kept_once_each_and_a_result_still_wins(warehouse_url):
+    for scan_id in ("doc-twice", "odd-then-result", "result-then-odd", "two-errors", "odd-twice"):
+        seed_scan(warehouse_url, scan_id)
+    first_error = documented_error_body()
+    outcomes = store(
+        warehouse_url,
+        [
+            callback("doc-twice", first_error),
+            callback("doc-twice", documented_error_body()),  # the same body again: one row
+            unrecognised("odd-then-result", {"event": "new"}),
+            callback("odd-then-result", result_body("odd-then-result")),
+            callback("result-then-odd", result_body("result-then-odd")),
+            unrecognised("result-then-odd", [1, 2]),
+            callback("two-errors", first_error),
+            callback("two-errors", error_body("two-errors")),  # another body: kept, scan unchanged
+            unrecognised("odd-twice", None, "the body is null, not a JSON object"),
+            unrecognised("odd-twice", None, "the body is null, not a JSON object"),
+            unrecognised("nobody", {"x": 1}),
+        ],
+    )
+    S, F, R, D, U = (CallbackOutcome.STORED, CallbackOutcome.FAILED_RECORDED,
+                     CallbackOutcome.UNRECOGNISED_RECORDED, CallbackOutcome.DUPLICATE,
+                     CallbackOutcome.UNKNOWN_SCAN)  # fmt: skip
+    assert outcomes == [F, D, R, S, S, D, F, D, R, D, U]
+
+    documented_reason = "Copyleaks error download_failed (code 5): Failed to download the requested URL."
+    assert scan_row(warehouse_url, "doc-twice")["last_error"] == documented_reason
+    assert scan_row(warehouse_url, "two-errors")["last_error"] == documented_reason  # the first error
+    odd = scan_row(warehouse_url, "odd-twice")
+    assert odd["state"] == "failed"
+    assert odd["last_error"] == UNRECOGNISED_REASON + "the body is null, not a JSON object"
+    for scan_id in ("odd-then-result", "result-then-odd"):
+        row = scan_row(warehouse_url, scan_id)
+        assert (row["state"], row["last_error"]) == ("completed", None)
+
+    kept = {(k["scan_id"], k["kind"]): k["raw_body"] for k in failed_callbacks(warehouse_url)}
+    assert len(failed_callbacks(warehouse_url)) == 6  # doc-twice 1, two-errors 2, 1 each for the odd ones
+    assert kept[("doc-twice", "error")] == first_error
+    assert kept[("result-then-odd", "unrecognised")] == [1, 2]  # kept, though the result won
+    assert kept[("odd-twice", "unrecognised")] is None
+    assert sorted(k["raw_body"].get("status", 0) for k in failed_callbacks(warehouse_url, "two-errors")) == [
+        0,
+        1,
+    ]
+
+    # The same batch again: nothing changes anywhere.
+    before = (
+        failed_callbacks(warehouse_url),
+        [scan_row(warehouse_url, s) for s in ("doc-twice", "odd-twice")],
+    )
+    again = store(
+        warehouse_url,
+        [
+            callback("doc-twice", first_error),
+            unrecognised("odd-twice", None, "the body is null, not a JSON object"),
+        ],
+    )
+    assert again == [D, D]
+    after = (
+        failed_callbacks(warehouse_url),
+        [scan_row(warehouse_url, s) for s in ("doc-twice", "odd-twice")],
+    )
+    assert after == before
+
+
+def test_migrate_adds_the_failed_callbacks_table_to_an_existing_warehouse(warehouse_url):
+    """A warehouse created before the table existed gets it from migrate() (create_all), data kept."""
+    engine = get_engine(warehouse_url)
+    seed_scan(warehouse_url, "old-scan")
+    audit_failed_callbacks.drop(engine)  # as the warehouse was before this table
+    assert "audit_failed_callbacks" not in inspect(engine).get_table_names()
+    migrate(engine)
+    migrate(engine)  # idempotent
+    assert {"audit_failed_callbacks", "audit_scans"} <= set(inspect(engine).get_table_names())
+    assert set(metadata.tables) <= set(inspect(engine).get_table_names())
+    assert scan_row(warehouse_url, "old-scan")["state"] == "submitted"
+    assert store(warehouse_url, [callback("old-scan", documented_error_body())]) == [
+        CallbackOutcome.FAILED_RECORDED
+    ]
+    assert len(failed_callbacks(warehouse_url, "old-scan")) == 1
+
+
+def test_the_writer_keeps_concurrent_failed_callbacks_once(warehouse_url):
+    ids = [f"f-{i:02d}" for i in range(12)]
+    for scan_id in ids:
+        seed_scan(warehouse_url, scan_id)
+
+    async def go():
+        engine = create_async_warehouse_engine(warehouse_url, write_transactions=True)
+        writer = CallbackWriter(engine, writers=2, max_batch=5)
+        try:
+            calls = [
+                writer.store(c)
+                for s in ids
+                for c in (
+                    callback(s, documented_error_body()),
+                    unrecognised(s, {"unknown": s}),
+                    callback(s, documented_error_body()),
+                )
+            ]
+            return await asyncio.gather(*calls)
+        finally:
+            await writer.close()
+            await engine.dispose()
+
+    answers = asyncio.run(go())
+    assert answers.count(CallbackOutcome.DUPLICATE) == 2 * len(ids)
+    assert answers.count(CallbackOutcome.FAILED_RECORDED) + answers.count(
+        CallbackOutcome.UNRECOGNISED_RECORDED
+    ) == len(ids)
+    assert all(scan_row(warehouse_url, s)["state"] == "failed" for s in ids)
+    assert len(failed_callbacks(warehouse_url)) == 2 * len(ids)

@@ -181,12 +181,47 @@ def test_a_webhook_with_an_error():
         body.detection()
 
 
+def test_the_documented_error_webhook_has_no_scanned_document():
+    """Copyleaks' documented error webhook: status 1, error{type, id, code, message}; the scan id is
+    the callback URL's. ``type`` is a string in Copyleaks' current pages, an integer in older ones."""
+    wire = {
+        "status": 1,
+        "error": {"type": "api_error", "id": "download_failed", "code": 5, "message": "no download"},
+        "developerPayload": "batch-7",
+    }
+    body = WebhookBody.model_validate(wire)
+    assert body.is_error and body.scanned_document is None and body.scan_id is None
+    assert (body.status, body.error.id, body.error.code, body.error.type) == (
+        1,
+        "download_failed",
+        5,
+        "api_error",
+    )
+    assert body.failure_reason() == "Copyleaks error download_failed (code 5): no download"
+    assert body.wire() == wire
+    numbered = WebhookBody.model_validate({**wire, "error": {**wire["error"], "type": 2}})
+    assert numbered.error.type == 2
+    legacy = WebhookBody.model_validate({"error": {"code": 400, "message": "image too small"}})
+    assert legacy.failure_reason() == "Copyleaks error (code 400): image too small"
+    with pytest.raises(ValueError, match="no download"):
+        body.detection()
+
+
+def test_a_result_webhook_without_scanned_document_is_a_result():
+    body = WebhookBody.model_validate({k: v for k, v in detection().items() if k != "scannedDocument"})
+    assert not body.is_error and body.scan_id is None and body.summary.ai == 0.7
+    with pytest.raises(ValueError, match="not an error"):
+        body.failure_reason()
+
+
 @pytest.mark.parametrize(
     "body",
     [
         {"scannedDocument": {"scanId": "my-scan-1"}},  # neither result nor error
+        {"status": 1},  # an error status without the error
         {k: v for k, v in detection().items() if k != "summary"},  # an incomplete result
-        {k: v for k, v in detection().items() if k != "scannedDocument"},  # no scan id
+        {"status": 1, "error": {"id": "download_failed", "message": "x"}},  # an error without its code
+        {"error": {"code": 5, "message": "x", "id": "x" * 101}},  # an id too long to be one
     ],
 )
 def test_a_webhook_needs_a_result_or_an_error(body):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import threading
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +32,14 @@ from copyleaks_provider.scan_ids import validate_scan_id
 from copyleaks_provider.webhook_auth import webhook_token, webhook_url
 from image_audit.servers import BackgroundServer, free_port
 from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.schema import ScanState, audit_results, audit_scans, migrate
+from image_audit.warehouse.results import UNRECOGNISED_REASON
+from image_audit.warehouse.schema import (
+    ScanState,
+    audit_failed_callbacks,
+    audit_results,
+    audit_scans,
+    migrate,
+)
 from tests.conftest import requires_postgres
 
 SECRET = "current-secret"
@@ -75,7 +83,22 @@ def result_body(scan_id: str, *, width: int = 8, height: int = 4, ai_pixels: int
 
 
 def error_body(scan_id: str) -> dict:
+    """The older error webhook shape: scannedDocument + error{code, message}."""
     return {"scannedDocument": {"scanId": scan_id}, "error": {"code": 400, "message": "image too small"}}
+
+
+def documented_error_body(message: str = "Failed to download the requested URL.", **error) -> dict:
+    """Copyleaks' documented error webhook: no scannedDocument (the scan id is the callback URL's)."""
+    fields = {"type": "api_error", "id": "download_failed", "code": 5, "message": message, **error}
+    return {"status": 1, "error": fields, "developerPayload": "run-1"}
+
+
+def failed_callbacks(url: str, scan_id: str | None = None) -> list[dict]:
+    query = select(audit_failed_callbacks).order_by(audit_failed_callbacks.c.received_at)
+    if scan_id is not None:
+        query = query.where(audit_failed_callbacks.c.scan_id == scan_id)
+    with get_engine(url).connect() as conn:
+        return [dict(r) for r in conn.execute(query).mappings()]
 
 
 def scan_row(url: str, scan_id: str) -> dict:
@@ -161,8 +184,7 @@ def test_unknown_scan_is_404(receiver, warehouse_url):
     ("body", "status"),
     [
         (b"{not json", 400),
-        (b"[1, 2]", 422),
-        (json.dumps({"scannedDocument": {"scanId": "scan-bad"}}).encode(), 422),  # neither result nor error
+        (b'{"summary": {"ai": NaN, "human": Infinity}}', 400),  # Python's parser takes them; JSON does not
         (b"[" * 100_000 + b"]" * 100_000, 400),  # deeply nested
     ],
 )
@@ -171,18 +193,122 @@ def test_malformed_bodies_are_refused_and_change_nothing(receiver, warehouse_url
     response = post(receiver, "scan-bad", body)
     assert response.status_code == status, response.text
     assert scan_row(warehouse_url, "scan-bad")["state"] == "submitted" and result_count(warehouse_url) == 0
+    assert failed_callbacks(warehouse_url) == []
 
 
-def test_wrong_shape_and_mismatched_scan_id_are_422(receiver, warehouse_url):
+def test_a_body_for_another_scan_is_422_and_changes_nothing(receiver, warehouse_url):
     seed_scan(warehouse_url, "scan-shape")
-    broken = result_body("scan-shape")
-    broken["summary"] = {"ai": 0.9, "human": 0.9}
-    assert post(receiver, "scan-shape", broken).status_code == 422
-    outside = result_body("scan-shape")
-    outside["result"] = {"starts": [30], "lengths": [10]}  # past the 32-pixel image
-    assert post(receiver, "scan-shape", outside).status_code == 422
-    assert post(receiver, "scan-shape", result_body("someone-else")).status_code == 422
-    assert result_count(warehouse_url) == 0
+    for body in (
+        result_body("someone-else"),
+        error_body("someone-else"),
+        {"scannedDocument": {"scanId": "someone-else"}, "odd": True},  # unrecognised, but not ours
+    ):
+        response = post(receiver, "scan-shape", body)
+        assert response.status_code == 422 and "scanId" in response.json()["detail"]
+    assert scan_row(warehouse_url, "scan-shape")["state"] == "submitted"
+    assert result_count(warehouse_url) == 0 and failed_callbacks(warehouse_url) == []
+
+
+HOSTILE = "hostile-value-<script>"
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        pytest.param({"scannedDocument": {"scanId": "scan-odd"}}, "needs either 'error'", id="neither"),
+        pytest.param({"status": 1, "error": HOSTILE, "developerPayload": "run-1"}, "error:", id="error-text"),
+        pytest.param({"status": 1, "error": {"id": HOSTILE, "message": "m"}}, "error.code", id="no-code"),
+        pytest.param({**result_body("scan-odd"), "summary": {"ai": 0.9, "human": 0.9}}, "summary", id="sum"),
+        pytest.param(
+            {**result_body("scan-odd"), "result": {"starts": [30], "lengths": [10]}}, "outside", id="mask"
+        ),
+        pytest.param({"event": "scanCompleted", "payload": HOSTILE}, "body", id="unknown-object"),
+        pytest.param([1, HOSTILE], "the body is an array, not a JSON object", id="array"),
+        pytest.param(HOSTILE, "the body is a string, not a JSON object", id="string"),
+        pytest.param(None, "the body is null, not a JSON object", id="null"),
+    ],
+)
+def test_an_unrecognised_authentic_body_is_kept_and_fails_the_scan(receiver, warehouse_url, body, problem):
+    """A 4xx would make Copyleaks retry, then drop the callback: it is kept verbatim instead, the scan
+    fails with a clear reason (no values from the body in it), and a later result still wins."""
+    seed_scan(warehouse_url, "scan-odd")
+    first = post(receiver, "scan-odd", body)
+    assert first.status_code == 200 and first.json() == {"status": "unrecognised_recorded"}, first.text
+    row = scan_row(warehouse_url, "scan-odd")
+    assert row["state"] == "failed" and row["last_error"].startswith(UNRECOGNISED_REASON)
+    assert problem in row["last_error"] and HOSTILE not in row["last_error"]
+    [kept] = failed_callbacks(warehouse_url)
+    assert (kept["scan_id"], kept["kind"], kept["reason"]) == ("scan-odd", "unrecognised", row["last_error"])
+    assert kept["raw_body"] == body and len(kept["body_sha256"]) == 64
+
+    assert post(receiver, "scan-odd", body).json() == {"status": "duplicate"}  # Copyleaks' retry
+    assert scan_row(warehouse_url, "scan-odd") == row and len(failed_callbacks(warehouse_url)) == 1
+
+    assert post(receiver, "scan-odd", result_body("scan-odd")).json() == {"status": "stored"}
+    done = scan_row(warehouse_url, "scan-odd")
+    assert done["state"] == "completed" and done["last_error"] is None
+    assert len(failed_callbacks(warehouse_url)) == 1  # still kept
+
+
+def test_the_documented_error_webhook_fails_the_scan_with_its_id_and_is_kept(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-doc")
+    body = documented_error_body()
+    first = post(receiver, "scan-doc", body)
+    assert first.status_code == 200 and first.json() == {"status": "failed_recorded"}
+    row = scan_row(warehouse_url, "scan-doc")
+    assert row["state"] == "failed"
+    assert (
+        row["last_error"] == "Copyleaks error download_failed (code 5): Failed to download the requested URL."
+    )
+    [kept] = failed_callbacks(warehouse_url, "scan-doc")
+    assert (kept["kind"], kept["reason"], kept["raw_body"]) == ("error", row["last_error"], body)
+
+    # Copyleaks' retry of the same webhook (spaced differently on the wire): nothing changes.
+    again = httpx.post(
+        webhook_url(receiver.url, SECRET, "scan-doc"), content=json.dumps(body, indent=2).encode(), timeout=30
+    )
+    assert again.json() == {"status": "duplicate"}
+    assert scan_row(warehouse_url, "scan-doc") == row and len(failed_callbacks(warehouse_url)) == 1
+
+    # Another error for a failed scan: kept too (no authentic callback is lost), the scan unchanged.
+    other = documented_error_body("Temporarily unavailable.", id="service_unavailable", code=9)
+    assert post(receiver, "scan-doc", other).json() == {"status": "duplicate"}
+    assert scan_row(warehouse_url, "scan-doc") == row
+    assert [k["raw_body"] for k in failed_callbacks(warehouse_url, "scan-doc")] == [body, other]
+
+    # A result after the error still completes the scan.
+    assert post(receiver, "scan-doc", result_body("scan-doc")).json() == {"status": "stored"}
+    done = scan_row(warehouse_url, "scan-doc")
+    assert done["state"] == "completed" and done["last_error"] is None and result_count(warehouse_url) == 1
+
+
+def test_an_error_with_a_numeric_type_and_no_id_is_read_too(receiver, warehouse_url):
+    """Older summaries give ``type`` as an integer; an error without ``id`` keeps the code alone."""
+    seed_scan(warehouse_url, "scan-num")
+    body = {"status": 1, "error": {"type": 1, "code": 8, "message": "The image quality is too low to scan."}}
+    assert post(receiver, "scan-num", body).json() == {"status": "failed_recorded"}
+    assert scan_row(warehouse_url, "scan-num")["last_error"] == (
+        "Copyleaks error (code 8): The image quality is too low to scan."
+    )
+
+
+def test_a_forged_token_with_an_unrecognised_body_is_403_and_writes_nothing(receiver, warehouse_url):
+    seed_scan(warehouse_url, "scan-forged")
+    for body in ({"anything": 1}, [1, 2], documented_error_body()):
+        for token in (
+            "0" * 64,
+            webhook_token(SECRET, "another-scan"),
+            webhook_token("guessed", "scan-forged"),
+        ):
+            assert post(receiver, "scan-forged", body, token=token).status_code == 403
+    assert scan_row(warehouse_url, "scan-forged")["state"] == "submitted"
+    assert failed_callbacks(warehouse_url) == [] and result_count(warehouse_url) == 0
+
+
+def test_an_unrecognised_body_for_an_unknown_scan_is_404_and_writes_nothing(receiver, warehouse_url):
+    assert post(receiver, "never-planned", {"anything": 1}).status_code == 404
+    assert post(receiver, "never-planned", documented_error_body()).status_code == 404
+    assert failed_callbacks(warehouse_url) == []
 
 
 def test_oversized_body_is_413(warehouse_url):
@@ -204,11 +330,15 @@ def test_oversized_body_is_413(warehouse_url):
 
 
 def test_error_callback_fails_the_scan_and_a_result_still_wins(receiver, warehouse_url):
+    """The older shape (scannedDocument + error{code, message}) still works."""
     seed_scan(warehouse_url, "scan-err")
     assert post(receiver, "scan-err", error_body("scan-err")).json() == {"status": "failed_recorded"}
     row = scan_row(warehouse_url, "scan-err")
-    assert row["state"] == "failed" and "image too small" in row["last_error"]
+    assert row["state"] == "failed" and row["last_error"] == "Copyleaks error (code 400): image too small"
     assert post(receiver, "scan-err", error_body("scan-err")).json() == {"status": "duplicate"}
+    assert scan_row(warehouse_url, "scan-err") == row
+    [kept] = failed_callbacks(warehouse_url, "scan-err")
+    assert kept["raw_body"] == error_body("scan-err") and kept["kind"] == "error"
     # Out of order: a result after the error completes the scan.
     assert post(receiver, "scan-err", result_body("scan-err")).json() == {"status": "stored"}
     assert scan_row(warehouse_url, "scan-err")["state"] == "completed"
@@ -254,7 +384,9 @@ def test_concurrent_duplicates_and_errors_store_exactly_one_result_per_scan(rece
     for scan_id in scan_ids:
         seed_scan(warehouse_url, scan_id)
     calls = [
-        (i, body) for i in scan_ids for body in (result_body(i), error_body(i), result_body(i, ai_pixels=4))
+        (i, body)
+        for i in scan_ids
+        for body in (result_body(i), error_body(i), documented_error_body(), result_body(i, ai_pixels=4))
     ]
 
     async def send_all() -> list[tuple[str, str]]:
@@ -274,6 +406,9 @@ def test_concurrent_duplicates_and_errors_store_exactly_one_result_per_scan(rece
         row = scan_row(warehouse_url, scan_id)
         assert row["state"] == "completed" and row["last_error"] is None
     assert result_count(warehouse_url) == len(scan_ids)
+    # Each distinct error body kept once per scan, however the copies raced.
+    kept = Counter((k["scan_id"], k["raw_body"].get("status")) for k in failed_callbacks(warehouse_url))
+    assert kept == {(i, status): 1 for i in scan_ids for status in (None, 1)}
 
 
 def test_json_nested_just_below_the_parser_limit_is_stored_or_refused_never_a_5xx(receiver, warehouse_url):
@@ -479,3 +614,7 @@ def test_emulator_to_receiver_to_results_row(emulator, sqlite_warehouse_url):
     assert abs(mask.mean() - stored["ai"]) < 1e-4 and stored["developer_payload"] == "p-1"
     tiny = scan_row(sqlite_warehouse_url, "e2e-tiny")
     assert tiny["state"] == "failed" and "512x512" in tiny["last_error"]
+    assert tiny["last_error"].startswith("Copyleaks error image_quality_too_low (code 8): image too small")
+    [kept] = failed_callbacks(sqlite_warehouse_url, "e2e-tiny")  # the emulator's documented error webhook
+    assert kept["raw_body"]["status"] == 1 and "scannedDocument" not in kept["raw_body"]
+    assert kept["raw_body"]["developerPayload"] == "p-1" and kept["reason"] == tiny["last_error"]

@@ -19,19 +19,46 @@ from PIL import Image, UnidentifiedImageError
 from copyleaks_emulator import image_codecs  # noqa: F401  (registers HEIC/HEIF)
 
 MIN_SIDE = 512
-MAX_PIXELS = 16_000_000
+#: At most 6000x4500 = 27 megapixels (Copyleaks' current check page; an older one said 16 MP). The limit
+#: is on the pixel count, so 4500x6000 and other shapes of at most 27 MP pass too.
+MAX_PIXELS = 6000 * 4500
+MAX_MEGAPIXELS = MAX_PIXELS // 1_000_000
 MAX_BYTES = 32 * 1024 * 1024
-#: The error code of an image Copyleaks cannot scan (in the error webhook; the sync check's status).
-IMAGE_ERROR_CODE = 400
+#: The HTTP status of the sync check for an image Copyleaks cannot scan.
+IMAGE_ERROR_STATUS = 400
+IMAGE_ERROR_CODE = IMAGE_ERROR_STATUS  # older name
 #: EXIF tags read into ``imageInfo.metadata``: DateTime, Artist, Software.
 EXIF_METADATA = (("issuedTime", 0x0132), ("issuedBy", 0x013B), ("appOrDeviceUsed", 0x0131))
 
 
-class ImageRejected(ValueError):
-    """The image cannot be scanned; ``code`` goes into the error webhook (and is the sync status)."""
+@dataclass(frozen=True)
+class CopyleaksError:
+    """An entry of Copyleaks' error table: ``code`` (numeric), ``id`` (machine-readable), ``type``."""
 
-    def __init__(self, message: str, code: int = IMAGE_ERROR_CODE):
+    code: int
+    id: str
+    type: str
+
+
+#: From Copyleaks' error table (docs.copyleaks.com "Handling Errors"): 5 and 6 with their documented ids;
+#: 8 ("The image quality is too low to scan") and 14 ("The submitted file is invalid") have no id in the
+#: pages we have, so those ids are **(our choice)**.
+DOWNLOAD_FAILED = CopyleaksError(5, "download_failed", "api_error")
+FILE_TOO_LARGE = CopyleaksError(6, "file_too_large", "invalid_request_error")
+IMAGE_QUALITY_TOO_LOW = CopyleaksError(8, "image_quality_too_low", "invalid_request_error")
+INVALID_FILE = CopyleaksError(14, "invalid_file", "invalid_request_error")
+#: The error webhook shapes the emulator can send: Copyleaks' documented one (the default), or the one
+#: this project used before (``scannedDocument`` + ``error{code, message}``, the code being 400).
+DOCUMENTED_ERROR_SHAPE, LEGACY_ERROR_SHAPE = "documented", "legacy"
+
+
+class ImageRejected(ValueError):
+    """The image cannot be scanned. ``code``: the sync check's HTTP status; ``error``: the entry of
+    Copyleaks' error table that goes into the error webhook."""
+
+    def __init__(self, message: str, error: CopyleaksError = INVALID_FILE, code: int = IMAGE_ERROR_STATUS):
         super().__init__(message)
+        self.error = error
         self.code = code
 
 
@@ -45,7 +72,7 @@ class DecodedImage:
 
 def check_size(size: int) -> None:
     if size >= MAX_BYTES:
-        raise ImageRejected(f"image too large: {size} bytes (limit 32 MB)")
+        raise ImageRejected(f"image too large: {size} bytes (limit 32 MB)", FILE_TOO_LARGE)
 
 
 def decode(data: bytes) -> DecodedImage:
@@ -55,17 +82,22 @@ def decode(data: bytes) -> DecodedImage:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
             if width * height > MAX_PIXELS:  # checked before decoding a single pixel
-                raise ImageRejected(f"image too large: {width}x{height} is over 16 megapixels")
+                raise ImageRejected(
+                    f"image too large: {width}x{height} is over {MAX_MEGAPIXELS} megapixels (6000x4500)",
+                    FILE_TOO_LARGE,
+                )
             image.load()
             exif = image.getexif()
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
-        raise ImageRejected("image too large: over 16 megapixels") from exc
+        raise ImageRejected(f"image too large: over {MAX_MEGAPIXELS} megapixels", FILE_TOO_LARGE) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageRejected(f"image could not be decoded ({type(exc).__name__})") from exc
     if width < MIN_SIDE or height < MIN_SIDE:
-        raise ImageRejected(f"image too small: {width}x{height} (minimum {MIN_SIDE}x{MIN_SIDE})")
+        raise ImageRejected(
+            f"image too small: {width}x{height} (minimum {MIN_SIDE}x{MIN_SIDE})", IMAGE_QUALITY_TOO_LOW
+        )
     metadata = {key: str(exif[tag]).strip() for key, tag in EXIF_METADATA if exif.get(tag)}
     return DecodedImage(width, height, metadata, hashlib.sha256(data).digest())
 
@@ -114,9 +146,25 @@ def detect(image: DecodedImage, scan_id: str, *, model: str, sandbox: bool = Fal
     }
 
 
-def error_body(scan_id: str, error: ImageRejected) -> dict:
-    """The error webhook of the spec (our choice): no summary, just the scan id and the error."""
-    return {"scannedDocument": {"scanId": scan_id}, "error": {"code": error.code, "message": str(error)}}
+def error_body(scan_id: str, rejected: ImageRejected, shape: str = DOCUMENTED_ERROR_SHAPE) -> dict:
+    """The error webhook of a failed scan (the caller adds ``developerPayload``).
+
+    ``documented`` (default): Copyleaks' documented error webhook, ``{"status": 1, "error": {"type",
+    "id", "code", "message"}}``, with no ``scannedDocument`` (``type`` a string, as in Copyleaks'
+    current pages). ``legacy``: ``{"scannedDocument": {"scanId"}, "error": {"code": 400, "message"}}``.
+    """
+    if shape == LEGACY_ERROR_SHAPE:
+        return {
+            "scannedDocument": {"scanId": scan_id},
+            "error": {"code": rejected.code, "message": str(rejected)},
+        }
+    if shape != DOCUMENTED_ERROR_SHAPE:
+        raise ValueError(f"unknown error webhook shape {shape!r}")
+    error = rejected.error
+    return {
+        "status": 1,
+        "error": {"type": error.type, "id": error.id, "code": error.code, "message": str(rejected)},
+    }
 
 
 def utc_now_iso() -> str:

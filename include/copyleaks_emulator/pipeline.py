@@ -1,7 +1,9 @@
 """The async scan pipeline: a queue served by a bounded pool of workers.
 
 A worker fetches the image URL (with the submit's custom headers), decodes it in a thread, builds the
-detection response (or the error body) and hands it to delivery. ``queue_depth`` counts jobs no
+detection response (or the error body) and hands it to delivery. A failed scan sends Copyleaks'
+documented error webhook (``detector.error_body``) and, like Copyleaks, refunds the credit its submit
+charged (sandbox scans cost nothing, so nothing to refund). ``queue_depth`` counts jobs no
 worker has taken yet; ``in_flight`` counts jobs being scanned plus webhooks not yet acknowledged or
 given up, so "idle" means both are zero.
 """
@@ -17,6 +19,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from copyleaks_emulator.delivery import WebhookSender
 from copyleaks_emulator.detector import (
+    DOCUMENTED_ERROR_SHAPE,
+    DOWNLOAD_FAILED,
     MAX_BYTES,
     ImageRejected,
     check_size,
@@ -46,10 +50,18 @@ class ScanJob:
 
 
 class ScanPipeline:
-    def __init__(self, settings: EmulatorSettings, state: EmulatorState, faults: FaultInjector):
+    def __init__(
+        self,
+        settings: EmulatorSettings,
+        state: EmulatorState,
+        faults: FaultInjector,
+        error_shape: str = DOCUMENTED_ERROR_SHAPE,
+    ):
         self.settings = settings
         self.state = state
         self.faults = faults
+        #: The error webhook's shape (``detector.error_body``): Copyleaks' documented one by default.
+        self.error_shape = error_shape
         self._queue: asyncio.Queue[ScanJob] | None = None
         self._tasks: set[asyncio.Task] = set()
         self._client: httpx.AsyncClient | None = None
@@ -118,7 +130,9 @@ class ScanPipeline:
             image = await asyncio.to_thread(decode, data)
         except ImageRejected as exc:
             self.state.counters["scans_failed"] += 1
-            body = error_body(job.scan_id, exc)
+            if not job.sandbox:
+                self.state.refund()  # Copyleaks charges only completed scans
+            body = error_body(job.scan_id, exc, self.error_shape)
         else:
             self.state.counters["scans_completed"] += 1
             body = detect(image, job.scan_id, model=job.model, sandbox=job.sandbox)
@@ -138,7 +152,9 @@ class ScanPipeline:
         try:
             return await retrying(self._fetch_once, job)
         except httpx.HTTPError as exc:
-            raise ImageRejected(f"image could not be fetched ({type(exc).__name__})") from exc
+            raise ImageRejected(
+                f"image could not be fetched ({type(exc).__name__})", DOWNLOAD_FAILED
+            ) from exc
 
     async def _fetch_once(self, job: ScanJob) -> bytes:
         assert self._client is not None
@@ -146,7 +162,9 @@ class ScanPipeline:
             "GET", job.url, headers=list(job.headers), timeout=FETCH_TIMEOUT, follow_redirects=True
         ) as response:
             if not response.is_success:
-                raise ImageRejected(f"image could not be fetched: the URL answered {response.status_code}")
+                raise ImageRejected(
+                    f"image could not be fetched: the URL answered {response.status_code}", DOWNLOAD_FAILED
+                )
             check_size(int(response.headers.get("content-length") or 0))
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():

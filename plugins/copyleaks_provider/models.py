@@ -2,12 +2,18 @@
 
 Field names are snake_case in Python and camelCase on the wire (``model_dump(by_alias=True)`` gives
 the wire form). Unknown fields are kept, so a newer Copyleaks answer still parses.
+
+A failed scan's webhook comes in two shapes, both accepted: Copyleaks' documented error webhook
+``{"status": 1, "error": {"type", "id", "code", "message"}, "developerPayload"}`` (no
+``scannedDocument``; ``type`` is a string in Copyleaks' current pages, an integer in older summaries),
+and ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``. A webhook body need not carry
+``scannedDocument``: the receiver takes the scan id from the authenticated callback URL.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -68,8 +74,22 @@ class ScannedDocument(_Wire):
 
 
 class ScanError(_Wire):
+    """``error`` of a failed scan: ``code`` and ``message``, and in Copyleaks' documented shape also a
+    machine-readable ``id`` (e.g. ``download_failed``) and a ``type`` (e.g. ``api_error``)."""
+
     code: int
     message: str = Field(max_length=4000)
+    id: str | None = Field(default=None, max_length=100)
+    type: int | Annotated[str, Field(max_length=100)] | None = None
+
+    def reason(self) -> str:
+        """One line for ``last_error``: ``Copyleaks error download_failed (code 5): <message>``."""
+        label = (
+            f"Copyleaks error {self.id} (code {self.code})"
+            if self.id
+            else f"Copyleaks error (code {self.code})"
+        )
+        return f"{label}: {self.message}"
 
 
 class DetectionResponse(_Wire):
@@ -96,11 +116,13 @@ class DetectionResponse(_Wire):
 class WebhookBody(_Wire):
     """What Copyleaks POSTs to the webhook: a detection response, or ``error`` for a failed scan.
 
-    Both carry ``scannedDocument.scanId`` and the ``developerPayload`` given at submit time.
+    Both carry the ``developerPayload`` given at submit time; ``scannedDocument`` (with the scan id) is
+    optional, since Copyleaks' documented error webhook has none. ``status``: 1 in that error webhook.
     """
 
-    scanned_document: ScannedDocument
+    scanned_document: ScannedDocument | None = None
     developer_payload: str | None = None
+    status: int | None = None
     error: ScanError | None = None
     model: str | None = None
     result: RleMask | None = None
@@ -121,10 +143,21 @@ class WebhookBody(_Wire):
     def is_error(self) -> bool:
         return self.error is not None
 
+    @property
+    def scan_id(self) -> str | None:
+        """``scannedDocument.scanId`` when the body carries one."""
+        return self.scanned_document.scan_id if self.scanned_document is not None else None
+
+    def failure_reason(self) -> str:
+        """Why the scan failed, for ``last_error`` (an error body only)."""
+        if self.error is None:
+            raise ValueError("not an error webhook")
+        return self.error.reason()
+
     def detection(self) -> DetectionResponse:
-        """The detection response inside a successful webhook body."""
+        """The detection response inside a successful webhook body (one that carries scannedDocument)."""
         if self.error is not None:
-            raise ValueError(f"scan {self.scanned_document.scan_id} failed: {self.error.message}")
+            raise ValueError(f"scan {self.scan_id or '(no scan id)'} failed: {self.error.message}")
         return DetectionResponse.model_validate(self.model_dump(by_alias=True))
 
     def wire(self) -> dict[str, Any]:

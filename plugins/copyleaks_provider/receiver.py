@@ -3,11 +3,24 @@
 One FastAPI app, mounted in the Airflow api-server by ``plugins/copyleaks_plugin.py`` and runnable
 alone for a public edge (``python -m copyleaks_provider.receiver``). It authenticates every callback
 itself (a mounted app gets none of Airflow's auth): the URL's token must be the HMAC of the scan id
-with a current or previous webhook secret, checked before the body is read. Then it stores the result
-exactly once and commits before answering 2xx, so Copyleaks' retries cover any failure.
+with a current or previous webhook secret, checked before the body is read. The scan id is the URL's,
+never the body's. Then it stores the callback exactly once and commits before answering 2xx, so
+Copyleaks' retries cover any failure.
 
-Answers: 200 stored/duplicate/failed_recorded, 401 no token, 403 wrong token, 404 unknown scan, 400 not
-JSON (or nested too deeply), 413 too large, 422 not a Copyleaks body, 503 warehouse or secrets unavailable.
+Bodies: a detection result (model, result, summary, imageInfo) completes the scan; an error webhook,
+in Copyleaks' documented shape ``{"status": 1, "error": {"type", "id", "code", "message"}}`` (no
+``scannedDocument``) or as ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``, fails it.
+An authenticated body this receiver does not recognise is never refused: a 4xx makes Copyleaks retry,
+then drop the callback for good. Any JSON value that is not a valid result or error (an object that
+fails validation, and also an array, string, number or null: JSON, so Copyleaks sent something) is
+kept verbatim in ``audit_failed_callbacks`` and fails the scan with a reason saying so. The only body
+still refused is one whose ``scannedDocument.scanId`` names another scan (a callback replayed or sent
+to the wrong URL: 422).
+
+Answers: 200 ``stored`` / ``duplicate`` / ``failed_recorded`` / ``unrecognised_recorded``; 401 no token,
+403 wrong token (both before the body is read: nothing written); 400 not JSON (or nested too deeply),
+413 too large, 422 a body for another scan, 404 unknown scan (nothing written); 503 warehouse or
+secrets unavailable (retry later).
 """
 
 from __future__ import annotations
@@ -207,10 +220,49 @@ class _RedactTokenInPath:
                     scope["raw_path"] = scope["path"].encode("utf-8", "replace")
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """Where and what, never the offending values (they may be large or hostile)."""
-    problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()[:5]]
-    return "the body is not a Copyleaks detection result: " + "; ".join(problems)
+#: Bounds of the validation summary stored as part of a scan's ``last_error``.
+_SUMMARY_PROBLEMS, _SUMMARY_PART_CHARS, _SUMMARY_CHARS = 5, 120, 600
+
+
+def _validation_summary(exc: ValidationError) -> str:
+    """Where and what, never the offending values (they may be large or hostile), bounded."""
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    problems = []
+    for error in errors[:_SUMMARY_PROBLEMS]:
+        where = ".".join(str(part)[:40] for part in error["loc"]) or "body"
+        problems.append(f"{where}: {error['msg']}"[:_SUMMARY_PART_CHARS])
+    if len(errors) > _SUMMARY_PROBLEMS:
+        problems.append(f"and {len(errors) - _SUMMARY_PROBLEMS} more")
+    return "; ".join(problems)[:_SUMMARY_CHARS]
+
+
+_JSON_TYPES = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def _not_an_object(raw: Any) -> str:
+    return f"the body is {_JSON_TYPES.get(type(raw), 'null')}, not a JSON object"
+
+
+def _reject_constant(name: str) -> Any:
+    """NaN and Infinity are not JSON (Python's parser accepts them; PostgreSQL's JSON does not)."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def _parse(scan_id: str, raw: Any) -> Callback:
+    """The callback of an authenticated, parsed body: recognised (validated) or not."""
+    if not isinstance(raw, dict):
+        return Callback(scan_id, None, raw, problem=_not_an_object(raw))
+    try:
+        return Callback(scan_id, WebhookBody.model_validate(raw), raw)
+    except ValidationError as exc:
+        return Callback(scan_id, None, raw, problem=_validation_summary(exc))
+
+
+def _names_another_scan(scan_id: str, raw: Any) -> bool:
+    """True when the body carries ``scannedDocument.scanId`` and it is not the URL's scan id."""
+    document = raw.get("scannedDocument") if isinstance(raw, dict) else None
+    named = document.get("scanId") if isinstance(document, dict) else None
+    return isinstance(named, str) and named != scan_id
 
 
 def create_receiver_app(
@@ -269,27 +321,22 @@ def create_receiver_app(
             log.info("Callback for %s refused: body over %d bytes", _shown(scan_id), max_body_bytes)
             return _problem(413, f"body larger than {max_body_bytes} bytes")
         try:
-            raw: Any = json.loads(raw_bytes)
+            raw: Any = json.loads(raw_bytes, parse_constant=_reject_constant)
         except RecursionError:
             log.info("Callback for %s refused: JSON nested too deeply", _shown(scan_id))
             return _problem(400, "the body is nested too deeply")
         except ValueError:
             log.info("Callback for %s refused: not JSON", _shown(scan_id))
             return _problem(400, "the body is not valid JSON")
-        if not isinstance(raw, dict):
-            log.info("Callback for %s refused: JSON but not an object", _shown(scan_id))
-            return _problem(422, "the body must be a JSON object")
-        try:
-            body = WebhookBody.model_validate(raw)
-        except ValidationError as exc:
-            log.info("Callback for %s refused: %s", _shown(scan_id), _validation_message(exc))
-            return _problem(422, _validation_message(exc))
-        if body.scanned_document.scan_id != scan_id:
+        if _names_another_scan(scan_id, raw):
             log.info("Callback for %s refused: body is for another scan", _shown(scan_id))
             return _problem(422, "scannedDocument.scanId does not match the callback URL")
+        callback = _parse(scan_id, raw)
+        if callback.body is None:
+            log.warning("Callback for %s not recognised: %s", _shown(scan_id), callback.problem)
 
         try:
-            outcome = await warehouse.writer.store(Callback(scan_id, body, raw))
+            outcome = await warehouse.writer.store(callback)
         except (SQLAlchemyError, OSError, RecursionError) as exc:
             # Parsed, but too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError):
             # the body's fault, so no 503 that Copyleaks would retry for ever. Rolled back: nothing written.

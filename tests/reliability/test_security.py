@@ -66,7 +66,9 @@ def test_forged_foreign_replayed_oversized_malformed_and_nested_callbacks_change
         ),
         "oversized": (a_url, b'{"pad": "' + b"x" * (8 * 1024 * 1024 + 1) + b'"}', {413}),
         "malformed": (a_url, b'{"scannedDocument": {"scanId": ', {400}),
-        "not an object": (a_url, b'["scannedDocument"]', {422}),
+        # Authentic but unrecognised: kept verbatim (audit_failed_callbacks), never a 4xx that Copyleaks
+        # would retry then drop; the scan has its result, which wins, so the scan is unchanged.
+        "not an object": (a_url, b'["scannedDocument"]', {200}),
         "nested arrays": (a_url, b"[" * depth + b"]" * depth, {400}),
         "nested objects": (a_url, b'{"a":' * depth + b"1" + b"}" * depth, {400}),
         "nested inside a result": (
@@ -86,6 +88,7 @@ def test_forged_foreign_replayed_oversized_malformed_and_nested_callbacks_change
     assert wrong == {}
     assert answers["replayed result"].json() == {"status": "duplicate"}
     assert answers["error after the result"].json() == {"status": "duplicate"}
+    assert answers["not an object"].json() == {"status": "duplicate"}
     assert _snapshot(audit) == before, "no attack may change a scan or a result"
     assert httpx.get(f"{base}/health").status_code == 200, "the receiver survives all of it"
     FIGURES["hostile_callbacks_refused"] += len(attacks)

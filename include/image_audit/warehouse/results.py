@@ -7,15 +7,23 @@ deadlock), insert the results (``ON CONFLICT DO NOTHING``), update the scans, an
 one ``pg_notify`` per run touched (delivered on commit, so a waiting trigger never wakes before the
 rows are visible). Per-callback commits would cost one WAL flush each, and NOTIFY serialises commits.
 
+Failed callbacks: an error webhook (either shape) or an authentic body the receiver does not
+recognise. Each distinct one of a known scan is kept verbatim in ``audit_failed_callbacks`` (keyed by
+scan id and the SHA-256 of the body's canonical JSON, ``ON CONFLICT DO NOTHING``), whatever the
+scan's state, so no authentic callback is lost; the scan's state follows the rules below.
+
 Ordering rules (callbacks may be duplicated, late or out of order, even within one batch):
 - a result always wins: it completes the scan whatever its state (``timed_out``, ``failed``, ...);
 - the first result is kept; a later one for the same scan is a duplicate and changes nothing;
-- an error callback fails a scan only while it has no result and is not already ``failed``.
+- a failed callback fails a scan (``last_error`` = its reason) only while the scan has no result and
+  is not already ``failed``; otherwise it changes no scan (outcome ``duplicate``), and a body already
+  kept adds no row either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,7 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from copyleaks_provider.models import WebhookBody
-from image_audit.warehouse.schema import ScanState, audit_results, audit_scans
+from image_audit.warehouse.schema import ScanState, audit_failed_callbacks, audit_results, audit_scans
 
 log = logging.getLogger(__name__)
 
@@ -46,20 +54,41 @@ UNAVAILABLE_ERRORS = (
 )
 
 
+#: How the reason of a body the receiver does not recognise starts (then a short validation summary).
+UNRECOGNISED_REASON = "Copyleaks sent a callback this receiver does not recognise: "
+
+
 class CallbackOutcome(StrEnum):
     STORED = "stored"  # a detection result, stored; the scan is completed
-    FAILED_RECORDED = "failed_recorded"  # an error callback; the scan is failed with Copyleaks' message
-    DUPLICATE = "duplicate"  # already stored (or an error after a result / another error): nothing changed
+    FAILED_RECORDED = "failed_recorded"  # an error callback, kept; the scan is failed with Copyleaks' message
+    UNRECOGNISED_RECORDED = "unrecognised_recorded"  # an unrecognised body, kept; the scan is failed
+    DUPLICATE = "duplicate"  # the scan is unchanged (a result already stored, or already failed)
     UNKNOWN_SCAN = "unknown_scan"  # no such scan: nothing written
 
 
 @dataclass(frozen=True)
 class Callback:
-    """One validated callback. ``raw``: the body as received, kept verbatim in ``raw_body``."""
+    """One authenticated callback for ``scan_id`` (the id of its URL).
+
+    ``body``: the validated body, or None when it was not recognised; then ``problem`` says why (no
+    values from the body). ``raw``: the body as received (any JSON value), kept verbatim in ``raw_body``.
+    """
 
     scan_id: str
-    body: WebhookBody
-    raw: dict[str, Any]
+    body: WebhookBody | None
+    raw: Any
+    problem: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.body is None and not self.problem:
+            raise ValueError("an unrecognised callback needs the problem found with it")
+
+    @property
+    def failure_reason(self) -> str | None:
+        """The scan's ``last_error`` if this callback fails it; None for a detection result."""
+        if self.body is None:
+            return UNRECOGNISED_REASON + (self.problem or "")
+        return self.body.failure_reason() if self.body.is_error else None
 
 
 async def store_callbacks(
@@ -92,19 +121,26 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
 
     outcomes: list[CallbackOutcome | None] = []
     results: dict[str, dict[str, Any]] = {}  # the first result of each scan in this batch
-    failures: dict[str, str] = {}  # scan id -> Copyleaks' error message
+    failures: dict[str, str] = {}  # scan id -> the reason it failed (its last_error)
+    kept: dict[tuple[str, str], dict[str, Any]] = {}  # the failed callbacks rows, one per scan and body
     for callback in callbacks:
         scan_id = callback.scan_id
+        reason = callback.failure_reason
         if scan_id not in scans:
             outcomes.append(CallbackOutcome.UNKNOWN_SCAN)
-        elif callback.body.is_error:
+        elif reason is not None:
+            row = _failed_callback_values(callback, reason, now)
+            kept.setdefault((scan_id, row["body_sha256"]), row)
             if state[scan_id] in (ScanState.COMPLETED, ScanState.FAILED):
                 outcomes.append(CallbackOutcome.DUPLICATE)
             else:
-                error = callback.body.error
-                failures[scan_id] = f"Copyleaks error {error.code}: {error.message}"
+                failures[scan_id] = reason
                 state[scan_id] = ScanState.FAILED
-                outcomes.append(CallbackOutcome.FAILED_RECORDED)
+                outcomes.append(
+                    CallbackOutcome.FAILED_RECORDED
+                    if callback.body is not None
+                    else CallbackOutcome.UNRECOGNISED_RECORDED
+                )
         elif scan_id in results:
             outcomes.append(CallbackOutcome.DUPLICATE)
         else:
@@ -112,6 +148,8 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
             state[scan_id] = ScanState.COMPLETED  # a stored result means completed: later errors are late
             outcomes.append(None)  # stored or duplicate: the insert tells
 
+    if kept:
+        await conn.execute(_INSERT_FAILED_CALLBACKS[postgres], list(kept.values()))
     if failures:
         await conn.execute(
             update(audit_scans)
@@ -213,6 +251,24 @@ def _settle(future: asyncio.Future, *, result: Any = None, exception: BaseExcept
         future.set_result(result)
 
 
+def body_sha256(raw: Any) -> str:
+    """The digest of a body's canonical JSON (sorted keys, no spaces, ASCII): the same body sent twice,
+    however it was spaced, has the same digest. ``RecursionError`` for a body nested too deeply."""
+    canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _failed_callback_values(callback: Callback, reason: str, now: datetime) -> dict[str, Any]:
+    return {
+        "scan_id": callback.scan_id,
+        "body_sha256": body_sha256(callback.raw),
+        "kind": "error" if callback.body is not None else "unrecognised",
+        "reason": reason,
+        "received_at": now,
+        "raw_body": callback.raw,
+    }
+
+
 def _result_values(scan_id: str, body: WebhookBody, raw: dict[str, Any], now: datetime) -> dict[str, Any]:
     """The results row, from a body already validated as a detection (no second validation)."""
     shape, metadata, document = body.image_info.shape, body.image_info.metadata, body.scanned_document
@@ -226,8 +282,8 @@ def _result_values(scan_id: str, body: WebhookBody, raw: dict[str, Any], now: da
         "mask_starts": body.result.starts,
         "mask_lengths": body.result.lengths,
         "image_metadata": metadata.model_dump(by_alias=True, exclude_none=True) if metadata else None,
-        "actual_credits": document.actual_credits,
-        "expected_credits": document.expected_credits,
+        "actual_credits": document.actual_credits if document is not None else None,
+        "expected_credits": document.expected_credits if document is not None else None,
         "developer_payload": body.developer_payload,
         "received_at": now,
         "raw_body": raw,
@@ -240,5 +296,12 @@ _INSERT_RESULTS = {
     postgres: dialect.insert(audit_results)
     .on_conflict_do_nothing(index_elements=["scan_id"])
     .returning(audit_results.c.scan_id)
+    for postgres, dialect in ((True, postgresql), (False, sqlite))
+}
+#: The failed callbacks insert of each dialect: a body already kept for the scan is skipped.
+_INSERT_FAILED_CALLBACKS = {
+    postgres: dialect.insert(audit_failed_callbacks).on_conflict_do_nothing(
+        index_elements=["scan_id", "body_sha256"]
+    )
     for postgres, dialect in ((True, postgresql), (False, sqlite))
 }

@@ -1,7 +1,8 @@
 """Warehouse tables (SQLAlchemy Core) and their idempotent migration.
 
 Hot queries and the indexes that serve them:
-- receiver: scan by id (primary key), result by scan id (primary key);
+- receiver: scan by id (primary key), result by scan id (primary key), failed callback by (scan id,
+  body digest) (primary key);
 - trigger: count of non-terminal scans of a DAG run (``ix_audit_scans_run_state``);
 - planning: has this image been scanned with this model (``ix_audit_scans_image_model``);
 - submit task: scans of a batch (``ix_audit_scans_batch``);
@@ -119,6 +120,22 @@ audit_results = Table(
     Column("developer_payload", Text),
     Column("received_at", TZ, nullable=False),
     Column("raw_body", JSON, nullable=False),
+)
+
+#: Every distinct error or unrecognised callback Copyleaks sent for a known scan, kept verbatim: the
+#: error webhooks (both shapes) and authentic bodies the receiver could not read. One row per scan and
+#: body (``body_sha256``: of the body's canonical JSON), so a repeated callback adds nothing; the scan's
+#: state and ``last_error`` follow the ordering rules of ``image_audit.warehouse.results``. A table of
+#: its own (not a column) so that ``migrate()`` (``create_all``) adds it to existing warehouses.
+audit_failed_callbacks = Table(
+    "audit_failed_callbacks",
+    metadata,
+    Column("scan_id", String(36), ForeignKey("audit_scans.scan_id"), primary_key=True),
+    Column("body_sha256", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),  # "error" or "unrecognised"
+    Column("reason", Text, nullable=False),
+    Column("received_at", TZ, nullable=False),
+    Column("raw_body", JSON, nullable=False),  # any JSON value (an unrecognised body may be a list)
 )
 
 audit_reports = Table(
