@@ -279,24 +279,89 @@ def test_sandbox_results_are_the_same_mock_for_every_image(emulator, recorder):
 
 
 @pytest.mark.parametrize(
-    ("variant", "name", "expected"),
+    ("variant", "name", "expected", "error"),
     [
-        ("tiny", "t.png", "512x512"),
-        ("corrupt", "c.jpg", "decoded"),
-        ("missing", "m.jpg", "404"),
-        ("huge", "h.png", "16 megapixels"),
+        ("tiny", "t.png", "512x512", (8, "image_quality_too_low", "invalid_request_error")),
+        ("corrupt", "c.jpg", "decoded", (14, "invalid_file", "invalid_request_error")),
+        ("missing", "m.jpg", "404", (5, "download_failed", "api_error")),
     ],
 )
-def test_unscannable_images_produce_the_error_webhook(emulator, recorder, variant, name, expected):
+def test_unscannable_images_produce_the_documented_error_webhook_and_cost_nothing(
+    emulator, recorder, variant, name, expected, error
+):
+    """Copyleaks' documented error webhook (no scannedDocument), and the scan's credit refunded."""
     body = submit_body(emulator, recorder, url=emulator.sample_url(name, variant), fileName=name)
     assert put(emulator, f"err-{variant}", body).status_code == 201
     [webhook] = recorder.wait_for(1)
+    assert set(webhook) == {"status", "error", "developerPayload"} and webhook["status"] == 1
+    assert set(webhook["error"]) == {"type", "id", "code", "message"}
+    assert (webhook["error"]["code"], webhook["error"]["id"], webhook["error"]["type"]) == error
     parsed = WebhookBody.model_validate(webhook)
-    assert parsed.is_error and expected in parsed.error.message and parsed.error.code == 400
-    assert parsed.developer_payload == "payload-1" and parsed.scanned_document.scan_id == f"err-{variant}"
-    assert "summary" not in webhook
+    assert parsed.is_error and expected in parsed.error.message and parsed.scanned_document is None
+    assert parsed.developer_payload == "payload-1"
+    assert parsed.failure_reason().startswith(f"Copyleaks error {error[1]} (code {error[0]}): ")
     state = emulator.wait_idle()
     assert state["scans_failed"] == 1 and state["webhooks_acknowledged"] == 1
+    assert state["credits_remaining"] == 1_000_000, "a failed scan is refunded"
+
+
+def test_failed_scans_are_refunded_and_completed_ones_charged(start_emulator, recorder):
+    """With one credit: a failed scan gives its credit back, so the next scan can still be paid."""
+    emulator = start_emulator(credits=1)
+    headers = auth(emulator)
+    tiny = submit_body(emulator, recorder, url=emulator.sample_url("t.png", "tiny"), fileName="t.png")
+    assert put(emulator, "refund-1", tiny, headers).status_code == 201
+    assert emulator.wait_idle()["credits_remaining"] == 1
+    sandbox = submit_body(emulator, recorder, url=emulator.sample_url("t2.png", "tiny"), sandbox=True)
+    assert put(emulator, "refund-sandbox", {**sandbox, "fileName": "t2.png"}, headers).status_code == 201
+    assert emulator.wait_idle()["credits_remaining"] == 1, "a failed sandbox scan was never charged"
+    assert put(emulator, "refund-2", submit_body(emulator, recorder), headers).status_code == 201
+    state = emulator.wait_idle()
+    assert state["credits_remaining"] == 0 and state["scans_failed"] == 2 and state["scans_completed"] == 1
+    assert (
+        put(emulator, "refund-3", submit_body(emulator, recorder, "img-00002.jpg"), headers).status_code
+        == 402
+    )
+    assert {b.get("status") for b in recorder.wait_for(3)} == {1, None}
+
+
+def _flat_png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (width, height), 128).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+#: The largest image Copyleaks takes (6000x4500 = 27 megapixels) and the smallest step past it.
+LARGEST, TOO_LARGE = (6000, 4500), (6000, 4501)
+
+
+def test_an_image_of_27_megapixels_is_scanned_and_a_larger_one_refused_async(emulator, recorder):
+    headers = auth(emulator)
+    with _DroppingImageServer(drops=0) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        for scan_id, size in (("px-27mp", LARGEST), ("px-over", TOO_LARGE)):
+            server.body = _flat_png(*size)
+            body = submit_body(emulator, recorder, url=server.url, fileName="big.png")
+            assert put(emulator, scan_id, body, headers).status_code == 201
+            emulator.wait_idle()  # one image at a time: the server serves the current body
+        server.shutdown()
+    largest, larger = recorder.wait_for(2)
+    scanned = WebhookBody.model_validate(largest).detection()
+    assert (scanned.image_info.shape.width, scanned.image_info.shape.height) == LARGEST
+    assert larger["error"]["id"] == "file_too_large" and "27 megapixels" in larger["error"]["message"]
+    assert emulator.state()["credits_remaining"] == 999_999  # the refused one refunded
+
+
+def test_an_image_of_27_megapixels_is_checked_and_a_larger_one_refused_sync(emulator):
+    headers = auth(emulator)
+    largest = check_json(emulator, "sync-27mp", _flat_png(*LARGEST), headers)
+    assert largest.status_code == 200, largest.text
+    assert largest.json()["imageInfo"]["shape"] == {"width": 6000, "height": 4500}
+    portrait = check_json(emulator, "sync-27mp-tall", _flat_png(4500, 6000), headers)
+    assert portrait.status_code == 200, portrait.text  # the limit is on pixels, not orientation
+    refused = check_json(emulator, "sync-over", _flat_png(*TOO_LARGE), headers)
+    assert refused.status_code == 400 and "27 megapixels" in refused.json()["message"]
+    assert emulator.state()["credits_remaining"] == 999_998  # the refused check is not charged
 
 
 @pytest.mark.parametrize(
@@ -317,6 +382,10 @@ def test_unfetchable_images_produce_the_error_webhook(emulator, recorder, route,
     assert put(emulator, f"unfetchable-{route}", submit_body(emulator, recorder, url=url)).status_code == 201
     [webhook] = recorder.wait_for(1)
     assert expected in WebhookBody.model_validate(webhook).error.message
+    error_id = "file_too_large" if route.startswith("oversized") else "download_failed"
+    if route == "html":
+        error_id = "invalid_file"
+    assert webhook["error"]["id"] == error_id and "scannedDocument" not in webhook
 
 
 class _DroppingImageServer(socketserver.ThreadingTCPServer):
@@ -372,8 +441,8 @@ def test_custom_headers_are_sent_when_fetching(emulator, recorder):
         == 201
     )
     assert put(emulator, "private-2", submit_body(emulator, recorder, url=url)).status_code == 201
-    bodies = {b["scannedDocument"]["scanId"]: b for b in recorder.wait_for(2)}
-    assert "error" not in bodies["private-1"] and "403" in bodies["private-2"]["error"]["message"]
+    bodies = {b.get("scannedDocument", {}).get("scanId", "failed"): b for b in recorder.wait_for(2)}
+    assert "error" not in bodies["private-1"] and "403" in bodies["failed"]["error"]["message"]
     with_headers = next(h for h in recorder.fetch_headers if "authorization" in h)
     assert with_headers["x-tenant"] == "acme"
 
@@ -392,11 +461,14 @@ def test_redirects_are_followed_when_fetching(emulator, recorder):
 
 
 def test_results_are_deterministic_per_content_and_spread_realistically(emulator, recorder):
+    emulator.reset(api_requests_per_second=0)  # about results, not budgets: 61 submissions at once
+    headers = auth(emulator)
     names = [f"img-{i:05d}.jpg" for i in range(60)]
     for i, name in enumerate(names):
-        assert put(emulator, f"spread-{i}", submit_body(emulator, recorder, name)).status_code == 201
+        body = submit_body(emulator, recorder, name)
+        assert put(emulator, f"spread-{i}", body, headers=headers).status_code == 201
     same_bytes_elsewhere = submit_body(emulator, recorder, url=recorder.image_url("plain", names[0]))
-    assert put(emulator, "spread-again", same_bytes_elsewhere).status_code == 201
+    assert put(emulator, "spread-again", same_bytes_elsewhere, headers=headers).status_code == 201
     bodies = {b["scannedDocument"]["scanId"]: b for b in recorder.wait_for(61)}
     assert len(bodies) == 61
     assert bodies["spread-0"]["summary"] == bodies["spread-again"]["summary"]
@@ -472,10 +544,10 @@ def test_sync_check_json_validates_like_copyleaks(emulator, fields, message):
         (sample_image("img-00007.png")[0], {"sandbox": "maybe"}, "sandbox"),
         (sample_image("t.png", "tiny")[0], {}, "512x512"),
         (sample_image("c.png", "corrupt")[0], {}, "decoded"),
-        (sample_image("h.png", "huge")[0], {}, "16 megapixels"),
+        (_flat_png(*TOO_LARGE), {}, "27 megapixels"),
         (bytes(32 * 1024 * 1024), {}, "32 MB"),
     ],
-    ids=["no-image", "model", "extension", "sandbox", "tiny", "corrupt", "huge", "32mb"],
+    ids=["no-image", "model", "extension", "sandbox", "tiny", "corrupt", "over-27mp", "32mb"],
 )
 def test_sync_check_multipart_validates_like_copyleaks(emulator, data, fields, message):
     response = check_form(emulator, "sync-bad", data, **fields)
@@ -569,7 +641,7 @@ def test_sample_variants_serve_bad_data(emulator):
         image.load()
     huge = httpx.get(emulator.sample_url("a.png", "huge"))
     with Image.open(io.BytesIO(huge.content)) as image:
-        assert image.width * image.height > 16_000_000 and len(huge.content) < 2_000_000
+        assert image.width * image.height > 27_000_000 and len(huge.content) < 2_000_000
     assert httpx.get(emulator.sample_url("a.jpg", "missing")).status_code == 404
     assert httpx.get(emulator.sample_url("a.jpg", "weird")).status_code == 404
     assert httpx.get(emulator.sample_url("a.gif")).status_code == 404

@@ -17,6 +17,14 @@ def recorder(webhook_recorder):
     return webhook_recorder
 
 
+@pytest.fixture(autouse=True)
+def _enterprise_rate(emulator):
+    """These tests fire raw requests as fast as they can, about faults rather than budgets: the
+    account's API limit is lifted here (as for an enterprise contract). The documented limits have
+    tests of their own (tests/test_emulator_limits.py)."""
+    emulator.reset(api_requests_per_second=0)
+
+
 def submit_many(emulator, recorder, n: int, prefix: str, first_image: int = 100) -> list[str]:
     headers = auth(emulator)
     scan_ids = [f"{prefix}-{i:02d}" for i in range(n)]

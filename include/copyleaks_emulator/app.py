@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from copyleaks_emulator.detector import ImageRejected, decode, detect
 from copyleaks_emulator.faults import FaultInjector
+from copyleaks_emulator.limits import AccountLimits
 from copyleaks_emulator.pipeline import ScanJob, ScanPipeline
 from copyleaks_emulator.samples import UnknownSample, sample_image
 from copyleaks_emulator.settings import EmulatorSettings
@@ -43,6 +44,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
     settings = settings or EmulatorSettings()
     state = EmulatorState(settings)
     faults = FaultInjector(settings, state.counters)
+    limits = AccountLimits(settings, state.counters)
     pipeline = ScanPipeline(settings, state, faults)
 
     @contextlib.asynccontextmanager
@@ -63,19 +65,21 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
             state.counters["bad_requests"] += 1
         return JSONResponse(status_code=exc.status, content={"message": exc.message}, headers=exc.headers)
 
-    async def _api_call(request: Request) -> str:
-        """What every API call goes through: latency, the bearer token, then injected 429/5xx."""
-        await faults.api_latency()
+    async def _api_call(request: Request, kind: str = "api") -> str:
+        """What every API call goes through: the bearer token, the account's rate limit (counted on
+        arrival, before any injected latency), then latency and injected 429/5xx."""
         account = state.account_of(request.headers.get("authorization", ""))
         if account is None:
+            await faults.api_latency()
             raise ApiError(401, "missing, invalid or expired access token", {"WWW-Authenticate": "Bearer"})
+        limits.admit(kind, account)
+        await faults.api_latency()
         faults.api_errors()
         return account
 
     # --- identity ------------------------------------------------------------------------------------
     @app.post("/v3/account/login/api")
     async def login(request: Request) -> dict[str, str]:
-        await faults.api_latency()
         body = await _json_body(request)
         require(
             isinstance(body, dict)
@@ -83,6 +87,8 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
             and isinstance(body.get("key"), str),
             "email and key are required",
         )
+        limits.admit("login", body["email"])
+        await faults.api_latency()
         token = state.login(body["email"], body["key"])
         if token is None:
             raise ApiError(401, "invalid email or API key")
@@ -121,7 +127,7 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
 
     @app.post("/v1/ai-image-detector/{scan_id:path}/check")
     async def check(scan_id: str, request: Request) -> dict:
-        await _api_call(request)
+        await _api_call(request, "check")
         check_scan_id(scan_id)
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
             upload, _file_name, model, sandbox = parse_form_check(await request.form())
@@ -169,8 +175,14 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
             raise ApiError(400, str(exc).splitlines()[0]) from exc
         await pipeline.restart()
         state.reset()
+        limits.reset()
         faults.reseed()
         return state.snapshot(pipeline.queue_depth)
+
+    @app.post("/admin/revoke-tokens")
+    async def admin_revoke_tokens() -> dict:
+        """Invalidate every access token now, as if each had expired (tests of the re-login path)."""
+        return {"revoked": state.revoke_tokens()}
 
     @app.get("/health")
     async def health() -> dict:

@@ -35,6 +35,18 @@ class EmulatorSettings(BaseModel):
         description="email -> API key of the accounts that may log in",
     )
     token_ttl_seconds: float = Field(default=48 * 3600, gt=0, description="lifetime of an access token")
+    # Copyleaks' documented per-account limits (0: no limit). Benchmarks and enterprise-like tests
+    # raise them; nothing else should.
+    api_requests_per_second: int = Field(
+        default=10, ge=0, description="API requests per second per account (the async submit included)"
+    )
+    logins_per_window: int = Field(default=12, ge=0, description="logins per account per login window")
+    login_window_seconds: float = Field(default=900, gt=0, description="the login window (15 minutes)")
+    login_block_seconds: float = Field(
+        default=300, ge=0, description="how long logins are refused after the login limit is crossed"
+    )
+    checks_per_window: int = Field(default=900, ge=0, description="sync checks per account per check window")
+    check_window_seconds: float = Field(default=900, gt=0, description="the sync-check window (15 minutes)")
     credits: int = Field(
         default=1_000_000, ge=0, description="credit balance (1 credit per non-sandbox scan)"
     )

@@ -34,6 +34,12 @@ COUNTERS = (
     "webhooks_delayed",
     "injected_429",
     "injected_5xx",
+    "api_requests",
+    "api_429",
+    "login_429",
+    "check_429",
+    "peak_requests_per_second",
+    "tokens_revoked",
 )
 
 
@@ -96,6 +102,13 @@ class EmulatorState:
             return None
         return entry[0]
 
+    def revoke_tokens(self) -> int:
+        """Invalidate every access token (as an expiry or a revocation would); returns how many."""
+        revoked = len(self.tokens)
+        self.tokens.clear()
+        self.counters["tokens_revoked"] += revoked
+        return revoked
+
     # --- scans and credits ------------------------------------------------------------------------
     def admit(self, scan_id: str, key: ScanKey) -> Admission:
         """Register a submitted scan id; a repeat of the same request is counted, not registered."""
@@ -121,6 +134,10 @@ class EmulatorState:
 
     def charge(self) -> None:
         self.credits -= 1
+
+    def refund(self) -> None:
+        """Give back the credit of a charged scan that failed (Copyleaks charges completed scans only)."""
+        self.credits += 1
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         return {
