@@ -51,6 +51,9 @@ def test_the_connection_form(providers):  # what the api-server's connection for
         "previous_webhook_secrets",
         "max_concurrency",
         "requests_per_second",
+        "checks_per_15_minutes",
+        "account_state_conn_id",
+        "max_login_wait_seconds",
         "timeout_seconds",
     }
     assert {name for name, widget in widgets.items() if widget.is_sensitive} == {

@@ -60,6 +60,7 @@ def make_settings(url: str, **overrides) -> CopyleaksSettings:
         "api_url": url,
         "webhook_base_url": WEBHOOK_BASE,
         "webhook_secret": WEBHOOK_SECRET,
+        "requests_per_second": 0,  # the fake has no account budget; the pacing tests set one
         **overrides,
     }
     return CopyleaksSettings(**values)
@@ -110,19 +111,30 @@ def test_one_login_serves_many_calls_sync_and_async(fake):
 
 
 def test_token_is_renewed_five_minutes_before_it_expires(fake):
-    fake.token_lifetime = timedelta(minutes=4)  # inside the renewal margin: every call logs in again
+    hook = make_hook(fake.url)  # Copyleaks' 48-hour token: renewed 5 minutes early, like the SDK
+    hook.submit_image(request_for(hook, 1))
+    token = hook.account_state.token()
+    expires = datetime.now(UTC) + timedelta(hours=48)
+    assert abs(token.renew_at - (expires - timedelta(minutes=5)).timestamp()) < 5
+    assert token.value == fake.issued_tokens[0]
+
+
+def test_a_short_lived_token_is_renewed_a_tenth_of_its_life_early_not_at_every_call(fake):
+    # A 5-minute margin would make a token of 4 minutes useless: every call would log in, and 12
+    # logins in 15 minutes block the account.
+    fake.token_lifetime = timedelta(seconds=2)
     hook = make_hook(fake.url)
     hook.submit_image(request_for(hook, 1))
     hook.submit_image(request_for(hook, 2))
+    assert fake.count(LOGIN) == 1
+    renew_at = hook.account_state.token().renew_at
+    assert renew_at - datetime.now(UTC).timestamp() < 1.9  # 0.2 s early
+    while datetime.now(UTC).timestamp() < renew_at:
+        asyncio.run(asyncio.sleep(0.05))
+    hook.submit_image(request_for(hook, 3))
     assert fake.count(LOGIN) == 2
     first, second = fake.issued_tokens
-    assert [bearer(r) for r in fake.received(SUBMIT)] == [first, second]
-
-    fake.token_lifetime = timedelta(minutes=6)  # outside the margin: reused
-    hook = make_hook(fake.url)
-    hook.submit_image(request_for(hook, 3))
-    hook.submit_image(request_for(hook, 4))
-    assert fake.count(LOGIN) == 3
+    assert [bearer(r) for r in fake.received(SUBMIT)] == [first, first, second]
 
 
 def test_a_401_logs_in_again_and_retries_once(fake):

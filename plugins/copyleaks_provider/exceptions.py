@@ -61,6 +61,13 @@ class CopyleaksRateLimitError(CopyleaksHTTPError):
         self.retry_after = retry_after
 
 
+class CopyleaksLoginBlockedError(CopyleaksRateLimitError):
+    """429 on login: Copyleaks blocks the account's logins for ``retry_after`` seconds, longer than the
+    caller may wait. Not retried in place: hammering the login endpoint only prolongs the block."""
+
+    permanent = True
+
+
 class CopyleaksServerError(CopyleaksHTTPError):
     """5xx (503 is maintenance): transient on Copyleaks' side."""
 

@@ -1,10 +1,13 @@
 """``CopyleaksHook``: the only code that talks HTTP to Copyleaks.
 
-Owns login (token reused until shortly before it expires, one re-login on a 401), request
-validation (nothing is sent that Copyleaks would refuse), error mapping to typed exceptions and
-retries (exponential backoff with jitter on 429 / 5xx / network errors, honouring Retry-After).
-The sync client serves one-off calls; ``get_async_client()`` submits many images over one
-connection pool with bounded concurrency and an optional requests-per-second limit.
+Owns login, request validation (nothing is sent that Copyleaks would refuse), error mapping to
+typed exceptions and retries (exponential backoff with jitter on 429 / 5xx / network errors,
+honouring Retry-After). Copyleaks limits the *account*, so the token and the request pacing are the
+deployment's, not the process's (:mod:`copyleaks_provider.account_state`): one login serves every
+task until shortly before the token expires, a 401 leads to one re-login for all, a login block is
+waited out or reported, and every request takes a send slot of the account's shared budget. The sync
+client serves one-off calls; ``get_async_client()`` submits many images over one connection pool with
+bounded concurrency.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +38,7 @@ from tenacity import (
     wait_random,
 )
 
+from copyleaks_provider.account_state import AccountState, LoginBlocked, Token, account_state
 from copyleaks_provider.exceptions import (
     CopyleaksAuthError,
     CopyleaksBadRequestError,
@@ -41,6 +46,7 @@ from copyleaks_provider.exceptions import (
     CopyleaksCreditsError,
     CopyleaksError,
     CopyleaksHTTPError,
+    CopyleaksLoginBlockedError,
     CopyleaksNetworkError,
     CopyleaksRateLimitError,
     CopyleaksServerError,
@@ -48,7 +54,7 @@ from copyleaks_provider.exceptions import (
 )
 from copyleaks_provider.models import DetectionResponse
 from copyleaks_provider.scan_ids import DEFAULT_MODEL, canonical_model, validate_scan_id
-from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
+from copyleaks_provider.settings import DEFAULT_CONN_ID, RATE_HEADROOM, CopyleaksSettings
 from copyleaks_provider.webhook_auth import webhook_url
 
 log = logging.getLogger(__name__)
@@ -62,8 +68,13 @@ MASK_TYPES = ("heatmap",)
 MAX_FILE_NAME = 255
 #: Copyleaks refuses uploads of 32 MB or more.
 MAX_IMAGE_BYTES = 32 * 1024 * 1024
-#: Renew the access token this long before Copyleaks' ``.expires`` (the official SDK uses 5 minutes).
+#: Renew the access token this long before Copyleaks' ``.expires`` (the official SDK uses 5 minutes),
+#: or a tenth of its lifetime when that is shorter.
 TOKEN_RENEW_MARGIN = timedelta(minutes=5)
+#: Each reservation from the shared budget takes this many seconds' worth of slots (at least one).
+RESERVE_SECONDS = 0.1
+#: How long Copyleaks blocks logins after too many, when its 429 does not say (its documentation).
+DEFAULT_LOGIN_BLOCK_SECONDS = 300.0
 
 
 # --- validation (also used to reject catalog rows before planning) ---------------------------------
@@ -186,30 +197,13 @@ class SubmitOutcome:
         return self.request.scan_id
 
 
-# --- tokens, errors, retries: shared by the sync and async clients ----------------------------------
-@dataclass(frozen=True)
-class _Token:
-    value: str
-    renew_at: datetime
+# --- tokens and pacing: shared by the whole deployment through the account state -------------------
+#: Tokens this process has seen, by account: the fast path, so a request costs no database read.
+_LOCAL_TOKENS: dict[str, Token] = {}
 
 
-_TOKENS: dict[tuple[str, str], _Token] = {}
-_TOKENS_LOCK = threading.Lock()
-
-
-def _cached_token(settings: CopyleaksSettings) -> str | None:
-    token = _TOKENS.get((settings.identity_url, settings.email))
-    return token.value if token and datetime.now(UTC) < token.renew_at else None
-
-
-def _forget_token(settings: CopyleaksSettings, value: str | None) -> None:
-    with _TOKENS_LOCK:
-        key = (settings.identity_url, settings.email)
-        if value is None or (key in _TOKENS and _TOKENS[key].value == value):
-            _TOKENS.pop(key, None)
-
-
-def _store_token(settings: CopyleaksSettings, response: httpx.Response) -> str:
+def _token_from(response: httpx.Response) -> Token:
+    """The token of a 200 login answer, to be renewed a margin before its ``.expires``."""
     try:
         body = response.json()
         value = body["access_token"]
@@ -219,9 +213,79 @@ def _store_token(settings: CopyleaksSettings, response: httpx.Response) -> str:
     _mask(value)
     if expires.tzinfo is None:
         expires = expires.replace(tzinfo=UTC)
-    with _TOKENS_LOCK:
-        _TOKENS[(settings.identity_url, settings.email)] = _Token(value, expires - TOKEN_RENEW_MARGIN)
-    return value
+    lifetime = expires - datetime.now(UTC)
+    margin = min(TOKEN_RENEW_MARGIN, max(lifetime / 10, timedelta(0)))
+    return Token(value, (expires - margin).timestamp())
+
+
+def _local_token(state: AccountState, stale: str | None) -> str | None:
+    token = _LOCAL_TOKENS.get(state.account)
+    if token is None or token.value == stale or token.renew_at <= time.time():
+        return None
+    return token.value
+
+
+def _remember(state: AccountState, token: Token) -> str:
+    _mask(token.value)
+    _LOCAL_TOKENS[state.account] = token
+    return token.value
+
+
+def _login_blocked_error(seconds: float, waited: float) -> CopyleaksLoginBlockedError:
+    return CopyleaksLoginBlockedError(
+        429,
+        f"Copyleaks refuses logins of this account for about {seconds:.0f} s more (too many logins: "
+        f"it allows 12 per 15 minutes). Waited {waited:.0f} s; the task waits at most "
+        "max_login_wait_seconds of the connection. Every task of this deployment shares one token, so "
+        "look for something else logging in with this account (another deployment, a script, the "
+        "connection's Test button); the task's retry will log in once the block is over.",
+        retry_after=seconds,
+    )
+
+
+class _Pacer:
+    """Send times (epoch seconds) from one of the account's shared budgets, reserved
+    ``RESERVE_SECONDS`` at a time.
+
+    Pacing at ``RATE_HEADROOM`` leaves ``1 - RATE_HEADROOM`` of every second as slack; a request may
+    use half of it by starting late. A slot missed by more (the process was held up: CPU, garbage
+    collection, a busy event loop) is given up rather than used, since a late request lands right
+    before the next process's punctual ones and crowds Copyleaks' one-second window.
+    Not thread-safe: each client calls it under its own lock.
+    """
+
+    def __init__(self, state: AccountState, kind: str, per_second: float):
+        self.state, self.kind = state, kind
+        self.interval = 1.0 / (per_second * RATE_HEADROOM)
+        self.block = max(1, int(per_second * RESERVE_SECONDS))
+        self.lateness = (1 - RATE_HEADROOM) / 2
+        self._slots: deque[float] = deque()
+
+    def take_reserved(self) -> float | None:
+        """The next usable slot already reserved, if any (no database round trip)."""
+        usable = time.time() - self.lateness
+        while self._slots and self._slots[0] < usable:
+            self._slots.popleft()
+        return self._slots.popleft() if self._slots else None
+
+    def take(self) -> float:
+        """The next usable slot, reserving more from the account when none is left."""
+        slot = self.take_reserved()
+        if slot is None:
+            start = self.state.reserve(self.kind, self.block, self.interval)  # a database round trip
+            self._slots.extend(start + i * self.interval for i in range(1, self.block))
+            slot = start
+        return slot
+
+    def missed(self, slot: float) -> bool:
+        """True when it is too late to send in ``slot``."""
+        return time.time() - slot > self.lateness
+
+
+def _pacers(settings: CopyleaksSettings, state: AccountState) -> dict[str, _Pacer]:
+    """The budgets this account's requests are paced by: ``api`` and ``check`` (0 = no limit)."""
+    budgets = {"api": settings.requests_per_second, "check": settings.checks_per_15_minutes / 900.0}
+    return {kind: _Pacer(state, kind, rate) for kind, rate in budgets.items() if rate > 0}
 
 
 def _mask(secret: str) -> None:
@@ -366,6 +430,7 @@ class CopyleaksHook(BaseHook):
         self.copyleaks_conn_id = copyleaks_conn_id
         self._settings = settings
         self.retry_policy = _RetryPolicy(max_retries, retry_base_wait, retry_max_wait)
+        self._pace_lock = threading.Lock()
         if settings is not None:
             _mask_settings(settings)
 
@@ -381,19 +446,47 @@ class CopyleaksHook(BaseHook):
     def _client(self) -> httpx.Client:
         return httpx.Client(timeout=self.settings.timeout_seconds)
 
+    @cached_property
+    def account_state(self) -> AccountState:
+        """Where the deployment shares this account's token and request budget."""
+        return account_state(self.settings)
+
+    @cached_property
+    def _sync_pacers(self) -> dict[str, _Pacer]:
+        return _pacers(self.settings, self.account_state)
+
     # sync API -----------------------------------------------------------------------------------
     def login(self) -> str:
-        """The access token, logging in (with retries) only when there is no valid cached one."""
-        return Retrying(**self.retry_policy.options())(self._login_once)
+        """The account's access token: the deployment's shared one, or (with retries) a new login."""
+        return Retrying(**self.retry_policy.options())(self._token)
 
-    def _login_once(self) -> str:
-        if token := _cached_token(self.settings):
+    def _token(self, stale: str | None = None) -> str:
+        """The shared token; ``stale`` is one Copyleaks just refused. A login block is waited out for
+        up to ``max_login_wait_seconds``, then reported."""
+        if token := _local_token(self.account_state, stale):
             return token
+        started = time.monotonic()
+        while True:
+            try:
+                return _remember(self.account_state, self.account_state.login(stale, self._log_in))
+            except LoginBlocked as exc:
+                waited = time.monotonic() - started
+                if waited + exc.seconds > self.settings.max_login_wait_seconds:
+                    raise _login_blocked_error(exc.seconds, waited) from None
+                log.warning("Copyleaks blocks logins of this account; waiting %.0f s", exc.seconds)
+                time.sleep(exc.seconds)
+
+    def _log_in(self) -> Token:
+        """One login request (under the account's lock: no other process logs in meanwhile)."""
         response = self._send("POST", self.settings.identity_url + LOGIN_PATH, json=self._credentials())
+        if response.status_code == 429:
+            raise LoginBlocked(_retry_after(response) or DEFAULT_LOGIN_BLOCK_SECONDS)
         if response.is_error:
             raise _error_for(response, login=True)
-        log.info("Logged in to Copyleaks as %s", self.settings.email)
-        return _store_token(self.settings, response)
+        log.info(
+            "Logged in to Copyleaks as %s (this token now serves the whole deployment)", self.settings.email
+        )
+        return _token_from(response)
 
     def submit_image(self, request: SubmitRequest) -> None:
         """Submit one image for async detection; Copyleaks POSTs the result to the request's webhook."""
@@ -410,7 +503,9 @@ class CopyleaksHook(BaseHook):
     ) -> DetectionResponse:
         """Synchronous check of image bytes (for images Copyleaks cannot fetch)."""
         data = _check_form(image, file_name, model, self._sandbox(sandbox))
-        response = self._api("POST", _check_path(scan_id), data=data, files={"image": (file_name, image)})
+        response = self._api(
+            "POST", _check_path(scan_id), kind="check", data=data, files={"image": (file_name, image)}
+        )
         return DetectionResponse.model_validate(response.json())
 
     def webhook_url(self, scan_id: str) -> str:
@@ -454,7 +549,8 @@ class CopyleaksHook(BaseHook):
     def test_connection(self) -> tuple[bool, str]:
         """Log in afresh (the UI's "Test" button)."""
         try:
-            _forget_token(self.settings, None)
+            self.account_state.forget()
+            _LOCAL_TOKENS.pop(self.account_state.account, None)
             self.login()
         except CopyleaksError as exc:
             return False, str(exc)
@@ -473,15 +569,28 @@ class CopyleaksHook(BaseHook):
         except httpx.HTTPError as exc:
             raise CopyleaksNetworkError(f"{method} {urlsplit(url).path}: {type(exc).__name__}") from exc
 
-    def _api(self, method: str, path: str, **kwargs) -> httpx.Response:
+    def _pace(self, kind: str) -> None:
+        """Wait for this request's slot of the account's shared budget."""
+        pacer = self._sync_pacers.get(kind)
+        if pacer is None:
+            return
+        while True:
+            with self._pace_lock:
+                slot = pacer.take()
+            time.sleep(max(0.0, slot - time.time()))
+            if not pacer.missed(slot):
+                return
+
+    def _api(self, method: str, path: str, *, kind: str = "api", **kwargs) -> httpx.Response:
         # A failed login counts as one attempt of this call (no retries nested in retries).
         for attempt in Retrying(**self.retry_policy.options()):
             with attempt:
-                token = self._login_once()
+                token = self._token()
+                self._pace(kind)
                 response = self._send(method, self.settings.api_url + path, headers=_bearer(token), **kwargs)
-                if response.status_code == 401:  # expired or revoked: one fresh login, then give up
-                    _forget_token(self.settings, token)
-                    token = self._login_once()
+                if response.status_code == 401:  # expired or revoked: one shared re-login, then give up
+                    token = self._token(stale=token)
+                    self._pace(kind)
                     response = self._send(
                         method, self.settings.api_url + path, headers=_bearer(token), **kwargs
                     )
@@ -512,9 +621,8 @@ class CopyleaksAsyncClient:
         self.settings = hook.settings
         self._session: aiohttp.ClientSession | None = None  # created in the event loop that uses it
         self._login_lock = asyncio.Lock()
-        self._interval = 1.0 / self.settings.requests_per_second if self.settings.requests_per_second else 0.0
-        self._next_slot = 0.0
-        self._rate_lock = asyncio.Lock()
+        self._pacers = _pacers(self.settings, hook.account_state)
+        self._pace_lock = asyncio.Lock()
         self._workers: set[asyncio.Task] = set()
 
     async def __aenter__(self) -> CopyleaksAsyncClient:
@@ -526,8 +634,8 @@ class CopyleaksAsyncClient:
             await self._session.close()
 
     async def login(self) -> str:
-        """The access token, logging in (with retries) only when there is no valid cached one."""
-        return await AsyncRetrying(**self.hook.retry_policy.options())(self._login_once)
+        """The account's access token: the deployment's shared one, or (with retries) a new login."""
+        return await AsyncRetrying(**self.hook.retry_policy.options())(self._token)
 
     async def submit_image(self, request: SubmitRequest) -> None:
         """Submit one image for async detection; Copyleaks POSTs the result to the request's webhook."""
@@ -545,7 +653,7 @@ class CopyleaksAsyncClient:
         """Synchronous check of image bytes (for images Copyleaks cannot fetch)."""
         data = _check_form(image, file_name, model, self.hook._sandbox(sandbox))
         response = await self._api(
-            "POST", _check_path(scan_id), data=data, files={"image": (file_name, image)}
+            "POST", _check_path(scan_id), kind="check", data=data, files={"image": (file_name, image)}
         )
         return DetectionResponse.model_validate(response.json())
 
@@ -594,30 +702,38 @@ class CopyleaksAsyncClient:
             self._workers -= workers
 
     # plumbing -----------------------------------------------------------------------------------
-    async def _login_once(self) -> str:
-        if token := _cached_token(self.settings):
+    async def _token(self, stale: str | None = None) -> str:
+        """As the hook's ``_token``, without blocking the event loop: the database and the login run
+        in a thread, one at a time for this client's many concurrent requests."""
+        state = self.hook.account_state
+        if token := _local_token(state, stale):
             return token
-        async with self._login_lock:  # many concurrent submits, one login
-            if token := _cached_token(self.settings):
+        async with self._login_lock:
+            if token := _local_token(state, stale):
                 return token
-            response = await self._send(
-                "POST", self.settings.identity_url + LOGIN_PATH, json=self.hook._credentials()
-            )
-            if response.is_error:
-                raise _error_for(response, login=True)
-            log.info("Logged in to Copyleaks as %s", self.settings.email)
-            return _store_token(self.settings, response)
+            started = time.monotonic()
+            while True:
+                try:
+                    token = await asyncio.to_thread(state.login, stale, self.hook._log_in)
+                    return _remember(state, token)
+                except LoginBlocked as exc:
+                    waited = time.monotonic() - started
+                    if waited + exc.seconds > self.settings.max_login_wait_seconds:
+                        raise _login_blocked_error(exc.seconds, waited) from None
+                    log.warning("Copyleaks blocks logins of this account; waiting %.0f s", exc.seconds)
+                    await asyncio.sleep(exc.seconds)
 
-    async def _throttle(self) -> None:
-        """Space requests ``1 / requests_per_second`` apart (when a rate is set)."""
-        if not self._interval:
+    async def _pace(self, kind: str) -> None:
+        """Wait for this request's slot of the account's shared budget."""
+        pacer = self._pacers.get(kind)
+        if pacer is None:
             return
-        async with self._rate_lock:
-            now = time.monotonic()
-            slot = max(now, self._next_slot)
-            self._next_slot = slot + self._interval
-        if slot > now:
-            await asyncio.sleep(slot - now)
+        while True:
+            async with self._pace_lock:
+                slot = pacer.take_reserved() or await asyncio.to_thread(pacer.take)
+            await asyncio.sleep(max(0.0, slot - time.time()))
+            if not pacer.missed(slot):
+                return
 
     def _client(self) -> aiohttp.ClientSession:
         """The connection pool. aiohttp rather than httpx here: at ``max_concurrency`` requests in
@@ -641,7 +757,6 @@ class CopyleaksAsyncClient:
     ) -> httpx.Response:
         """One HTTP exchange; the answer as an ``httpx.Response``, the type the shared error handling
         (and the sync client) reads."""
-        await self._throttle()
         form = None
         if files:
             form = aiohttp.FormData()
@@ -660,13 +775,13 @@ class CopyleaksAsyncClient:
             response.request = httpx.Request(method, url)
         return response
 
-    async def _api(self, method: str, path: str, **kwargs) -> httpx.Response:
+    async def _api(self, method: str, path: str, *, kind: str = "api", **kwargs) -> httpx.Response:
         url = self.settings.api_url + path
         # Most requests succeed at once, so the first attempt runs outside tenacity, whose per-call
         # cost was a quarter of the client's CPU in the submit benchmark. A transient failure of it
         # is replayed as attempt 1 of the usual retry loop: same waits, same attempt budget.
         try:
-            return await self._api_attempt(method, url, **kwargs)
+            return await self._api_attempt(method, url, kind, **kwargs)
         except CopyleaksError as exc:
             if exc.permanent:
                 raise
@@ -676,15 +791,16 @@ class CopyleaksAsyncClient:
                 if first_failure is not None:
                     replay, first_failure = first_failure, None
                     raise replay
-                response = await self._api_attempt(method, url, **kwargs)
+                response = await self._api_attempt(method, url, kind, **kwargs)
         return response
 
-    async def _api_attempt(self, method: str, url: str, **kwargs) -> httpx.Response:
-        token = await self._login_once()
+    async def _api_attempt(self, method: str, url: str, kind: str, **kwargs) -> httpx.Response:
+        token = await self._token()
+        await self._pace(kind)
         response = await self._send(method, url, headers=_bearer(token), **kwargs)
-        if response.status_code == 401:  # expired or revoked: one fresh login, then give up
-            _forget_token(self.settings, token)
-            token = await self._login_once()
+        if response.status_code == 401:  # expired or revoked: one shared re-login, then give up
+            token = await self._token(stale=token)
+            await self._pace(kind)
             response = await self._send(method, url, headers=_bearer(token), **kwargs)
         if response.is_error:
             raise _error_for(response)

@@ -23,6 +23,7 @@ from copyleaks_provider.exceptions import (
     CopyleaksConflictError,
     CopyleaksCreditsError,
     CopyleaksError,
+    CopyleaksLoginBlockedError,
     CopyleaksValidationError,
 )
 from copyleaks_provider.hooks import CopyleaksHook, SubmitRequest
@@ -35,8 +36,9 @@ from image_audit.warehouse.schema import ScanState
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Account-level errors: no later request can succeed, so the task stops and fails without retrying.
-ACCOUNT_ERRORS = (CopyleaksAuthError, CopyleaksCreditsError)
+#: Account-level errors: no later request of this task can succeed, so it stops. Bad credentials and no
+#: credits fail it for good; a login block fails this try, and the task's retry comes after the block.
+ACCOUNT_ERRORS = (CopyleaksAuthError, CopyleaksCreditsError, CopyleaksLoginBlockedError)
 
 
 class CopyleaksSubmitImagesOperator(BaseOperator):
@@ -174,6 +176,10 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
         await flush()
         for message, scan_ids in transient.items():
             await asyncio.to_thread(record_submit_error, engine, scan_ids, message)
+        if isinstance(account_error, CopyleaksLoginBlockedError):
+            raise AirflowException(
+                f"{counts['submitted']} images were submitted before it stopped. {account_error}"
+            )
         if account_error is not None:
             raise AirflowFailException(_account_error_message(account_error, counts))
         return counts

@@ -57,8 +57,24 @@ def get_provider_info() -> dict:
                         "schema": {"type": ["integer", "null"], "default": 16},
                     },
                     "requests_per_second": {
-                        "label": "Requests per second per task",
-                        "schema": {"type": ["number", "null"]},
+                        "label": "Account requests per second",
+                        "description": "Copyleaks' limit for the whole account (10), shared by every "
+                        "task and worker; 0 = no limit",
+                        "schema": {"type": ["number", "null"], "default": 10},
+                    },
+                    "checks_per_15_minutes": {
+                        "label": "Account sync checks per 15 minutes",
+                        "schema": {"type": ["integer", "null"], "default": 900},
+                    },
+                    "account_state_conn_id": {
+                        "label": "Account state connection",
+                        "description": "A postgres (or sqlite) connection where every component shares the "
+                        "access token and the request budget; empty: a SQLite file in the Airflow home",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "max_login_wait_seconds": {
+                        "label": "Max wait for a login block (seconds)",
+                        "schema": {"type": ["number", "null"], "default": 60},
                     },
                     "timeout_seconds": {
                         "label": "HTTP timeout (seconds)",

@@ -1,0 +1,255 @@
+"""What the whole deployment shares about one Copyleaks account: its access token and its request budget.
+
+Copyleaks limits an *account* (12 logins per 15 minutes, 10 requests/s, 900 sync checks per 15
+minutes), while every Airflow task runs in a process of its own, on any worker host. So the token and
+the pacing live in a database every component reaches: the Airflow connection named by the Copyleaks
+connection's ``account_state_conn_id`` (PostgreSQL for a cluster), or, unset, a SQLite file in the
+Airflow home (enough for one machine).
+
+- **Token**: one row per account. A login happens under that row's lock (``SELECT ... FOR UPDATE`` on
+  PostgreSQL, the write lock on SQLite), so one process logs in while the others wait and then read
+  its token. The token is stored encrypted (Fernet) with a key derived from the account's API key:
+  whoever can use it already holds the key, the database alone reveals nothing, and a new API key
+  simply makes the old token unreadable. A login refused with 429 records the block, so no other
+  process tries again before it ends.
+- **Budget**: one row per account and kind (``api``, ``check``) holding the next free send time. A
+  caller reserves ``n`` consecutive slots ``interval`` apart in one atomic ``UPDATE ... RETURNING``
+  and sends at those times; the callers of the whole deployment are thereby spaced as one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+from copyleaks_provider.exceptions import CopyleaksValidationError
+from copyleaks_provider.settings import CopyleaksSettings
+
+#: A login waits at most this long for another process's login to finish (SQLite's busy timeout).
+LOCK_WAIT_SECONDS = 120
+
+metadata = MetaData()
+
+account_tokens = Table(
+    "copyleaks_account_tokens",
+    metadata,
+    Column("account", String(64), primary_key=True),  # a hash of the identity URL and the email
+    Column("token", Text),  # Fernet-encrypted access token
+    Column("renew_at", Float),  # epoch seconds: use the token until then
+    Column("logins_blocked_until", Float),  # epoch seconds: Copyleaks refuses logins until then
+)
+
+account_budget = Table(
+    "copyleaks_account_budget",
+    metadata,
+    Column("account", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # "api" or "check"
+    Column("next_slot", Float, nullable=False),  # epoch seconds: the first send time not yet taken
+)
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    renew_at: float  # epoch seconds
+
+
+class LoginBlocked(Exception):
+    """Copyleaks refuses this account's logins for ``seconds`` more (recorded by this or another process)."""
+
+    def __init__(self, seconds: float):
+        super().__init__(f"logins blocked for {seconds:.0f} s")
+        self.seconds = seconds
+
+
+class AccountState:
+    """The shared token and budget of one account, in one database (see the module docstring)."""
+
+    def __init__(self, engine: Engine, settings: CopyleaksSettings):
+        self.engine = engine
+        self.account = hashlib.sha256(f"{settings.identity_url}\n{settings.email}".encode()).hexdigest()
+        key = hashlib.sha256(b"copyleaks-token-store\n" + settings.api_key.get_secret_value().encode())
+        self._fernet = Fernet(base64.urlsafe_b64encode(key.digest()))
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # --- token --------------------------------------------------------------------------------------
+    def token(self) -> Token | None:
+        """The shared token while it is good to use, else None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(account_tokens).where(account_tokens.c.account == self.account)).first()
+        return self._usable(row)
+
+    def login(self, stale: str | None, log_in: Callable[[], Token]) -> Token:
+        """The shared token, calling ``log_in`` (under the account's lock) only when there is none.
+
+        ``stale``: a token Copyleaks just refused (401): it does not count as shared, so the first
+        process to get here logs in again and the others take its new token. ``log_in`` raises
+        ``LoginBlocked`` for a 429, which is recorded for every process before it propagates.
+        """
+        blocked: LoginBlocked | None = None
+        with self.engine.begin() as conn:
+            self._ensure_row(conn)
+            row = conn.execute(
+                select(account_tokens).where(account_tokens.c.account == self.account).with_for_update()
+            ).first()
+            token = self._usable(row)
+            if token is not None and token.value != stale:
+                return token
+            until = row.logins_blocked_until or 0.0
+            if until > time.time():
+                raise LoginBlocked(until - time.time())
+            try:
+                token = log_in()
+            except LoginBlocked as exc:
+                blocked = exc
+                values: dict[str, Any] = {"logins_blocked_until": time.time() + exc.seconds}
+            else:
+                values = {
+                    "token": self._fernet.encrypt(token.value.encode()).decode(),
+                    "renew_at": token.renew_at,
+                    "logins_blocked_until": None,
+                }
+            conn.execute(
+                update(account_tokens).where(account_tokens.c.account == self.account).values(values)
+            )
+        if blocked is not None:
+            raise blocked
+        return token
+
+    def forget(self) -> None:
+        """Drop the shared token (the next call logs in): the connection's "Test" button."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(account_tokens)
+                .where(account_tokens.c.account == self.account)
+                .values(token=None, renew_at=None)
+            )
+
+    def _usable(self, row) -> Token | None:
+        if row is None or not row.token or (row.renew_at or 0) <= time.time():
+            return None
+        try:
+            value = self._fernet.decrypt(row.token.encode()).decode()
+        except InvalidToken:  # written with another API key: as good as no token
+            return None
+        return Token(value, row.renew_at)
+
+    def _ensure_row(self, conn) -> None:
+        dialect = postgresql if self._postgres else sqlite
+        conn.execute(dialect.insert(account_tokens).values(account=self.account).on_conflict_do_nothing())
+
+    # --- budget -------------------------------------------------------------------------------------
+    def reserve(self, kind: str, count: int, interval: float) -> float:
+        """Take the account's next ``count`` send slots of ``kind``, ``interval`` s apart; returns the
+        first one as epoch seconds (now, or later when the budget is taken until then).
+
+        Slots are absolute times: a caller sleeps until its slot by its own clock, so the round trip
+        to the database does not shift it (hosts keep their clocks in sync, as Airflow requires).
+        """
+        span = count * interval
+        later = func.greatest if self._postgres else func.max
+        statement = (
+            update(account_budget)
+            .where(account_budget.c.account == self.account, account_budget.c.kind == kind)
+            .values(next_slot=later(account_budget.c.next_slot, bindparam("now", type_=Float)) + span)
+            .returning(account_budget.c.next_slot)
+        )
+        for _ in range(2):
+            with self.engine.begin() as conn:
+                next_slot = conn.execute(statement, {"now": time.time()}).scalar()
+                if next_slot is not None:
+                    return next_slot - span
+                dialect = postgresql if self._postgres else sqlite
+                conn.execute(
+                    dialect.insert(account_budget)
+                    .values(account=self.account, kind=kind, next_slot=0.0)
+                    .on_conflict_do_nothing()
+                )
+        raise RuntimeError("the account budget row could not be created")  # pragma: no cover
+
+
+# --- where the state lives --------------------------------------------------------------------------
+_ENGINES: dict[str, Engine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def account_state(settings: CopyleaksSettings) -> AccountState:
+    """The account state of ``settings``' account, in the database its connection names."""
+    return AccountState(_engine(state_database_url(settings)), settings)
+
+
+def state_database_url(settings: CopyleaksSettings) -> str:
+    """The SQLAlchemy URL of the account state: ``account_state_conn_id``'s database, or the default
+    SQLite file in the Airflow home."""
+    if not settings.account_state_conn_id:
+        home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
+        home.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{home / 'copyleaks_account_state.db'}"
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(settings.account_state_conn_id)
+    if conn.conn_type in ("postgres", "postgresql"):
+        return URL.create(
+            "postgresql+psycopg2",
+            username=conn.login or None,
+            password=conn.password or None,
+            host=conn.host or None,
+            port=conn.port or None,
+            database=conn.schema or None,
+        ).render_as_string(hide_password=False)
+    if conn.conn_type == "sqlite":
+        return f"sqlite:///{conn.host}"
+    raise CopyleaksValidationError(
+        f"the account state connection {settings.account_state_conn_id!r} is of type {conn.conn_type!r}: "
+        "use postgres (shared by every host) or sqlite (one machine)"
+    )
+
+
+def _engine(url: str) -> Engine:
+    with _ENGINES_LOCK:
+        if url not in _ENGINES:
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+            if engine.dialect.name == "sqlite":
+                event.listen(engine, "connect", _sqlite_connect)
+                event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            try:
+                metadata.create_all(engine)
+            except (ProgrammingError, IntegrityError):  # another process created them at the same time
+                metadata.create_all(engine)
+            _ENGINES[url] = engine
+        return _ENGINES[url]
+
+
+def _sqlite_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # SQLAlchemy, not the driver, opens transactions
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={LOCK_WAIT_SECONDS * 1000}")
+    cursor.close()
