@@ -3,7 +3,9 @@
 plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> report
 
 - ``plan`` reads the catalog rows ingested in the run's data interval (so backfills just work), plus
-  scans earlier runs left unfinished, records every decision in the warehouse and returns batch ids.
+  scans earlier runs left unfinished (those first), records every decision in the warehouse and returns
+  batch ids. It plans no more than fits the run's submission window at the account's request rate
+  (``max_submit_minutes``) and its credit budget (``max_credits``); the rest waits for the next run.
 - ``submit_batch`` submits one batch through the Copyleaks hook's async client.
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
@@ -22,10 +24,13 @@ from airflow.timetables.interval import CronDataIntervalTimetable
 from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.sensors import CopyleaksScanResultsSensor
+from copyleaks_provider.settings import DEFAULT_CONN_ID
 
 log = logging.getLogger(__name__)
 
 DAG_ID = "image_catalog_audit"
+#: The Copyleaks connection: credentials, webhook, and the account's request rate the window is cut to.
+COPYLEAKS_CONN_ID = DEFAULT_CONN_ID
 #: Downstream analytics DAGs schedule on this; its events carry the report's paths and totals.
 AUDIT_REPORT_ASSET = Asset(name="image_audit_report", uri="image-audit://reports/image_catalog_audit")
 
@@ -55,6 +60,13 @@ with DAG(
         "mask_type": Param(None, type=["null", "string"], enum=[None, "heatmap"]),
         "max_attempts": Param(3, type="integer", minimum=1, description="Tries per image across runs"),
         "wait_timeout_minutes": Param(360, type="number", minimum=0, description="How long to wait"),
+        "max_submit_minutes": Param(
+            360,
+            type=["null", "number"],
+            minimum=0,
+            description="Submission window: plan only what the account's request rate submits in this "
+            "many minutes; the rest waits for the next run (null: no window)",
+        ),
     },
 ) as dag:
 
@@ -62,7 +74,7 @@ with DAG(
     def plan() -> list[str]:
         """Record this run's scans and rejections in the warehouse; return the batch ids to submit."""
         from image_audit.catalog import CatalogSpec
-        from image_audit.planning import PlanOptions, RunContext, plan_run
+        from image_audit.planning import PlanOptions, RunContext, plan_run, submission_capacity
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.schema import migrate
 
@@ -72,6 +84,18 @@ with DAG(
         migrate(engine)
         start, end = _data_interval(context)
         spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
+        minutes = params["max_submit_minutes"]
+        rate = _account_rate() if minutes is not None else None
+        max_submissions = submission_capacity(rate, minutes)
+        if max_submissions is not None:
+            log.info(
+                "Submission window: %s minutes at %s requests/s: at most %d submissions",
+                minutes,
+                rate,
+                max_submissions,
+            )
+        elif minutes is not None:
+            log.info("The Copyleaks account has no request limit: no submission window")
         result = plan_run(
             engine,
             spec,
@@ -82,6 +106,7 @@ with DAG(
                 force_rescan=params["force_rescan"],
                 batch_size=params["batch_size"],
                 max_credits=params["max_credits"],
+                max_submissions=max_submissions,
                 max_attempts=params["max_attempts"],
                 source_filter=params["source_filter"],
                 limit=params["limit"],
@@ -106,7 +131,21 @@ with DAG(
             log.warning(
                 "%d scans were never submitted (the next run submits them); %d timed out", released, stranded
             )
-        run_report = build_run_report(engine, dag_id, run_id, data_interval=_data_interval(context))
+        try:
+            rate = _account_rate()
+        except Exception as exc:  # the report never fails for want of an estimate
+            log.warning("No request rate for the backlog estimate: %s", type(exc).__name__)
+            rate = None
+        run_report = build_run_report(
+            engine,
+            dag_id,
+            run_id,
+            data_interval=_data_interval(context),
+            requests_per_second=rate,
+            window_minutes=context["params"]["max_submit_minutes"],
+        )
+        if run_report.summary["backlog_scans"]:
+            log.info("Backlog: %s", run_report.summary["backlog"])
         log.info("Report summary: %s", run_report.summary)
         log.info(
             "Report: %s (CSV %s, Parquet %s)",
@@ -126,6 +165,7 @@ with DAG(
     batches = plan()
     submitted = CopyleaksSubmitImagesOperator.partial(
         task_id="submit_batch",
+        copyleaks_conn_id=COPYLEAKS_CONN_ID,
         model="{{ params.model }}",
         mask_type="{{ params.mask_type }}",
         sandbox="{{ params.sandbox }}",
@@ -135,6 +175,7 @@ with DAG(
     ).expand(batch_id=batches)
     waited = CopyleaksScanResultsSensor(
         task_id="wait_for_results",
+        copyleaks_conn_id=COPYLEAKS_CONN_ID,
         wait_timeout="{{ params.wait_timeout_minutes * 60 }}",
     )
     reported = report()
@@ -151,6 +192,15 @@ def _data_interval(context) -> tuple[datetime, datetime]:
         end = context["dag_run"].run_after
         start = end - timedelta(days=1)
     return start, end
+
+
+def _account_rate() -> float:
+    """The Copyleaks account's requests per second (0: no limit), from the connection (no secrets)."""
+    from airflow.sdk import BaseHook
+
+    from copyleaks_provider.settings import CopyleaksSettings
+
+    return CopyleaksSettings.from_connection(BaseHook.get_connection(COPYLEAKS_CONN_ID)).requests_per_second
 
 
 def _small(summary: dict) -> dict:

@@ -87,3 +87,22 @@ def test_timeout_gives_partial_results_that_the_next_run_completes(audit):
     assert all(latest[i]["attempt"] == 2 for i in retried)
     # Each attempt's scan id was submitted once; the retried images twice in all (by design).
     assert set(_submitted_ids(audit.emulator.state()).values()) == {1}
+
+
+def test_a_short_submission_window_defers_the_rest_to_the_next_run(audit):
+    audit.seed(20, bad_rows=False)
+    # 0.01 minutes at the connection's 10 requests/s: floor(10 * 60 * 0.01 * 0.96 * 0.97) = 5 submissions
+    first = audit.run(DAY, max_submit_minutes=0.01)
+    assert first.state == "success"
+    audit.emulator.wait_idle()
+    assert len(_submitted_ids(audit.emulator.state())) == 5
+    backlog = audit.report(first.run_id)["summary"]["backlog"]
+    assert backlog["scans"] == 15 and backlog["by_reason"]["window"] == 15
+    assert (backlog["requests_per_second"], backlog["run_capacity"], backlog["runs_to_clear"]) == (10, 5, 3)
+
+    second = audit.run(DAY + timedelta(days=1))  # the default window: the backlog goes first
+    assert second.state == "success"
+    audit.emulator.wait_idle()
+    submitted = _submitted_ids(audit.emulator.state())
+    assert len(submitted) == 20 and set(submitted.values()) == {1}
+    assert audit.report(second.run_id)["summary"]["backlog_scans"] == 0

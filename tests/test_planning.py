@@ -9,7 +9,13 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, 
 
 from copyleaks_provider.scan_ids import make_scan_id
 from image_audit.catalog import CatalogSpec, read_catalog
-from image_audit.planning import PlanOptions, RunContext, plan_run
+from image_audit.planning import (
+    PlanOptions,
+    RunContext,
+    plan_run,
+    submission_capacity,
+    submission_minutes,
+)
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.progress import release_unsubmitted
 from image_audit.warehouse.schema import ScanState, audit_batches, audit_scans, image_catalog
@@ -125,6 +131,132 @@ def test_budget_guard_defers_the_rest_to_a_later_run(engine):
     assert later.planned == 6 and later.resumed == 6
     adopted = _scans(engine, run_id="run-2")
     assert {s["scan_id"] for s in adopted} == {s["scan_id"] for s in deferred}
+
+
+def _deferred(engine) -> list[dict]:
+    return [s for s in _scans(engine, state="pending") if s["batch_id"] is None]
+
+
+def test_window_cap_defers_the_rest_and_counts_them_apart_from_the_budget(engine):
+    _seed(engine, _rows(10))
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_submissions=3))
+    assert plan.planned == 3 and plan.deferred_by_window == 7 and plan.deferred_by_budget == 0
+    # catalog order: the oldest ingestions are sent, the rest wait with the window as their reason
+    sent = {s["image_id"] for s in _scans(engine) if s["batch_id"] is not None}
+    assert sent == {"img-0000", "img-0001", "img-0002"}
+    deferred = _deferred(engine)
+    assert len(deferred) == 7 and all("submission window of 3" in s["last_error"] for s in deferred)
+
+    later = plan_run(engine, CatalogSpec(), _run("run-2", DAY + timedelta(days=1)), PlanOptions(model=MODEL))
+    assert later.planned == 7 and later.resumed == 7 and later.deferred_by_window == 0
+    assert {s["scan_id"] for s in _scans(engine, run_id="run-2")} == {s["scan_id"] for s in deferred}
+    assert all(s["last_error"] is None for s in _scans(engine, run_id="run-2"))
+
+
+def test_leftovers_go_first_and_the_backlog_drains_before_new_rows(engine):
+    _seed(engine, _rows(6))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_submissions=2))  # 4 deferred
+    next_day = DAY + timedelta(days=1)
+    _seed(engine, _rows(5, day=next_day, prefix="new"))
+
+    second = plan_run(
+        engine, CatalogSpec(), _run("run-2", next_day), PlanOptions(model=MODEL, max_submissions=3)
+    )
+    assert second.resumed == 3 and second.new == 5 and second.planned == 3
+    assert second.deferred_by_window == 1 + 5
+    batched = {s["image_id"] for s in _scans(engine, run_id="run-2") if s["batch_id"]}
+    assert batched == {"img-0002", "img-0003", "img-0004"}  # yesterday's backlog, oldest first
+
+    third = plan_run(
+        engine, CatalogSpec(), _run("run-3", next_day + timedelta(days=1)), PlanOptions(model=MODEL)
+    )
+    assert third.resumed == 6 and third.planned == 6 and not _deferred(engine)
+    assert {s["image_id"] for s in _scans(engine, run_id="run-3")} == {"img-0005"} | {
+        f"new-{i:04d}" for i in range(5)
+    }
+
+
+def test_both_caps_whichever_is_spent_first(engine):
+    _seed(engine, _rows(10))
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_credits=6, max_submissions=4))
+    assert plan.planned == 4 and plan.deferred_by_window == 6 and plan.deferred_by_budget == 0
+
+    _seed(engine, _rows(4, day=DAY + timedelta(days=1), prefix="new"))
+    later = plan_run(
+        engine,
+        CatalogSpec(),
+        _run("run-2", DAY + timedelta(days=1)),
+        PlanOptions(model=MODEL, max_credits=3, max_submissions=5),
+    )
+    # the budget is spent first; with both spent the budget is the reason (a longer window sends nothing)
+    assert later.planned == 3 and later.resumed == 3
+    assert later.deferred_by_budget == 3 + 4 and later.deferred_by_window == 0
+    reasons = {s["image_id"]: s["last_error"] for s in _deferred(engine)}
+    assert len(reasons) == 7 and all("budget of 3 credits" in r for r in reasons.values())
+
+    equal = plan_run(
+        engine,
+        CatalogSpec(),
+        _run("run-3", DAY + timedelta(days=2)),
+        PlanOptions(model=MODEL, max_credits=2, max_submissions=2),
+    )
+    assert equal.planned == 2 and equal.deferred_by_budget == 5 and equal.deferred_by_window == 0
+
+
+def test_deferred_timed_out_retry_waits_as_a_pending_attempt(engine):
+    _seed(engine, _rows(3))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+    with engine.begin() as conn:
+        conn.execute(update(audit_scans).values(state=ScanState.TIMED_OUT.value))
+    next_day = DAY + timedelta(days=1)
+    plan = plan_run(
+        engine, CatalogSpec(), _run("run-2", next_day), PlanOptions(model=MODEL, max_submissions=1)
+    )
+    assert plan.retried == 1 and plan.deferred_by_window == 2
+    waiting = _deferred(engine)
+    assert {s["attempt"] for s in waiting} == {2} and len(waiting) == 2
+    later = plan_run(engine, CatalogSpec(), _run("run-3", next_day), PlanOptions(model=MODEL))
+    assert later.resumed == 2 and later.retried == 0 and later.planned == 2
+
+
+def test_a_reingested_leftover_is_planned_once_not_rejected(engine):
+    _seed(engine, _rows(2))
+    plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_submissions=0))
+    # a rerun of the same interval by another run: the catalog rows are the leftovers themselves
+    again = plan_run(engine, CatalogSpec(), _run("run-2"), PlanOptions(model=MODEL))
+    assert again.resumed == 2 and again.planned == 2 and again.rejected == 0 and again.new == 0
+    assert not _scans(engine, state="rejected")
+
+
+def test_no_window_or_rate_zero_means_no_cap(engine):
+    assert submission_capacity(0, 360) is None and submission_capacity(None, 360) is None
+    assert submission_capacity(10, None) is None
+    _seed(engine, _rows(5))
+    plan = plan_run(
+        engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_submissions=submission_capacity(0, 1))
+    )
+    assert plan.planned == 5 and plan.deferred_by_window == 0
+
+
+@pytest.mark.parametrize(
+    ("rate", "minutes", "capacity"),
+    [
+        (10, 360, 201_139),  # floor(10 * 60 * 360 * 0.96 * 0.97), exactly: no float off-by-one
+        (10, 60, 33_523),
+        (10, 0.01, 5),  # 5.59
+        (2.5, 7, 977),  # 977.8
+        (0.1, 3, 16),  # 16.76
+        (10, 0, 0),
+    ],
+)
+def test_submission_capacity_arithmetic(rate, minutes, capacity):
+    assert submission_capacity(rate, minutes) == capacity
+
+
+def test_submission_minutes_is_the_inverse_rounded_up():
+    assert submission_minutes(12_400, 10) == 23  # 12,400 / 558.72 per minute = 22.2
+    assert submission_minutes(201_139, 10) == 360 and submission_minutes(201_140, 10) == 361
+    assert submission_minutes(0, 10) == 0 and submission_minutes(5, 0) is None
 
 
 def test_adopted_and_new_scans_fill_the_same_batches(engine):

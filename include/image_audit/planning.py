@@ -3,25 +3,34 @@
 Every decision is recorded in ``audit_scans`` before anything is sent, so a retried or rerun task
 finds the same plan and never submits an image twice by accident:
 - an image already scanned with the model is skipped (unless ``force_rescan``);
-- a scan left ``pending`` without a batch (the budget guard deferred it, or its run ended before
-  submitting it) is adopted by this run with the same scan id;
+- a scan left ``pending`` without a batch (a cap deferred it, or its run ended before submitting it)
+  is adopted by this run with the same scan id;
 - a ``timed_out`` scan gets a new attempt (a new scan id), up to ``max_attempts``;
 - a bad row is stored as ``rejected`` with its reason, so the report shows it.
+
+Two caps bound what a run submits: ``max_credits`` (the credit budget) and ``max_submissions`` (how
+many submissions fit the run's window at the account's request rate, see :func:`submission_capacity`).
+A scan past either one stays ``pending`` without a batch, with the reason in ``last_error``, and the
+next run takes it. Earlier runs' leftovers are planned before this interval's rows (oldest first), so a
+backlog drains first in line instead of waiting behind every new night's ingestions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from itertools import islice
 
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.scan_ids import canonical_model, make_rejection_id, make_scan_id
+from copyleaks_provider.settings import RATE_HEADROOM
 from image_audit.catalog import CatalogRow, CatalogSpec, file_name_of, read_catalog, rejection_reason
 from image_audit.warehouse.schema import ScanState, audit_batches, audit_scans
 
@@ -29,6 +38,32 @@ log = logging.getLogger(__name__)
 
 #: Credits Copyleaks charges for one image scan (``expectedCredits`` of the response).
 CREDITS_PER_IMAGE = 1
+#: Share of a window's requests planned as submissions: the hook paces at ``RATE_HEADROOM`` of the
+#: account's rate, and 3% of that is left for retries.
+WINDOW_SAFETY = Decimal(str(RATE_HEADROOM)) * Decimal("0.97")
+#: How ``last_error`` of a deferred scan starts, per cap (the report counts the backlog by these).
+DEFERRED_BY_BUDGET = "deferred: the run's budget"
+DEFERRED_BY_WINDOW = "deferred: the run's submission window"
+
+
+def submission_capacity(requests_per_second: float | None, minutes: float | None) -> int | None:
+    """Submissions that fit ``minutes`` at the account's ``requests_per_second`` (None: no cap).
+
+    ``floor(rate * 60 * minutes * 0.96 * 0.97)``, computed exactly (10/s for 360 minutes is 201,139).
+    No window, or a rate of 0 (no limit), means no cap.
+    """
+    if minutes is None or not requests_per_second or requests_per_second <= 0:
+        return None
+    exact = Decimal(str(requests_per_second)) * 60 * Decimal(str(max(minutes, 0))) * WINDOW_SAFETY
+    return math.floor(exact)
+
+
+def submission_minutes(submissions: int, requests_per_second: float | None) -> int | None:
+    """Minutes of window ``submissions`` need at ``requests_per_second`` (rounded up; None: no limit)."""
+    if not requests_per_second or requests_per_second <= 0:
+        return None
+    per_minute = Decimal(str(requests_per_second)) * 60 * WINDOW_SAFETY
+    return math.ceil(Decimal(submissions) / per_minute)
 
 
 @dataclass(frozen=True)
@@ -46,6 +81,8 @@ class PlanOptions:
     force_rescan: bool = False
     batch_size: int = 1000
     max_credits: int | None = None
+    #: Submissions that fit this run's window (``submission_capacity``); None: no cap.
+    max_submissions: int | None = None
     max_attempts: int = 3
     source_filter: str | None = None
     limit: int | None = None
@@ -64,6 +101,7 @@ class RunPlan:
     already_scanned: int = 0
     in_progress: int = 0
     deferred_by_budget: int = 0
+    deferred_by_window: int = 0
     exhausted: int = 0
 
     def as_dict(self) -> dict:
@@ -95,7 +133,10 @@ class _Planner:
         self.batches = _Batcher(run, options.batch_size)
         self.seen_ids: set[str] = set()
         self.seen_urls: dict[str, str] = {}
+        #: Images whose leftover scan decided already (planned before the catalog), and how.
+        self.leftover_ids: dict[str, str] = {}
         self.budget = options.max_credits
+        self.window = options.max_submissions
 
     # --- rows -------------------------------------------------------------------------------------
     def _scan_row(self, scan_id: str, row: CatalogRow, *, state: ScanState, attempt: int, error=None):
@@ -146,13 +187,22 @@ class _Planner:
         scan_id = make_scan_id(str(row.image_id), self.model, attempt)
         return self._scan_row(scan_id, row, state=ScanState.PENDING, attempt=attempt)
 
-    def _take_budget(self) -> bool:
-        if self.budget is None:
-            return True
-        if self.budget < CREDITS_PER_IMAGE:
-            return False
-        self.budget -= CREDITS_PER_IMAGE
-        return True
+    def _admit(self) -> str | None:
+        """Take one scan's credits and submission; else the reason the scan waits for a later run.
+
+        When both caps are spent the credit budget is the reason: a longer window would not send it.
+        """
+        if self.budget is not None and self.budget < CREDITS_PER_IMAGE:
+            self.plan.deferred_by_budget += 1
+            return f"{DEFERRED_BY_BUDGET} of {self.options.max_credits} credits is spent"
+        if self.window is not None and self.window < 1:
+            self.plan.deferred_by_window += 1
+            return f"{DEFERRED_BY_WINDOW} of {self.options.max_submissions} submissions is full"
+        if self.budget is not None:
+            self.budget -= CREDITS_PER_IMAGE
+        if self.window is not None:
+            self.window -= 1
+        return None
 
     def _reject(self, row: CatalogRow, reason: str) -> dict:
         self.plan.rejected += 1
@@ -175,6 +225,11 @@ class _Planner:
                 continue
             self.seen_ids.add(image_id)
             self.seen_urls[row.url] = image_id
+            decided = self.leftover_ids.get(str(row.image_id))
+            if decided is not None and not (decided == "exhausted" and self.options.force_rescan):
+                continue  # its leftover scan from an earlier run was planned already
+            if decided == "exhausted":
+                self.plan.exhausted -= 1  # forced: this interval's row retries it after all
             valid.append(row)
 
         latest = self._latest_scans(conn, [str(r.image_id) for r in valid]) if valid else {}
@@ -184,11 +239,10 @@ class _Planner:
             if previous is not None:
                 state = ScanState(previous["state"])
                 if state == ScanState.PENDING and previous["batch_id"] is None:
-                    if self._take_budget():
+                    # this run's own scan, deferred or released by an earlier try of the run
+                    if self._admit() is None:
                         adopt.append(previous["scan_id"])
                         self.plan.resumed += 1
-                    else:
-                        self.plan.deferred_by_budget += 1
                     continue
                 if state in (ScanState.PENDING, ScanState.SUBMITTED):
                     self.plan.in_progress += 1  # owned by a run that is still working on it
@@ -208,13 +262,11 @@ class _Planner:
             else:
                 self.plan.new += 1
             scan = self._new_attempt(row, attempt)
-            if self._take_budget():
+            deferred = self._admit()
+            if deferred is None:
                 scan["batch_id"] = self.batches.place(conn, scan["scan_id"])
             else:
-                self.plan.deferred_by_budget += 1
-                scan["last_error"] = (
-                    f"deferred: the run's budget of {self.options.max_credits} credits is spent"
-                )
+                scan["last_error"] = deferred
             inserts.append(scan)
 
         if inserts:
@@ -223,7 +275,12 @@ class _Planner:
         self.batches.adopt(conn, adopt)
 
     def adopt_leftovers(self, conn) -> None:
-        """Scans earlier runs left behind: unbatched ``pending`` ones, and ``timed_out`` ones to retry."""
+        """Scans earlier runs left behind: unbatched ``pending`` ones, and ``timed_out`` ones to retry.
+
+        Planned before the interval's catalog rows, oldest first, so they are the first to fit the caps.
+        A leftover that does not fit stays (or, for a retry, is inserted) ``pending`` without a batch,
+        its ``last_error`` saying which cap held it back.
+        """
         query = (
             select(audit_scans)
             .where(audit_scans.c.model == self.model, audit_scans.c.run_id != self.run.run_id)
@@ -231,44 +288,54 @@ class _Planner:
                 ((audit_scans.c.state == ScanState.PENDING.value) & audit_scans.c.batch_id.is_(None))
                 | (audit_scans.c.state == ScanState.TIMED_OUT.value)
             )
-            .order_by(audit_scans.c.created_at)
+            .order_by(audit_scans.c.created_at, audit_scans.c.ingested_at, audit_scans.c.image_id)
         )
         for leftovers in _chunks(conn.execute(query).mappings(), 1000):
             image_ids = [r["image_id"] for r in leftovers]
             latest = self._latest_scans(conn, image_ids)
             adopted: list[str] = []
+            still_deferred: dict[str, list[str]] = {}
             retries: list[dict] = []
             for scan in leftovers:
-                if scan["image_id"] in self.seen_ids:
-                    continue  # this interval's own catalog row decided already
+                if scan["image_id"] in self.leftover_ids:
+                    continue
                 if latest.get(scan["image_id"], {}).get("scan_id") != scan["scan_id"]:
                     continue  # a later attempt exists
-                self.seen_ids.add(scan["image_id"])
                 row = CatalogRow(
                     scan["image_id"], scan["url"], scan["file_name"], scan["source"],
                     scan["ingested_at"], scan["fetch_headers_ref"],
                 )  # fmt: skip
                 if scan["state"] == ScanState.PENDING.value:
-                    if self._take_budget():
+                    self.leftover_ids[scan["image_id"]] = "pending"
+                    deferred = self._admit()
+                    if deferred is None:
                         adopted.append(scan["scan_id"])
                         self.plan.resumed += 1
-                    else:
-                        self.plan.deferred_by_budget += 1
+                    elif deferred != scan["last_error"]:
+                        still_deferred.setdefault(deferred, []).append(scan["scan_id"])
                     continue
                 if scan["attempt"] >= self.options.max_attempts:
+                    self.leftover_ids[scan["image_id"]] = "exhausted"
                     self.plan.exhausted += 1
                     continue
-                if not self._take_budget():
-                    self.plan.deferred_by_budget += 1
-                    continue
-                attempt = scan["attempt"] + 1
-                new = self._new_attempt(row, attempt)
-                new["batch_id"] = self.batches.place(conn, new["scan_id"])
+                self.leftover_ids[scan["image_id"]] = "retried"
+                new = self._new_attempt(row, scan["attempt"] + 1)
+                deferred = self._admit()
+                if deferred is None:
+                    new["batch_id"] = self.batches.place(conn, new["scan_id"])
+                    self.plan.retried += 1
+                else:
+                    new["last_error"] = deferred  # the next run adopts this attempt
                 retries.append(new)
-                self.plan.retried += 1
             if retries:
                 conn.execute(_insert(self.engine).on_conflict_do_nothing(index_elements=["scan_id"]), retries)
             self.batches.adopt(conn, adopted)
+            for reason, scan_ids in still_deferred.items():  # the cap that holds them back now
+                conn.execute(
+                    update(audit_scans)
+                    .where(audit_scans.c.scan_id.in_(scan_ids), audit_scans.c.batch_id.is_(None))
+                    .values(last_error=reason, updated_at=_now())
+                )
 
     def finish(self, conn) -> None:
         """Record the batches' sizes, and list every batch of this run with scans still to submit."""
@@ -353,12 +420,26 @@ def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOp
         source_filter=options.source_filter,
         limit=options.limit,
     )
+    with engine.begin() as conn:  # earlier runs' leftovers first: they fit the caps before new rows
+        planner.adopt_leftovers(conn)
     for chunk in _chunks(rows, 2_000):
         with engine.begin() as conn:
             planner.plan_chunk(conn, chunk)
     with engine.begin() as conn:
-        planner.adopt_leftovers(conn)
         planner.finish(conn)
-    summary = {key: value for key, value in planner.plan.as_dict().items() if key != "batch_ids"}
-    log.info("Planned run %s into %d batches: %s", run.run_id, len(planner.plan.batch_ids), summary)
-    return planner.plan
+    plan = planner.plan
+    summary = {key: value for key, value in plan.as_dict().items() if key != "batch_ids"}
+    log.info("Planned run %s into %d batches: %s", run.run_id, len(plan.batch_ids), summary)
+    if plan.deferred_by_window:
+        log.warning(
+            "%d scans wait for a later run: the run's submission window holds %d submissions",
+            plan.deferred_by_window,
+            options.max_submissions,
+        )
+    if plan.deferred_by_budget:
+        log.warning(
+            "%d scans wait for a later run: the run's budget is %d credits",
+            plan.deferred_by_budget,
+            options.max_credits,
+        )
+    return plan

@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.models import decode_rle_mask
 from image_audit.config import reports_dir
+from image_audit.planning import submission_capacity, submission_minutes
 from image_audit.reporting import aggregates, charts
 from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
 from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_exports
@@ -145,6 +146,78 @@ def _summary(run, states, verdicts, histogram, credit, by_source, by_day, thresh
         "by_source": _group_summary(by_source),
         "by_day": _group_summary(by_day),
     }
+
+
+# --- backlog ------------------------------------------------------------------------------------------
+
+
+def _stored_window(conn: Connection, dag_id: str, run_id: str) -> tuple[float | None, float | None]:
+    """The rate and window an earlier build of this run's report recorded (for a rebuild without them)."""
+    r = audit_reports.c
+    stored = conn.execute(select(r.summary).where(r.dag_id == dag_id, r.run_id == run_id)).scalar()
+    recorded = (stored or {}).get("backlog") or {}
+    return recorded.get("requests_per_second"), recorded.get("window_minutes")
+
+
+def backlog_summary(
+    by_reason: dict[str, int], requests_per_second: float | None, window_minutes: float | None
+) -> dict:
+    """The DAG's backlog and when it clears at the account's rate, later runs taking it first.
+
+    ``submission_minutes``: minutes of submission it needs (None: no rate known, or no limit);
+    ``runs_to_clear``: windows it needs (1 without a window or without a limit; None: unknown, or a window
+    of 0 minutes that never sends it).
+    """
+    scans = sum(by_reason.values())
+    capacity = submission_capacity(requests_per_second, window_minutes)
+    minutes = submission_minutes(scans, requests_per_second)
+    if requests_per_second is None:
+        runs = None
+    elif capacity is None:
+        runs = 1 if scans else 0
+    else:
+        runs = math.ceil(scans / capacity) if capacity else None
+    return {
+        "scans": scans,
+        "by_reason": dict(by_reason),
+        "requests_per_second": requests_per_second,
+        "window_minutes": window_minutes,
+        "run_capacity": capacity,
+        "submission_minutes": minutes,
+        "runs_to_clear": runs,
+    }
+
+
+def _duration(minutes: int) -> str:
+    if minutes < 120:
+        return f"{minutes:,} minute{'s' if minutes != 1 else ''}"
+    return f"{minutes / 60:,.1f} hours"
+
+
+def describe_backlog(backlog: dict) -> str:
+    """One sentence on when the backlog clears (empty when the rate is unknown)."""
+    estimate = _estimate(backlog)
+    if estimate and backlog["by_reason"].get("budget"):
+        estimate += " Those the credit budget held back go only as far as later runs' budgets allow."
+    return estimate
+
+
+def _estimate(backlog: dict) -> str:
+    rate, window = backlog["requests_per_second"], backlog["window_minutes"]
+    capacity, runs = backlog["run_capacity"], backlog["runs_to_clear"]
+    if rate is None:
+        return ""
+    if rate <= 0:
+        return "The account has no request limit: the next run submits them all."
+    text = f"At {rate:g} requests/s that is about {_duration(backlog['submission_minutes'])} of submission"
+    if window is None:
+        return f"{text}; the next run submits them all (it has no submission window)."
+    if not capacity:
+        return f"{text}, but a window of {window:g} minutes submits none."
+    each = f"{window:g} minutes, up to {capacity:,} submissions"
+    if runs == 1:
+        return f"{text}, i.e. within the next run's window ({each})."
+    return f"{text}, i.e. the windows of the next {runs:,} runs ({each} each)."
 
 
 # --- earlier runs -------------------------------------------------------------------------------------
@@ -274,12 +347,17 @@ def build_run_report(
     top_n: int = 12,
     fetch_image: Callable[[str], bytes] | None = None,
     data_interval: tuple[datetime, datetime] | None = None,
+    requests_per_second: float | None = None,
+    window_minutes: float | None = None,
 ) -> RunReport:
     """Aggregate one run, write its HTML report, CSV and Parquet, and upsert its ``audit_reports`` row.
 
     Rebuilding a run's report replaces its files and row. ``fetch_image(url)`` gets the thumbnails' images
     (default: an HTTP GET with a timeout); a failure shows a placeholder with the mask, never fails.
     ``data_interval`` defaults to the one the run's scans recorded (none for a run without scans).
+    ``requests_per_second`` (the account's rate, 0: no limit) and ``window_minutes`` (the run's
+    submission window, None: none) say when the DAG's backlog clears; both None: the values an earlier
+    build of this run's report recorded, if any.
     """
     out_dir = Path(out_dir) if out_dir is not None else reports_dir() / dag_id / safe_run_id(run_id)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -289,6 +367,9 @@ def build_run_report(
 
     with engine.connect() as conn:
         interval = tuple(data_interval or aggregates.data_interval(conn, scope))
+        if requests_per_second is None and window_minutes is None:
+            requests_per_second, window_minutes = _stored_window(conn, dag_id, run_id)
+        backlog = backlog_summary(aggregates.backlog(conn, dag_id), requests_per_second, window_minutes)
         cube = aggregates.outcome_cube(conn, scope, thresholds)
         histogram = aggregates.ai_histogram(conn, scope, thresholds)
         credit = aggregates.credits(conn, scope)
@@ -314,6 +395,8 @@ def build_run_report(
     by_source = aggregates.breakdown(cube, "source")
     by_day = aggregates.breakdown(cube, "day")
     summary = _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval)
+    summary["backlog_scans"] = backlog["scans"]
+    summary["backlog"] = backlog
     if rolling:
         summary["rolling"] = rolling
     if exported != summary["images"]:  # a late webhook landed between the queries
@@ -341,6 +424,8 @@ def build_run_report(
         "top_n": top_n,
         "trend": trend,
         "rolling": rolling,
+        "backlog": backlog,
+        "backlog_eta": describe_backlog(backlog),
         "files": {"csv": csv_path.name, "parquet": parquet_path.name},
         "export_columns": EXPORT_COLUMNS,
         "charts": {
