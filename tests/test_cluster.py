@@ -42,15 +42,18 @@ def cluster(tmp_path):
 
 
 def test_the_real_scheduler_triggerer_and_celery_worker_run_the_audit(cluster):
+    """300 images in batches of 10: 31 submit tasks, each a process of its own on the Celery worker,
+    against an emulator that enforces Copyleaks' documented account limits (10 requests/s, 12 logins
+    per 15 minutes). The whole run logs in once and keeps to the account's budget."""
     day = datetime(2026, 11, 20, tzinfo=UTC)
     engine = get_engine(cluster.warehouse_url)
-    rows = sample_catalog_rows(f"{cluster.emulator_url}/samples", 30, start=day, bad_rows=True)
+    rows = sample_catalog_rows(f"{cluster.emulator_url}/samples", 300, start=day, bad_rows=True)
     seed_catalog(engine, rows)
 
     run_id = cluster.trigger_dag_run(
         "image_catalog_audit", (day + timedelta(days=1)).isoformat(), conf={"batch_size": 10}
     )
-    assert cluster.wait_for_run("image_catalog_audit", run_id, timeout=300) == "success"
+    assert cluster.wait_for_run("image_catalog_audit", run_id, timeout=600) == "success"
 
     with engine.connect() as conn:
         states = dict(
@@ -60,12 +63,18 @@ def test_the_real_scheduler_triggerer_and_celery_worker_run_the_audit(cluster):
         report = conn.execute(
             select(audit_reports.c.summary).where(audit_reports.c.run_id == run_id)
         ).scalar_one()
-    # 30 good images + 3 the emulator cannot scan (failed) + 4 rejected rows.
-    assert states == {"completed": 30, "failed": 3, "rejected": 4}
-    assert results == 30 and report["states"]["completed"] == 30
+    # 300 good images + 3 the emulator cannot scan (failed) + 4 rejected rows.
+    assert states == {"completed": 300, "failed": 3, "rejected": 4}
+    assert results == 300 and report["states"]["completed"] == 300
     # Every result and error reached the warehouse as a callback the api-server plugin acknowledged
     # (the connection's webhook_base_url is the api-server's /copyleaks-webhook).
     emulator = httpx.get(f"{cluster.emulator_url}/admin/state", timeout=5).json()
-    assert emulator["webhooks_acknowledged"] == 33 and emulator["webhooks_failed"] == 0
+    assert emulator["webhooks_acknowledged"] == 303 and emulator["webhooks_failed"] == 0
     api_server_log = (cluster.home / "logs" / "airflow-apiserver.log").read_text()
-    assert api_server_log.count("path=/copyleaks-webhook/callbacks/") >= 33
+    assert api_server_log.count("path=/copyleaks-webhook/callbacks/") >= 303
+    # One account, one token, one budget: whatever number of task processes shared them.
+    counters = ("logins", "login_429", "api_requests", "api_429", "peak_requests_per_second")
+    print("\nemulator:", {name: emulator[name] for name in counters})
+    assert emulator["logins"] == 1 and emulator["login_429"] == 0
+    assert emulator["api_429"] <= 0.01 * emulator["api_requests"]
+    assert emulator["peak_requests_per_second"] <= 10

@@ -75,6 +75,17 @@ def test_receiver_is_exposed_and_the_emulator_is_an_optional_profile(compose):
     assert real.api_url == "https://api.copyleaks.com" and real.webhook_base_url.endswith(WEBHOOK_URL_PREFIX)
 
 
+def test_every_component_shares_the_copyleaks_account_state(compose):
+    """The account's token and request budget live in a connection every service defines, not in a
+    process: both connection files name it, and the stack defines it on the shared PostgreSQL."""
+    shared = compose["x-airflow-common"]["environment"]
+    for env_file in ("emulator.env", "copyleaks.env.example"):
+        settings = _env_file_connection(ROOT / "compose" / env_file)
+        variable = f"AIRFLOW_CONN_{settings.account_state_conn_id.upper()}"
+        assert shared[variable].startswith("postgresql://"), env_file
+        assert settings.requests_per_second == 10
+
+
 def test_the_local_cluster_sets_what_every_compose_service_shares(compose, tmp_path):
     """Settings that shape the topology are set in both places; the rest is host-specific."""
     local = LocalCluster(home=tmp_path, api_port=18080, emulator_port=18099).environment()
@@ -88,6 +99,7 @@ def test_the_local_cluster_sets_what_every_compose_service_shares(compose, tmp_p
         "AIRFLOW__CELERY__RESULT_BACKEND",
         "IMAGE_AUDIT_WAREHOUSE_URL",
         "IMAGE_AUDIT_REPORTS_DIR",
+        "AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE",
     }
     assert topology <= set(local) and topology <= set(shared)
     assert local["AIRFLOW__CORE__EXECUTOR"] == shared["AIRFLOW__CORE__EXECUTOR"]

@@ -52,6 +52,9 @@ class LocalCluster:
     dags_folder: Path = ROOT / "dags"
     name: str = "image_audit"
     emulator_credits: int = 1_000_000
+    #: The account's request budget, on the emulator and the connection alike: Copyleaks' documented
+    #: 10/s by default; 0 lifts it (benchmarks of our own overhead).
+    account_requests_per_second: int = 10
     api_port: int = field(default_factory=free_port)
     emulator_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -101,6 +104,9 @@ class LocalCluster:
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
             IMAGE_AUDIT_WAREHOUSE_URL=self.warehouse_url,
             IMAGE_AUDIT_REPORTS_DIR=str(self.home / "reports"),
+            # The Copyleaks account's shared token and request budget live in the warehouse's
+            # PostgreSQL, which every worker, the triggerer and the api-server reach.
+            AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE=self.warehouse_url,
             AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(
                 {
                     "conn_type": "copyleaks",
@@ -111,6 +117,8 @@ class LocalCluster:
                         "api_url": self.emulator_url,
                         "webhook_base_url": f"{self.api_url}/copyleaks-webhook",
                         "webhook_secret": self.webhook_secret,
+                        "account_state_conn_id": "copyleaks_account_state",
+                        "requests_per_second": self.account_requests_per_second,
                     },
                 }
             ),
@@ -130,6 +138,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
         )
         emulator = ["--port", str(self.emulator_port), "--credits", str(self.emulator_credits)]
+        emulator += ["--api-requests-per-second", str(self.account_requests_per_second)]
         self._spawn("emulator", [sys.executable, "-m", "copyleaks_emulator", *emulator], env)
         for name, args in COMPONENTS.items():
             extra = ["--port", str(self.api_port)] if name == "airflow-apiserver" else []
