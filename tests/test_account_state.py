@@ -194,3 +194,19 @@ def test_the_token_is_stored_encrypted(start_emulator, tmp_path, monkeypatch):
     raw = (tmp_path / "airflow" / "copyleaks_account_state.db").read_bytes()
     assert token.encode() not in raw and emulator.api_key.encode() not in raw
     assert emulator.email.encode() not in raw
+
+
+async def test_many_concurrent_requests_try_a_blocked_login_once(start_emulator, tmp_path, monkeypatch):
+    """16 workers of one submit task hit the block together: one login request, one clear error each."""
+    emulator = _blocked_emulator(start_emulator, login_block_seconds=300)
+    hook = _hook(emulator, tmp_path, monkeypatch)
+    requests = [
+        hook.build_submit_request(f"blocked-{i}", f"{emulator.url}/samples/img-{i:05d}.jpg", "a.jpg")
+        for i in range(40)
+    ]
+    async with hook.get_async_client() as client:
+        outcomes = [outcome async for outcome in client.submit_many(requests)]
+    assert len(outcomes) == 40
+    assert all(isinstance(o.error, CopyleaksLoginBlockedError) for o in outcomes)
+    state = emulator.state()
+    assert state["login_429"] == 2 and state["api_requests"] == 0

@@ -231,16 +231,21 @@ def _remember(state: AccountState, token: Token) -> str:
     return token.value
 
 
-def _login_blocked_error(seconds: float, waited: float) -> CopyleaksLoginBlockedError:
-    return CopyleaksLoginBlockedError(
-        429,
-        f"Copyleaks refuses logins of this account for about {seconds:.0f} s more (too many logins: "
-        f"it allows 12 per 15 minutes). Waited {waited:.0f} s; the task waits at most "
-        "max_login_wait_seconds of the connection. Every task of this deployment shares one token, so "
-        "look for something else logging in with this account (another deployment, a script, the "
-        "connection's Test button); the task's retry will log in once the block is over.",
-        retry_after=seconds,
-    )
+def _login_block_wait(block: LoginBlocked, started: float, max_wait: float) -> float:
+    """Seconds to wait out a login block, or the error that says why the task will not wait."""
+    waited = time.monotonic() - started
+    if waited + block.seconds > max_wait:
+        raise CopyleaksLoginBlockedError(
+            429,
+            f"Copyleaks refuses logins of this account for about {block.seconds:.0f} s more (too many "
+            f"logins: it allows 12 per 15 minutes). Waited {waited:.0f} s; the task waits at most "
+            "max_login_wait_seconds of the connection. Every task of this deployment shares one token, "
+            "so look for something else logging in with this account (another deployment, a script, the "
+            "connection's Test button); the task's retry will log in once the block is over.",
+            retry_after=block.seconds,
+        ) from None
+    log.warning("Copyleaks blocks logins of this account; waiting %.0f s", block.seconds)
+    return block.seconds
 
 
 class _Pacer:
@@ -469,12 +474,8 @@ class CopyleaksHook(BaseHook):
         while True:
             try:
                 return _remember(self.account_state, self.account_state.login(stale, self._log_in))
-            except LoginBlocked as exc:
-                waited = time.monotonic() - started
-                if waited + exc.seconds > self.settings.max_login_wait_seconds:
-                    raise _login_blocked_error(exc.seconds, waited) from None
-                log.warning("Copyleaks blocks logins of this account; waiting %.0f s", exc.seconds)
-                time.sleep(exc.seconds)
+            except LoginBlocked as block:
+                time.sleep(_login_block_wait(block, started, self.settings.max_login_wait_seconds))
 
     def _log_in(self) -> Token:
         """One login request (under the account's lock: no other process logs in meanwhile)."""
@@ -716,12 +717,10 @@ class CopyleaksAsyncClient:
                 try:
                     token = await asyncio.to_thread(state.login, stale, self.hook._log_in)
                     return _remember(state, token)
-                except LoginBlocked as exc:
-                    waited = time.monotonic() - started
-                    if waited + exc.seconds > self.settings.max_login_wait_seconds:
-                        raise _login_blocked_error(exc.seconds, waited) from None
-                    log.warning("Copyleaks blocks logins of this account; waiting %.0f s", exc.seconds)
-                    await asyncio.sleep(exc.seconds)
+                except LoginBlocked as block:
+                    await asyncio.sleep(
+                        _login_block_wait(block, started, self.settings.max_login_wait_seconds)
+                    )
 
     async def _pace(self, kind: str) -> None:
         """Wait for this request's slot of the account's shared budget."""

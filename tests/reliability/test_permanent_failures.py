@@ -7,6 +7,7 @@ on), so the assertions read the captured output and the warehouse/report the run
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
@@ -77,3 +78,36 @@ def test_unreachable_webhook_url_times_out_and_says_to_fix_webhook_base_url(
     assert {s["state"] for s in scans} == {"timed_out"}
     assert all("webhook_base_url" in s["last_error"] for s in scans)
     assert audit.report(run.run_id)["summary"]["states"]["timed_out"] == 4
+
+
+def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(audit):
+    """Someone else used up the account's logins: the submit task asks Copyleaks once, fails this try
+    with what happened (its Airflow retry comes after the block), and submits nothing."""
+    import httpx
+    from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+    from copyleaks_provider.scan_ids import DEFAULT_MODEL
+    from image_audit.catalog import CatalogSpec
+    from image_audit.planning import PlanOptions, RunContext, plan_run
+    from tests.reliability.submit_batch_process import submit_batch
+
+    audit.seed(6, bad_rows=False)
+    [batch_id] = plan_run(
+        audit.engine,
+        CatalogSpec(),
+        RunContext("image_catalog_audit", "login-blocked", DAY, DAY + timedelta(days=1)),
+        PlanOptions(model=DEFAULT_MODEL),
+    ).batch_ids
+    emulator = audit.emulator
+    emulator.reset(logins_per_window=1)
+    login = {"email": emulator.email, "key": emulator.api_key}
+    for expected in (200, 429):  # another client's login, then the block
+        assert httpx.post(f"{emulator.url}/v3/account/login/api", json=login).status_code == expected
+
+    with pytest.raises(AirflowException) as raised:
+        submit_batch(batch_id)
+    assert not isinstance(raised.value, AirflowFailException)  # retried later, not failed for good
+    assert "refuses logins of this account" in str(raised.value)
+    state = emulator.state()
+    assert state["login_429"] == 2 and state["api_requests"] == 0
+    assert {s["state"] for s in audit.scans()} == {"pending"}
