@@ -1,6 +1,6 @@
 """``./run bench [name ...] [--quick]``: run the benchmarks and print their figures.
 
-Names: ingest, submit, e2e, catalog (default: all). ``--quick`` runs small sizes (a smoke run);
+Names: ingest, submit, e2e, catalog, account (default: all). ``--quick`` runs small sizes (a smoke run);
 ``--large`` adds the 100,000-image end-to-end run on PostgreSQL. Figures are also saved as JSON
 under var/bench/. PostgreSQL figures need IMAGE_AUDIT_BENCH_POSTGRES_URL (or the tests' URL); the
 naive-DAG comparison on the local Celery cluster also needs IMAGE_AUDIT_BENCH_REDIS_URL.
@@ -11,17 +11,19 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import catalog, e2e, ingest, submit
+from bench import account_rate, catalog, e2e, ingest, submit
 from bench.common import machine, postgres_admin_url
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="*", choices=["ingest", "submit", "e2e", "catalog", []], default=[])
+    parser.add_argument(
+        "names", nargs="*", choices=["ingest", "submit", "e2e", "catalog", "account", []], default=[]
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the benchmarks run")
     parser.add_argument("--large", action="store_true", help="also 100,000 images end to end on PostgreSQL")
     args = parser.parse_args()
-    names = args.names or ["ingest", "submit", "e2e", "catalog"]
+    names = args.names or ["ingest", "submit", "e2e", "catalog", "account"]
     print("Machine:", ", ".join(f"{k} {v}" for k, v in machine().items()))
     started = time.monotonic()
     for name in names:
@@ -36,6 +38,8 @@ def main() -> None:
                 if not postgres_admin_url():
                     raise SystemExit("--large needs IMAGE_AUDIT_BENCH_POSTGRES_URL")
                 e2e.main(sizes=(100_000,), naive_count=0, backend="postgres")
+        elif name == "account":
+            account_rate.main(per_process=50 if args.quick else 250)
         elif name == "catalog":
             catalog.main(sizes=(10_000, 100_000) if args.quick else (100_000, 1_000_000))
     print(f"\nBenchmarks done in {time.monotonic() - started:.0f} s.")

@@ -26,6 +26,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from bench.common import (
+    EMULATOR_ARGS,
     RESULTS_DIR,
     ROOT,
     postgres_admin_url,
@@ -61,9 +62,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
     secret = secrets.token_urlsafe(24)
     workdir.mkdir(parents=True, exist_ok=True)
     with (
-        server_process(
-            ["copyleaks_emulator", "--account", f"{EMAIL}:{API_KEY}", "--log-level", "warning"]
-        ) as emulator,
+        server_process([*EMULATOR_ARGS, "--account", f"{EMAIL}:{API_KEY}"]) as emulator,
         warehouse(backend, workdir) as url,
     ):
         connection = {
@@ -86,6 +85,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
                     "api_url": emulator,
                     "webhook_base_url": receiver,
                     "webhook_secret": secret,
+                    "requests_per_second": 0,  # the account budget is lifted: this measures overhead
                 },
             }
             env = {
@@ -251,6 +251,7 @@ def compare_with_naive_on_cluster(count: int) -> dict | None:
             home=Path(tmp) / "cluster",
             name=f"ia_bench_{secrets.token_hex(4)}",
             dags_folder=dags,
+            account_requests_per_second=0,  # overhead, not the account budget (bench account_rate)
         )
         try:
             with cluster:

@@ -17,7 +17,7 @@ import time
 
 import aiohttp
 
-from bench.common import report, run_json, server_process
+from bench.common import EMULATOR_ARGS, report, run_json, server_process
 from copyleaks_provider.hooks import CopyleaksAsyncClient, CopyleaksHook
 from copyleaks_provider.settings import CopyleaksSettings
 
@@ -72,6 +72,7 @@ def one_side(args: argparse.Namespace) -> None:
         webhook_base_url=args.sink,
         webhook_secret="bench",
         max_concurrency=args.concurrency,
+        requests_per_second=0,  # the account budget lifted, as on the emulator: this measures overhead
     )
     hook = CopyleaksHook(settings=settings)
     requests = requests_for(hook, f"{args.client}{args.prefix_round}", args.count, args.sink)
@@ -86,7 +87,7 @@ def one_side(args: argparse.Namespace) -> None:
 
 
 def main(count: int = 10_000, concurrency: int = 16, rounds: int = 2) -> dict:
-    emulator_args = ["copyleaks_emulator", "--account", f"{EMAIL}:{API_KEY}", "--log-level", "warning"]
+    emulator_args = [*EMULATOR_ARGS, "--account", f"{EMAIL}:{API_KEY}"]
     runs: dict[str, list[dict]] = {"ours": [], "raw": []}
     with server_process(["bench.bare_endpoint"]) as sink, server_process(emulator_args) as api:
         for round_ in range(rounds):  # alternate, so drift on a shared machine hits both sides

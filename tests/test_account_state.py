@@ -199,7 +199,7 @@ def test_the_token_is_stored_encrypted(start_emulator, tmp_path, monkeypatch):
 async def test_many_concurrent_requests_try_a_blocked_login_once(start_emulator, tmp_path, monkeypatch):
     """16 workers of one submit task hit the block together: one login request, one clear error each."""
     emulator = _blocked_emulator(start_emulator, login_block_seconds=300)
-    hook = _hook(emulator, tmp_path, monkeypatch)
+    hook = _hook(emulator, tmp_path, monkeypatch, max_login_wait_seconds=5)
     requests = [
         hook.build_submit_request(f"blocked-{i}", f"{emulator.url}/samples/img-{i:05d}.jpg", "a.jpg")
         for i in range(40)

@@ -74,7 +74,7 @@ def get_provider_info() -> dict:
                     },
                     "max_login_wait_seconds": {
                         "label": "Max wait for a login block (seconds)",
-                        "schema": {"type": ["number", "null"], "default": 60},
+                        "schema": {"type": ["number", "null"], "default": 330},
                     },
                     "timeout_seconds": {
                         "label": "HTTP timeout (seconds)",

@@ -44,8 +44,10 @@ class CopyleaksSettings(BaseModel):
     #: The Airflow connection (postgres or sqlite) where the deployment shares the access token and the
     #: request budget; unset: a SQLite file in the Airflow home (enough for one machine).
     account_state_conn_id: str | None = None
-    #: How long a task waits out a login block (429) before it fails and says so.
-    max_login_wait_seconds: float = Field(default=60.0, ge=0)
+    #: How long a task waits out a login block (429) before it fails and says so: by default a whole
+    #: block of Copyleaks' documented 5 minutes, so a night's submit tasks do not burn their Airflow
+    #: retries inside one block.
+    max_login_wait_seconds: float = Field(default=330.0, ge=0)
     timeout_seconds: float = Field(default=30.0, gt=0)
 
     @field_validator("identity_url", "api_url", "webhook_base_url")

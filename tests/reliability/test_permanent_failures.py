@@ -80,9 +80,10 @@ def test_unreachable_webhook_url_times_out_and_says_to_fix_webhook_base_url(
     assert audit.report(run.run_id)["summary"]["states"]["timed_out"] == 4
 
 
-def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(audit):
+def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(audit, monkeypatch):
     """Someone else used up the account's logins: the submit task asks Copyleaks once, fails this try
-    with what happened (its Airflow retry comes after the block), and submits nothing."""
+    with what happened (its Airflow retry comes after the block), and submits nothing. The block (300
+    s) is longer than this task may wait (5 s here; by default a whole block)."""
     import httpx
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -98,6 +99,7 @@ def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(au
         RunContext("image_catalog_audit", "login-blocked", DAY, DAY + timedelta(days=1)),
         PlanOptions(model=DEFAULT_MODEL),
     ).batch_ids
+    _reconnect(monkeypatch, extra={"max_login_wait_seconds": 5})
     emulator = audit.emulator
     emulator.reset(logins_per_window=1)
     login = {"email": emulator.email, "key": emulator.api_key}
