@@ -18,8 +18,7 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
-from airflow.timetables.interval import CronDataIntervalTimetable
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, get_current_context, task
 
 from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
 from copyleaks_provider.scan_ids import MODEL_ALIASES
@@ -102,7 +101,7 @@ with DAG(
             RunContext(context["dag"].dag_id, context["run_id"], start, end),
             PlanOptions(
                 model=params["model"],
-                sandbox=bool(params["sandbox"]),
+                sandbox=_sandbox(params["sandbox"]),
                 force_rescan=params["force_rescan"],
                 batch_size=params["batch_size"],
                 max_credits=params["max_credits"],
@@ -166,9 +165,7 @@ with DAG(
     submitted = CopyleaksSubmitImagesOperator.partial(
         task_id="submit_batch",
         copyleaks_conn_id=COPYLEAKS_CONN_ID,
-        model="{{ params.model }}",
         mask_type="{{ params.mask_type }}",
-        sandbox="{{ params.sandbox }}",
         retries=3,
         retry_delay=timedelta(seconds=20),
         retry_exponential_backoff=True,
@@ -194,13 +191,24 @@ def _data_interval(context) -> tuple[datetime, datetime]:
     return start, end
 
 
-def _account_rate() -> float:
-    """The Copyleaks account's requests per second (0: no limit), from the connection (no secrets)."""
+def _copyleaks_settings():
+    """The Copyleaks connection's settings (read in a task: parsing the DAG reads no connection)."""
     from airflow.sdk import BaseHook
 
     from copyleaks_provider.settings import CopyleaksSettings
 
-    return CopyleaksSettings.from_connection(BaseHook.get_connection(COPYLEAKS_CONN_ID)).requests_per_second
+    return CopyleaksSettings.from_connection(BaseHook.get_connection(COPYLEAKS_CONN_ID))
+
+
+def _sandbox(param: bool | None) -> bool:
+    """What the run really sends: the Param, or else the connection's default. Planning records it on
+    every scan, the submit task sends it, and the report's credits count on it."""
+    return bool(param) if param is not None else _copyleaks_settings().sandbox
+
+
+def _account_rate() -> float:
+    """The Copyleaks account's requests per second (0: no limit)."""
+    return _copyleaks_settings().requests_per_second
 
 
 def _small(summary: dict) -> dict:

@@ -106,3 +106,22 @@ def test_a_short_submission_window_defers_the_rest_to_the_next_run(audit):
     submitted = _submitted_ids(audit.emulator.state())
     assert len(submitted) == 20 and set(submitted.values()) == {1}
     assert audit.report(second.run_id)["summary"]["backlog_scans"] == 0
+
+
+def test_a_null_sandbox_param_takes_the_connections_and_records_what_was_sent(audit, monkeypatch):
+    """The connection says sandbox: the scans are sent as sandbox (no credits), recorded as sandbox,
+    and the report counts them so, rather than as charged scans."""
+    import json
+    import os
+
+    connection = json.loads(os.environ["AIRFLOW_CONN_COPYLEAKS_DEFAULT"])
+    connection["extra"]["sandbox"] = True
+    monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", json.dumps(connection))
+    audit.seed(6, bad_rows=False)
+    credits_before = audit.emulator.state()["credits_remaining"]
+    run = audit.run(DAY)  # the sandbox Param defaults to null
+    assert run.state == "success"
+    audit.emulator.wait_idle()
+    assert {s["sandbox"] for s in audit.scans()} == {True}
+    assert audit.emulator.state()["credits_remaining"] == credits_before
+    assert audit.report(run.run_id)["summary"]["credits"]["sandbox_scans"] == 6

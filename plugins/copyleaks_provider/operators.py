@@ -27,7 +27,6 @@ from copyleaks_provider.exceptions import (
     CopyleaksValidationError,
 )
 from copyleaks_provider.hooks import CopyleaksHook, SubmitRequest
-from copyleaks_provider.scan_ids import DEFAULT_MODEL
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.scans import load_unsent_scans, record_submit_error, record_transitions
@@ -46,9 +45,10 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
 
     :param batch_id: the batch to submit (from the planning task).
     :param copyleaks_conn_id: the Copyleaks connection (credentials, hosts, webhook base and secret).
-    :param model: detection model (alias or full name).
+    :param model: detection model (alias or full name); ``None`` sends each scan's planned model.
     :param mask_type: ``heatmap`` or ``None``.
-    :param sandbox: mock results, no credits; ``None`` takes the connection's default.
+    :param sandbox: mock results, no credits; ``None`` sends what planning recorded for each scan (the
+        report's credits count on it).
     :param developer_payload: echoed back in each webhook.
     :param webhook_base_url: overrides the connection's public receiver URL.
     :param flush_every: outcomes recorded per warehouse write (bounds what a crash can forget).
@@ -69,7 +69,7 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
         *,
         batch_id: str,
         copyleaks_conn_id: str = DEFAULT_CONN_ID,
-        model: str = DEFAULT_MODEL,
+        model: str | None = None,
         mask_type: str | None = None,
         sandbox: bool | None = None,
         developer_payload: str | None = None,
@@ -134,7 +134,7 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
                         model=self.model or scan["model"],
                         mask_type=self.mask_type or None,
                         headers=headers_by_ref.get(ref) if ref else None,
-                        sandbox=self.sandbox,
+                        sandbox=scan["sandbox"] if self.sandbox is None else self.sandbox,
                         developer_payload=self.developer_payload or None,
                     )
                 )

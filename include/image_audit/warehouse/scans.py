@@ -19,6 +19,7 @@ def load_unsent_scans(engine: Engine, batch_id: str) -> list[dict]:
             audit_scans.c.url,
             audit_scans.c.file_name,
             audit_scans.c.model,
+            audit_scans.c.sandbox,
             audit_scans.c.fetch_headers_ref,
         )
         .where(audit_scans.c.batch_id == batch_id, audit_scans.c.state == ScanState.PENDING.value)
