@@ -105,6 +105,8 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
         if admission is Admission.CONFLICT:
             raise ApiError(409, f"scan id {scan_id} is already used by another image")
         if admission is Admission.REPEAT:
+            if settings.repeat_submission_status == 409:
+                raise ApiError(409, f"scan id {scan_id} was already submitted")
             return {}
         sandbox = body.get("sandbox", False)
         if not sandbox:

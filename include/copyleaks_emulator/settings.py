@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
@@ -47,6 +47,11 @@ class EmulatorSettings(BaseModel):
     )
     checks_per_window: int = Field(default=900, ge=0, description="sync checks per account per check window")
     check_window_seconds: float = Field(default=900, gt=0, description="the sync-check window (15 minutes)")
+    repeat_submission_status: Literal[201, 409] = Field(
+        default=201,
+        description="the answer to a scan id submitted again for the same image: Copyleaks does not "
+        "document it, so a client must take either (201: idempotent, 409: already used)",
+    )
     credits: int = Field(
         default=1_000_000, ge=0, description="credit balance (1 credit per non-sandbox scan)"
     )
