@@ -12,7 +12,7 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from sqlalchemy import select
 
-from copyleaks_provider.sensors import CopyleaksScanResultsSensor
+from copyleaks_provider.sensors import DEFER_GRACE, CopyleaksScanResultsSensor
 from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
 from image_audit.config import warehouse_url
 from image_audit.warehouse.engine import get_engine
@@ -186,6 +186,8 @@ def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_u
     assert deferred.value.method_name == "execute_complete"
     assert (trigger.dag_id, trigger.run_id, trigger.poll_interval) == ("other_dag", "run-2", 2.0)
     assert before + timedelta(minutes=5) <= trigger.deadline <= datetime.now(UTC) + timedelta(minutes=5)
+    # With no triggerer to run it, the deferral itself times out and fails the task (not deferred forever).
+    assert deferred.value.timeout == timedelta(minutes=5) + DEFER_GRACE
 
 
 def test_the_default_poll_is_short_without_notify_and_a_safety_net_with_it(warehouse_url):

@@ -25,6 +25,10 @@ DEFAULT_WAIT_TIMEOUT = timedelta(hours=6)
 #: and the poll is only a safety net; elsewhere (SQLite) the poll is how the wait sees results.
 POLL_INTERVAL_WITH_NOTIFY = 10.0
 POLL_INTERVAL_WITHOUT_NOTIFY = 2.0
+#: The deferral's own timeout is the wait's plus this: the trigger ends the wait itself at its deadline
+#: (scans timed out, partial results); only when no triggerer runs the trigger does Airflow's deferral
+#: timeout fail the task, rather than leave it deferred for ever.
+DEFER_GRACE = timedelta(minutes=10)
 
 
 class CopyleaksScanResultsSensor(BaseSensorOperator):
@@ -100,6 +104,7 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
         self.defer(
             trigger=CopyleaksScanResultsTrigger(dag_id, run_id, deadline, self._poll_interval()),
             method_name="execute_complete",
+            timeout=timeout + DEFER_GRACE,
         )
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
