@@ -96,6 +96,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
                 "IMAGE_AUDIT_WAREHOUSE_URL": url,
                 "IMAGE_AUDIT_REPORTS_DIR": str(workdir / "reports"),
+                "IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS": "true",  # the images are on the local emulator
                 "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
             }
             yield Deployment(emulator, receiver, url, env)

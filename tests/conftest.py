@@ -28,6 +28,8 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ["IMAGE_AUDIT_WAREHOUSE_URL"] = f"sqlite:///{_HOME / 'warehouse.db'}"
 os.environ["IMAGE_AUDIT_REPORTS_DIR"] = str(_HOME / "reports")
+# The tests' catalogs point at the emulator on loopback: the report may fetch their thumbnails there.
+os.environ["IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS"] = "true"
 
 POSTGRES_URL = os.environ.get("IMAGE_AUDIT_TEST_POSTGRES_URL")
 REDIS_URL = os.environ.get("IMAGE_AUDIT_TEST_REDIS_URL")

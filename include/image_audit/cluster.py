@@ -104,6 +104,7 @@ class LocalCluster:
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
             IMAGE_AUDIT_WAREHOUSE_URL=self.warehouse_url,
             IMAGE_AUDIT_REPORTS_DIR=str(self.home / "reports"),
+            IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS="true",  # the catalog's images are on the local emulator
             # The Copyleaks account's shared token and request budget live in the warehouse's
             # PostgreSQL, which every worker, the triggerer and the api-server reach.
             AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE=self.warehouse_url,

@@ -5,9 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
-from collections.abc import Callable
 
-import httpx
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -17,9 +15,6 @@ log = logging.getLogger(__name__)
 TINT_COLOR = (220, 38, 38)
 TINT_ALPHA = 0.45
 THUMBNAIL_SIZE = 360
-#: The default fetch refuses bigger bodies (Copyleaks' own limit is 32 MB).
-MAX_IMAGE_BYTES = 40 * 1024 * 1024
-FETCH_TIMEOUT_SECONDS = 10.0
 
 
 def tint(image: Image.Image, mask: np.ndarray, color=TINT_COLOR, alpha: float = TINT_ALPHA) -> Image.Image:
@@ -95,22 +90,3 @@ def to_data_uri(image: Image.Image, fmt: str = "JPEG", **options) -> str:
     image.save(buffer, format=fmt, **options)
     mime = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}[fmt]
     return f"data:{mime};base64,{base64.b64encode(buffer.getvalue()).decode('ascii')}"
-
-
-def http_fetcher(
-    timeout: float = FETCH_TIMEOUT_SECONDS, max_bytes: int = MAX_IMAGE_BYTES
-) -> Callable[[str], bytes]:
-    """The default ``fetch_image``: an HTTP GET with a timeout and a size cap (raises on any failure)."""
-
-    def fetch(url: str) -> bytes:
-        with httpx.stream("GET", url, timeout=timeout, follow_redirects=True) as response:
-            response.raise_for_status()
-            chunks, size = [], 0
-            for chunk in response.iter_bytes():
-                size += len(chunk)
-                if size > max_bytes:
-                    raise ValueError(f"image larger than {max_bytes} bytes")
-                chunks.append(chunk)
-        return b"".join(chunks)
-
-    return fetch

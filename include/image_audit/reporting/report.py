@@ -24,7 +24,8 @@ from image_audit.planning import submission_capacity, submission_minutes
 from image_audit.reporting import aggregates, charts
 from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
 from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_exports
-from image_audit.reporting.overlays import http_fetcher, overlay_thumbnail, thumbnail_size, to_data_uri
+from image_audit.reporting.fetch import http_fetcher
+from image_audit.reporting.overlays import overlay_thumbnail, thumbnail_size, to_data_uri
 from image_audit.reporting.render import render_report
 from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
 from image_audit.warehouse.schema import ScanState, audit_reports
