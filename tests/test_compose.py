@@ -61,7 +61,8 @@ def test_shared_settings_match_the_local_cluster(compose):
 def test_the_image_is_airflow_332_with_the_project_installed():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM apache/airflow:3.3.2-python3.11" in dockerfile
-    assert "requirements.txt" in dockerfile and "pip install" in dockerfile
+    assert "--require-hashes -r /opt/image-audit/requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps /opt/image-audit" in dockerfile
 
 
 def test_receiver_is_exposed_and_the_emulator_is_an_optional_profile(compose):
