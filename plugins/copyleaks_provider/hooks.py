@@ -613,7 +613,7 @@ def _mask_settings(settings: CopyleaksSettings) -> None:
 class CopyleaksAsyncClient:
     """Async Copyleaks client over one connection pool: ``async with hook.get_async_client() as c``.
 
-    Shares the hook's settings, retry policy and the process-wide token cache. Leaving the ``async
+    Shares the hook's settings, retry policy and the account's shared token and budget. Leaving the ``async
     with`` block cancels any ``submit_many`` still running, then closes the pool.
     """
 
