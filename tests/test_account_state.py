@@ -11,6 +11,7 @@ import json
 import subprocess
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import pytest
 from fastapi import FastAPI
 
 from bench import account_submitter
+from bench.common import server_process
 from copyleaks_provider.account_state import account_state
 from copyleaks_provider.exceptions import CopyleaksLoginBlockedError
 from copyleaks_provider.hooks import CopyleaksHook
@@ -93,25 +95,40 @@ def test_processes_share_one_login(start_emulator, webhook_sink, state_store):
     assert state["api_429"] == 0 and state["peak_requests_per_second"] <= 10
 
 
+@dataclass
+class _EmulatorProcess:
+    """An emulator in a process of its own, as the bench and the cluster run it: its one-second
+    windows are then timed by its own event loop, not by one that shares this test process's GIL."""
+
+    url: str
+    email: str = "demo@image-audit.dev"
+    api_key: str = "demo-api-key"
+
+    def state(self) -> dict:
+        return httpx.get(f"{self.url}/admin/state", timeout=10).raise_for_status().json()
+
+
 @pytest.mark.postgres
 @requires_postgres
-def test_parallel_submitters_share_the_account_budget(start_emulator, webhook_sink, postgres_databases):
+def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_databases):
     """4 processes of 250 submissions each on PostgreSQL (the cluster's store): together they keep to
     the account's budget in every second, and use at least 90% of it. The budget is raised from 10/s
     to 40/s (an enterprise contract) so the test takes 25 s; the bench runs the same at 10/s."""
+    rate = 40
     url = postgres_databases.create()
+    flags = ["--api-requests-per-second", str(rate), "--webhook-retry-base-seconds", "0.05"]
     try:
-        rate = 40
-        emulator = start_emulator(api_requests_per_second=rate)
-        env = {"AIRFLOW_CONN_COPYLEAKS_STATE": url}
-        conn = connection(emulator, webhook_sink, "copyleaks_state", requests_per_second=rate)
-        outputs = finish(start_submitters(emulator, env, conn, 4, 250))
+        with server_process(["copyleaks_emulator", "--log-level", "warning", *flags]) as emulator_url:
+            emulator = _EmulatorProcess(emulator_url)
+            env = {"AIRFLOW_CONN_COPYLEAKS_STATE": url}
+            conn = connection(emulator, webhook_sink, "copyleaks_state", requests_per_second=rate)
+            outputs = finish(start_submitters(emulator, env, conn, 4, 250))
+            state = emulator.state()
     finally:
         postgres_databases.drop(url)
     accepted = sorted(t for o in outputs for t in o["accepted"])
     assert len(accepted) == 1000 and all(not o["errors"] for o in outputs), [o["errors"] for o in outputs]
     achieved = (len(accepted) - 1) / (accepted[-1] - accepted[0])
-    state = emulator.state()
     counters = {k: state[k] for k in ("api_requests", "api_429", "peak_requests_per_second", "logins")}
     print(f"\n4 processes x 250: {achieved:.1f}/s of {rate}/s = {achieved / rate:.3f}; emulator {counters}")
     assert achieved >= 0.9 * rate

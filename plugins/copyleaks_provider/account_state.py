@@ -20,7 +20,9 @@ Airflow home (enough for one machine).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import logging
 import os
 import threading
 import time
@@ -47,13 +49,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import IntegrityError, ProgrammingError
+from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
-from copyleaks_provider.exceptions import CopyleaksValidationError
+from copyleaks_provider.exceptions import CopyleaksAccountStateError, CopyleaksValidationError
 from copyleaks_provider.settings import CopyleaksSettings
 
-#: A login waits at most this long for another process's login to finish (SQLite's busy timeout).
+log = logging.getLogger(__name__)
+
+#: A login waits at most this long for another process's login to finish (SQLite's busy timeout,
+#: PostgreSQL's lock timeout).
 LOCK_WAIT_SECONDS = 120
+CONNECT_TIMEOUT_SECONDS = 10
 
 metadata = MetaData()
 
@@ -94,15 +100,26 @@ class AccountState:
 
     def __init__(self, engine: Engine, settings: CopyleaksSettings):
         self.engine = engine
+        self.where = settings.account_state_conn_id or "the default SQLite file in the Airflow home"
         self.account = hashlib.sha256(f"{settings.identity_url}\n{settings.email}".encode()).hexdigest()
         key = hashlib.sha256(b"copyleaks-token-store\n" + settings.api_key.get_secret_value().encode())
         self._fernet = Fernet(base64.urlsafe_b64encode(key.digest()))
         self._postgres = engine.dialect.name == "postgresql"
 
     # --- token --------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _unreachable_is_transient(self):
+        """A database error becomes ``CopyleaksAccountStateError``: retried, and saying where."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise CopyleaksAccountStateError(
+                f"the Copyleaks account state ({self.where}) did not answer: {type(exc).__name__}"
+            ) from exc
+
     def token(self) -> Token | None:
         """The shared token while it is good to use, else None."""
-        with self.engine.connect() as conn:
+        with self._unreachable_is_transient(), self.engine.connect() as conn:
             row = conn.execute(select(account_tokens).where(account_tokens.c.account == self.account)).first()
         return self._usable(row)
 
@@ -114,7 +131,9 @@ class AccountState:
         ``LoginBlocked`` for a 429, which is recorded for every process before it propagates.
         """
         blocked: LoginBlocked | None = None
-        with self.engine.begin() as conn:
+        with self._unreachable_is_transient(), self.engine.begin() as conn:
+            if self._postgres:  # a login hung elsewhere must not hold every other process for ever
+                conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
             self._ensure_row(conn)
             row = conn.execute(
                 select(account_tokens).where(account_tokens.c.account == self.account).with_for_update()
@@ -145,7 +164,7 @@ class AccountState:
 
     def forget(self) -> None:
         """Drop the shared token (the next call logs in): the connection's "Test" button."""
-        with self.engine.begin() as conn:
+        with self._unreachable_is_transient(), self.engine.begin() as conn:
             conn.execute(
                 update(account_tokens)
                 .where(account_tokens.c.account == self.account)
@@ -182,7 +201,7 @@ class AccountState:
             .returning(account_budget.c.next_slot)
         )
         for _ in range(2):
-            with self.engine.begin() as conn:
+            with self._unreachable_is_transient(), self.engine.begin() as conn:
                 next_slot = conn.execute(statement, {"now": time.time()}).scalar()
                 if next_slot is not None:
                     return next_slot - span
@@ -202,13 +221,22 @@ _ENGINES_LOCK = threading.Lock()
 
 def account_state(settings: CopyleaksSettings) -> AccountState:
     """The account state of ``settings``' account, in the database its connection names."""
-    return AccountState(_engine(state_database_url(settings)), settings)
+    url = state_database_url(settings)
+    try:
+        engine = _engine(url)
+    except SQLAlchemyError as exc:
+        where = settings.account_state_conn_id or "the default SQLite file in the Airflow home"
+        raise CopyleaksAccountStateError(
+            f"the Copyleaks account state ({where}) did not answer: {type(exc).__name__}"
+        ) from exc
+    return AccountState(engine, settings)
 
 
 def state_database_url(settings: CopyleaksSettings) -> str:
     """The SQLAlchemy URL of the account state: ``account_state_conn_id``'s database, or the default
     SQLite file in the Airflow home."""
     if not settings.account_state_conn_id:
+        _warn_if_distributed()
         home = Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
         home.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{home / 'copyleaks_account_state.db'}"
@@ -232,10 +260,31 @@ def state_database_url(settings: CopyleaksSettings) -> str:
     )
 
 
+def _warn_if_distributed() -> None:
+    """The default SQLite file is one host's: with workers on several hosts, each keeps its own token
+    and budget, and together they log in and send several times what the account allows."""
+    try:
+        from airflow.configuration import conf
+
+        executor = conf.get("core", "executor", fallback="") or ""
+    except Exception:  # outside Airflow: nothing to say
+        return
+    if any(name in executor for name in ("Celery", "Kubernetes", "Edge")):
+        log.warning(
+            "The Copyleaks connection has no account_state_conn_id, so this host keeps the account's "
+            "token and request budget in a local SQLite file; with %s workers on several hosts each "
+            "host logs in and sends on its own. Name a PostgreSQL connection every host reaches.",
+            executor,
+        )
+
+
 def _engine(url: str) -> Engine:
     with _ENGINES_LOCK:
         if url not in _ENGINES:
-            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+            options: dict[str, Any] = {}
+            if url.startswith("postgresql"):
+                options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+            engine = create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4, **options)
             if engine.dialect.name == "sqlite":
                 event.listen(engine, "connect", _sqlite_connect)
                 event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))

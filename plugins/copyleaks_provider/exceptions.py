@@ -61,6 +61,12 @@ class CopyleaksRateLimitError(CopyleaksHTTPError):
         self.retry_after = retry_after
 
 
+class CopyleaksAccountStateError(CopyleaksError):
+    """The database where the deployment shares the account's token and budget did not answer; retried."""
+
+    permanent = False
+
+
 class CopyleaksLoginBlockedError(CopyleaksRateLimitError):
     """429 on login: Copyleaks blocks the account's logins for ``retry_after`` seconds, longer than the
     caller may wait. Not retried in place: hammering the login endpoint only prolongs the block."""

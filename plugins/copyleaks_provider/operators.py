@@ -155,25 +155,34 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
             await asyncio.to_thread(record_transitions, engine, batch)
             last_flush = time.monotonic()
 
-        async with self.hook.get_async_client() as client, aclosing(client.submit_many(requests)) as outcomes:
-            async for outcome in outcomes:
-                error = outcome.error
-                if error is None or isinstance(error, CopyleaksConflictError):
-                    # 409 on a deterministic id: Copyleaks already holds this scan from an earlier try.
-                    changes.append((outcome.scan_id, ScanState.SUBMITTED, None))
-                    counts["submitted"] += 1
-                elif isinstance(error, ACCOUNT_ERRORS):
-                    account_error = error
-                    break
-                elif isinstance(error, CopyleaksBadRequestError | CopyleaksValidationError):
-                    changes.append((outcome.scan_id, ScanState.REJECTED, f"Copyleaks refused it: {error}"))
-                    counts["rejected"] += 1
-                else:
-                    transient.setdefault(type(error).__name__ + ": " + str(error), []).append(outcome.scan_id)
-                    counts["pending"] += 1
-                if len(changes) >= self.flush_every or time.monotonic() - last_flush > 2.0:
-                    await flush()
-        await flush()
+        try:
+            async with (
+                self.hook.get_async_client() as client,
+                aclosing(client.submit_many(requests)) as outcomes,
+            ):
+                async for outcome in outcomes:
+                    error = outcome.error
+                    if error is None or isinstance(error, CopyleaksConflictError):
+                        # 409 on a deterministic id: Copyleaks already holds this scan from an earlier try.
+                        changes.append((outcome.scan_id, ScanState.SUBMITTED, None))
+                        counts["submitted"] += 1
+                    elif isinstance(error, ACCOUNT_ERRORS):
+                        account_error = error
+                        break
+                    elif isinstance(error, CopyleaksBadRequestError | CopyleaksValidationError):
+                        changes.append(
+                            (outcome.scan_id, ScanState.REJECTED, f"Copyleaks refused it: {error}")
+                        )
+                        counts["rejected"] += 1
+                    else:
+                        transient.setdefault(type(error).__name__ + ": " + str(error), []).append(
+                            outcome.scan_id
+                        )
+                        counts["pending"] += 1
+                    if len(changes) >= self.flush_every or time.monotonic() - last_flush > 2.0:
+                        await flush()
+        finally:  # what Copyleaks accepted is recorded even when the batch stops on an exception
+            await flush()
         for message, scan_ids in transient.items():
             await asyncio.to_thread(record_submit_error, engine, scan_ids, message)
         if isinstance(account_error, CopyleaksLoginBlockedError):
