@@ -83,8 +83,9 @@ with DAG(
         migrate(engine)
         start, end = _data_interval(context)
         spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
+        copyleaks = _copyleaks_settings()  # read once: it may come from a secrets backend
         minutes = params["max_submit_minutes"]
-        rate = _account_rate() if minutes is not None else None
+        rate = copyleaks.requests_per_second if minutes is not None else None
         max_submissions = submission_capacity(rate, minutes)
         if max_submissions is not None:
             log.info(
@@ -101,7 +102,9 @@ with DAG(
             RunContext(context["dag"].dag_id, context["run_id"], start, end),
             PlanOptions(
                 model=params["model"],
-                sandbox=_sandbox(params["sandbox"]),
+                # What the run really sends, which the report's credits count on: the Param, else the
+                # connection's default (the submit task sends each scan's recorded value).
+                sandbox=copyleaks.sandbox if params["sandbox"] is None else bool(params["sandbox"]),
                 force_rescan=params["force_rescan"],
                 batch_size=params["batch_size"],
                 max_credits=params["max_credits"],
@@ -131,7 +134,7 @@ with DAG(
                 "%d scans were never submitted (the next run submits them); %d timed out", released, stranded
             )
         try:
-            rate = _account_rate()
+            rate = _copyleaks_settings().requests_per_second
         except Exception as exc:  # the report never fails for want of an estimate
             log.warning("No request rate for the backlog estimate: %s", type(exc).__name__)
             rate = None
@@ -198,17 +201,6 @@ def _copyleaks_settings():
     from copyleaks_provider.settings import CopyleaksSettings
 
     return CopyleaksSettings.from_connection(BaseHook.get_connection(COPYLEAKS_CONN_ID))
-
-
-def _sandbox(param: bool | None) -> bool:
-    """What the run really sends: the Param, or else the connection's default. Planning records it on
-    every scan, the submit task sends it, and the report's credits count on it."""
-    return bool(param) if param is not None else _copyleaks_settings().sandbox
-
-
-def _account_rate() -> float:
-    """The Copyleaks account's requests per second (0: no limit)."""
-    return _copyleaks_settings().requests_per_second
 
 
 def _small(summary: dict) -> dict:

@@ -100,26 +100,16 @@ class AccountState:
 
     def __init__(self, engine: Engine, settings: CopyleaksSettings):
         self.engine = engine
-        self.where = settings.account_state_conn_id or "the default SQLite file in the Airflow home"
+        self.where = _where(settings)
         self.account = hashlib.sha256(f"{settings.identity_url}\n{settings.email}".encode()).hexdigest()
         key = hashlib.sha256(b"copyleaks-token-store\n" + settings.api_key.get_secret_value().encode())
         self._fernet = Fernet(base64.urlsafe_b64encode(key.digest()))
         self._postgres = engine.dialect.name == "postgresql"
 
     # --- token --------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _unreachable_is_transient(self):
-        """A database error becomes ``CopyleaksAccountStateError``: retried, and saying where."""
-        try:
-            yield
-        except SQLAlchemyError as exc:
-            raise CopyleaksAccountStateError(
-                f"the Copyleaks account state ({self.where}) did not answer: {type(exc).__name__}"
-            ) from exc
-
     def token(self) -> Token | None:
         """The shared token while it is good to use, else None."""
-        with self._unreachable_is_transient(), self.engine.connect() as conn:
+        with _unreachable_is_transient(self.where), self.engine.connect() as conn:
             row = conn.execute(select(account_tokens).where(account_tokens.c.account == self.account)).first()
         return self._usable(row)
 
@@ -131,7 +121,7 @@ class AccountState:
         ``LoginBlocked`` for a 429, which is recorded for every process before it propagates.
         """
         blocked: LoginBlocked | None = None
-        with self._unreachable_is_transient(), self.engine.begin() as conn:
+        with _unreachable_is_transient(self.where), self.engine.begin() as conn:
             if self._postgres:  # a login hung elsewhere must not hold every other process for ever
                 conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_WAIT_SECONDS}s'")
             self._ensure_row(conn)
@@ -164,7 +154,7 @@ class AccountState:
 
     def forget(self) -> None:
         """Drop the shared token (the next call logs in): the connection's "Test" button."""
-        with self._unreachable_is_transient(), self.engine.begin() as conn:
+        with _unreachable_is_transient(self.where), self.engine.begin() as conn:
             conn.execute(
                 update(account_tokens)
                 .where(account_tokens.c.account == self.account)
@@ -201,7 +191,7 @@ class AccountState:
             .returning(account_budget.c.next_slot)
         )
         for _ in range(2):
-            with self._unreachable_is_transient(), self.engine.begin() as conn:
+            with _unreachable_is_transient(self.where), self.engine.begin() as conn:
                 next_slot = conn.execute(statement, {"now": time.time()}).scalar()
                 if next_slot is not None:
                     return next_slot - span
@@ -221,15 +211,24 @@ _ENGINES_LOCK = threading.Lock()
 
 def account_state(settings: CopyleaksSettings) -> AccountState:
     """The account state of ``settings``' account, in the database its connection names."""
-    url = state_database_url(settings)
+    with _unreachable_is_transient(_where(settings)):
+        engine = _engine(state_database_url(settings))
+    return AccountState(engine, settings)
+
+
+def _where(settings: CopyleaksSettings) -> str:
+    return settings.account_state_conn_id or "the default SQLite file in the Airflow home"
+
+
+@contextlib.contextmanager
+def _unreachable_is_transient(where: str):
+    """A database error becomes ``CopyleaksAccountStateError``: retried, and saying where."""
     try:
-        engine = _engine(url)
+        yield
     except SQLAlchemyError as exc:
-        where = settings.account_state_conn_id or "the default SQLite file in the Airflow home"
         raise CopyleaksAccountStateError(
             f"the Copyleaks account state ({where}) did not answer: {type(exc).__name__}"
         ) from exc
-    return AccountState(engine, settings)
 
 
 def state_database_url(settings: CopyleaksSettings) -> str:
