@@ -54,6 +54,9 @@ def start(processes: int, per_process: int, image_base: str, env: dict[str, str]
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # Below the emulator's priority: it stands in for a service on other machines, and on a
+            # busy machine a descheduled emulator would time a queue of requests as one burst.
+            preexec_fn=lambda: os.nice(10),
         )
         for n in range(processes)
     ]

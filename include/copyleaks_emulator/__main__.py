@@ -7,6 +7,7 @@ Every setting of :class:`~copyleaks_emulator.EmulatorSettings` is a flag (unders
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
 
@@ -51,6 +52,9 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
+    # The account limits time each request's arrival; threads decoding images must not hold the
+    # event loop off the GIL for Python's default 5 ms at a time (arrivals would bunch up).
+    sys.setswitchinterval(0.0005)
     args = build_parser().parse_args(argv)
     settings = settings_from_args(args)
     print(f"Copyleaks emulator on http://{args.host}:{args.port} (accounts: {', '.join(settings.accounts)})")
