@@ -15,7 +15,7 @@ from sqlalchemy import DateTime, Engine, column, select, table
 from sqlalchemy.sql.elements import quoted_name
 
 from copyleaks_provider.exceptions import CopyleaksValidationError
-from copyleaks_provider.hooks import validate_file_name, validate_image_url
+from copyleaks_provider.validation import validate_file_name, validate_image_url
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ DEFAULT_CONN_ID = "copyleaks_default"
 #: Pace at this share of the account's budget: the slack absorbs the jitter between the moment a
 #: request is sent and the moment Copyleaks counts it (4% of a second: 40 ms). Measured here (4
 #: processes sharing 40/s, the local Celery cluster at 10/s): 0.97 crowded a one-second window now and
-#: then; 0.96 did not, with late slots given up (see ``hooks._Pacer``).
+#: then; 0.96 did not, with late slots given up (see ``pacing.Pacer``).
 RATE_HEADROOM = 0.96
 
 
