@@ -6,4 +6,4 @@ COPY --chown=airflow:root include /opt/image-audit/include
 # The whole runtime tree from the hash-locked requirements.lock (./run lock refreshes it), then the
 # project itself without dependencies.
 RUN pip install --no-cache-dir --require-hashes -r /opt/image-audit/requirements.lock \
- && pip install --no-cache-dir --no-deps /opt/image-audit
+ && pip install --no-cache-dir --no-deps /opt/image-audit/plugins /opt/image-audit

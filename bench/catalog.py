@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.common import report, run_json, warehouse
-from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
 from image_audit.warehouse.engine import get_engine
+from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 
 TARGET_RSS_MIB = 500
 START = datetime(2026, 11, 20, tzinfo=UTC)

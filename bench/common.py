@@ -16,8 +16,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from image_audit import servers
-from image_audit.servers import free_port
+from image_audit_dev import servers
+from image_audit_dev.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "var" / "bench"
@@ -77,7 +77,7 @@ def run_json(module_args: list[str], env: dict[str, str] | None = None) -> dict:
     """Run ``python -m <module_args>`` in its own process and parse the JSON it prints last."""
     completed = subprocess.run(
         [sys.executable, "-m", *module_args],
-        env={**os.environ, **(env or {})},
+        env=servers.dev_environment({**os.environ, **(env or {})}),
         capture_output=True,
         text=True,
         check=False,

@@ -3,7 +3,7 @@ naive DAG users write first; and the footprint of the run.
 
 Each contender gets a fresh emulator (its own process, zero injected latency) and the same N sample
 images. The DAG runs as users run it on one machine, ``airflow dags test``, in its own process, with
-the webhook receiver in another (``python -m copyleaks_provider.receiver``) on the same warehouse.
+the webhook receiver in another (``python -m image_audit.receiver``) on the same warehouse.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ from bench.common import (
     server_process,
     warehouse,
 )
-from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans
+from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 
 EMAIL, API_KEY = "bench@image-audit.dev", "bench-api-key"
 #: The daily interval every contender audits; its catalog rows are ingested inside it.
@@ -75,7 +75,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
             "IMAGE_AUDIT_WAREHOUSE_URL": url,
             "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
         }
-        with server_process(["copyleaks_provider.receiver"], receiver_env) as receiver:
+        with server_process(["image_audit.receiver"], receiver_env) as receiver:
             connection = {
                 "conn_type": "copyleaks",
                 "login": EMAIL,
@@ -233,7 +233,7 @@ def _run_on_cluster(cluster, dag_id: str, day: datetime, timeout: float = 3600) 
 def compare_with_naive_on_cluster(count: int) -> dict | None:
     """Both DAGs on the real topology (scheduler, triggerer, Celery worker, api-server; PostgreSQL and
     Redis), one after the other, each on its own day of the same images. ``None`` without the URLs."""
-    from image_audit.cluster import LocalCluster
+    from image_audit_dev.cluster import LocalCluster
 
     redis = redis_url()
     if not (postgres_admin_url() and redis):

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import aiohttp
 from aiohttp import web
 
-from image_audit.sample_catalog import sample_catalog_rows
-from image_audit.servers import free_port
+from image_audit_dev.sample_catalog import sample_catalog_rows
+from image_audit_dev.servers import free_port
 
 
 async def run(api: str, email: str, key: str, samples: str, count: int, concurrency: int) -> dict:

@@ -20,10 +20,10 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, get_current_context, task
 
-from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
 from copyleaks_provider.scan_ids import MODEL_ALIASES
-from copyleaks_provider.sensors import CopyleaksScanResultsSensor
 from copyleaks_provider.settings import DEFAULT_CONN_ID
+from image_audit.operators import SubmitAuditBatchOperator
+from image_audit.wait_for_results import WaitForScanResultsOperator
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,8 @@ with DAG(
     def plan() -> list[str]:
         """Record this run's scans and rejections in the warehouse; return the batch ids to submit."""
         from image_audit.catalog import CatalogSpec
-        from image_audit.planning import PlanOptions, RunContext, plan_run, submission_capacity
+        from image_audit.planning import PlanOptions, RunContext, plan_run
+        from image_audit.submission_window import submission_capacity
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.schema import migrate
 
@@ -165,7 +166,7 @@ with DAG(
         return {"html_path": str(run_report.html_path), **_small(run_report.summary)}
 
     batches = plan()
-    submitted = CopyleaksSubmitImagesOperator.partial(
+    submitted = SubmitAuditBatchOperator.partial(
         task_id="submit_batch",
         copyleaks_conn_id=COPYLEAKS_CONN_ID,
         mask_type="{{ params.mask_type }}",
@@ -173,7 +174,7 @@ with DAG(
         retry_delay=timedelta(seconds=20),
         retry_exponential_backoff=True,
     ).expand(batch_id=batches)
-    waited = CopyleaksScanResultsSensor(
+    waited = WaitForScanResultsOperator(
         task_id="wait_for_results",
         copyleaks_conn_id=COPYLEAKS_CONN_ID,
         wait_timeout="{{ params.wait_timeout_minutes * 60 }}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -144,28 +143,19 @@ def wired_audit(warehouse_url: str, emulator, monkeypatch, *, receiver_warehouse
 
     ``receiver_warehouse_url``: the receiver's own way to the warehouse (e.g. through a TCP proxy).
     """
-    from copyleaks_provider.receiver import create_receiver_app
-    from image_audit.servers import BackgroundServer
+    from image_audit.receiver import create_warehouse_receiver_app
     from image_audit.warehouse.engine import get_engine
+    from image_audit_dev.servers import BackgroundServer
+    from tests.emulator_fixtures import copyleaks_connection
 
     secret = secrets.token_urlsafe(16)
-    app = create_receiver_app(warehouse_url=receiver_warehouse_url or warehouse_url, webhook_secrets=[secret])
+    app = create_warehouse_receiver_app(
+        warehouse_url=receiver_warehouse_url or warehouse_url, webhook_secrets=[secret]
+    )
     receiver = BackgroundServer(app)
-    connection = {
-        "conn_type": "copyleaks",
-        "login": emulator.email,
-        "password": emulator.api_key,
-        "extra": {
-            "identity_url": emulator.url,
-            "api_url": emulator.url,
-            "webhook_base_url": None,
-            "webhook_secret": secret,
-            "max_concurrency": 8,
-        },
-    }
     with receiver:
-        connection["extra"]["webhook_base_url"] = receiver.url
-        monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", json.dumps(connection))
+        connection = copyleaks_connection(emulator, receiver.url, secret, max_concurrency=8)
+        monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", connection)
         yield _Audit(get_engine(warehouse_url), emulator, receiver, secret)
 
 
@@ -179,7 +169,7 @@ class _Audit:
         self.secret = secret
 
     def seed(self, n: int, days: int = 1, bad_rows: bool = True) -> list[dict]:
-        from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
+        from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 
         rows = sample_catalog_rows(f"{self.emulator.url}/samples", n, start=DAY, days=days, bad_rows=bad_rows)
         seed_catalog(self.engine, rows)

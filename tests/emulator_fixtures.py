@@ -11,6 +11,7 @@ settings, stopped after the test. Both default to fast webhook retries (0.05 s b
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +24,7 @@ from fastapi.responses import RedirectResponse, StreamingResponse
 from copyleaks_emulator import EmulatorSettings, create_app
 from copyleaks_emulator.samples import sample_image
 from copyleaks_provider.settings import CopyleaksSettings
-from image_audit.servers import BackgroundServer
+from image_audit_dev.servers import BackgroundServer
 
 #: Tests shrink the webhook retry backoff from about a minute to well under a second.
 TEST_DEFAULTS = {"webhook_retry_base_seconds": 0.05}
@@ -224,3 +225,22 @@ def webhook_recorder(_shared_recorder: WebhookRecorder) -> WebhookRecorder:
     """A webhook target with nothing recorded yet."""
     _shared_recorder.clear()
     return _shared_recorder
+
+
+def copyleaks_connection(emulator, webhook_base_url: str | None, webhook_secret: str, **extra) -> str:
+    """The Airflow connection (JSON, for ``AIRFLOW_CONN_...``) of ``emulator``'s account: any object
+    with ``url``, ``email`` and ``api_key``, running in this process or another."""
+    return json.dumps(
+        {
+            "conn_type": "copyleaks",
+            "login": emulator.email,
+            "password": emulator.api_key,
+            "extra": {
+                "identity_url": emulator.url,
+                "api_url": emulator.url,
+                "webhook_base_url": webhook_base_url,
+                "webhook_secret": webhook_secret,
+                **extra,
+            },
+        }
+    )

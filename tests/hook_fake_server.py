@@ -2,7 +2,9 @@
 
 It records every request it receives and can be scripted to answer with errors (401, 429 with
 Retry-After, 5xx, 400, 402, ...) a number of times before it answers normally, to slow answers down,
-and to revoke the tokens it issued. Deliberately independent of the full emulator.
+and to revoke the tokens it issued. Tests can wait until it has handled every request written to it
+(``settled_count``) and have it serve requests of its own (``round_trips``), instead of sleeping.
+Deliberately independent of the full emulator.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import numpy as np
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -23,6 +26,8 @@ from fastapi.responses import JSONResponse
 LOGIN = "login"
 SUBMIT = "submit"
 CHECK = "check"
+#: The fake's own endpoint for ``round_trips``: answered like a submit (after ``delay``), not recorded.
+PROBE_PATH = "/_fake/probe"
 
 
 @dataclass
@@ -48,6 +53,9 @@ class FakeCopyleaks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._token_numbers = itertools.count(1)
+        self._handling = 0  # HTTP requests the app is handling now (never reset: they are real)
+        self._handling_changed = threading.Condition()
+        self.url: str | None = None  # set by whoever runs ``app``; ``round_trips`` needs it
         self.reset()
         self.app = self._build_app()
 
@@ -80,6 +88,34 @@ class FakeCopyleaks:
 
     def count(self, kind: str | None = None) -> int:
         return len(self.received(kind))
+
+    # waiting on the server ----------------------------------------------------------------------
+    async def round_trips(self, times: int = 1) -> None:
+        """Send ``times`` requests one after another, on a connection of their own, and await each answer.
+
+        Each is handled as slowly as a submit (``delay``) and none is recorded: proof that the server
+        went on serving (for ``times`` submits' time) while a test watched for requests that must not come.
+        """
+        async with httpx.AsyncClient(base_url=self.url, timeout=10) as client:
+            for _ in range(times):
+                (await client.put(PROBE_PATH)).raise_for_status()
+
+    async def settled_count(self, kind: str | None = None, timeout: float = 10.0) -> int:
+        """``count(kind)`` once every request written to the server before this call has been handled.
+
+        The server's event loop reads every ready socket in the turn that accepts a new connection, so
+        once a request on a new connection is answered, whatever clients had written before is being
+        handled (or was dropped at their disconnect); then wait until no request is being handled.
+        """
+        await self.round_trips()
+
+        def idle() -> bool:
+            with self._handling_changed:
+                return self._handling_changed.wait_for(lambda: self._handling == 0, timeout)
+
+        if not await asyncio.to_thread(idle):
+            raise AssertionError(f"the fake was still handling {self._handling} requests after {timeout} s")
+        return self.count(kind)
 
     # app ----------------------------------------------------------------------------------------
     def _record(self, kind: str, request: Request, body: Any) -> None:
@@ -117,6 +153,12 @@ class FakeCopyleaks:
 
     def _build_app(self) -> FastAPI:
         app = FastAPI()
+        app.add_middleware(_CountHandling, fake=self)
+
+        @app.put(PROBE_PATH)
+        async def probe() -> Response:
+            await asyncio.sleep(self.delay)
+            return Response(status_code=204)
 
         @app.post("/v3/account/login/api")
         async def login(request: Request) -> Response:
@@ -158,6 +200,29 @@ class FakeCopyleaks:
             return JSONResponse(detection_response(scan_id))
 
         return app
+
+    def _count_handling(self, change: int) -> None:
+        with self._handling_changed:
+            self._handling += change
+            self._handling_changed.notify_all()
+
+
+class _CountHandling:
+    """ASGI middleware: the fake counts the HTTP requests it is handling, from start to end, whatever
+    the end (an answer, an error, the client gone)."""
+
+    def __init__(self, app, fake: FakeCopyleaks) -> None:
+        self.app, self.fake = app, fake
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.fake._count_handling(+1)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.fake._count_handling(-1)
 
 
 #: The mask ``detection_response`` answers with, on a 4 x 3 image: rows 1 and 2, and the last pixel.

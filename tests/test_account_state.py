@@ -7,7 +7,6 @@ it: the default SQLite file in the Airflow home (one machine) or a PostgreSQL co
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 import uuid
@@ -23,8 +22,9 @@ from bench.common import server_process
 from copyleaks_provider.account_state import account_state
 from copyleaks_provider.exceptions import CopyleaksLoginBlockedError
 from copyleaks_provider.hooks import CopyleaksHook
-from image_audit.servers import BackgroundServer
+from image_audit_dev.servers import BackgroundServer
 from tests.conftest import ROOT, requires_postgres
+from tests.emulator_fixtures import copyleaks_connection
 
 WEBHOOK_SECRET = "account-test-secret-" + uuid.uuid4().hex
 
@@ -57,21 +57,7 @@ def state_store(request, tmp_path):
 
 
 def connection(emulator, sink: str, state_conn_id: str | None, **extra) -> str:
-    return json.dumps(
-        {
-            "conn_type": "copyleaks",
-            "login": emulator.email,
-            "password": emulator.api_key,
-            "extra": {
-                "identity_url": emulator.url,
-                "api_url": emulator.url,
-                "webhook_base_url": sink,
-                "webhook_secret": WEBHOOK_SECRET,
-                "account_state_conn_id": state_conn_id,
-                **extra,
-            },
-        }
-    )
+    return copyleaks_connection(emulator, sink, WEBHOOK_SECRET, account_state_conn_id=state_conn_id, **extra)
 
 
 def start_submitters(emulator, env: dict, conn: str, count: int, per_process: int) -> list[subprocess.Popen]:

@@ -9,16 +9,12 @@ import asyncio
 from sqlalchemy import inspect, select
 
 import image_audit.warehouse.results as results_module
+from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from copyleaks_provider.models import WebhookBody
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
-from image_audit.warehouse.results import (
-    UNRECOGNISED_REASON,
-    Callback,
-    CallbackOutcome,
-    CallbackWriter,
-    store_callbacks,
-)
-from image_audit.warehouse.schema import ScanState, audit_failed_callbacks, audit_results, metadata, migrate
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.results import CallbackWriter, store_callbacks
+from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, metadata, migrate
 from tests.test_receiver import (
     documented_error_body,
     error_body,

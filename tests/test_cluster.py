@@ -11,10 +11,10 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from image_audit.cluster import LocalCluster
-from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_reports, audit_results, audit_scans
+from image_audit_dev.cluster import LocalCluster
+from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 from tests.conftest import POSTGRES_URL, REDIS_URL
 
 pytestmark = [

@@ -10,7 +10,7 @@ import yaml
 
 from copyleaks_provider.receiver import WEBHOOK_URL_PREFIX
 from copyleaks_provider.settings import CopyleaksSettings
-from image_audit.cluster import COMPONENTS, LocalCluster
+from image_audit_dev.cluster import COMPONENTS, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,5 +124,5 @@ def test_optional_services_stay_out_of_a_plain_up(compose):
         "flower": ["flower"],
     }
     receiver = services["copyleaks-receiver"]["entrypoint"]
-    assert receiver[:3] == ["python", "-m", "copyleaks_provider.receiver"] and "0.0.0.0" in receiver
+    assert receiver[:3] == ["python", "-m", "image_audit.receiver"] and "0.0.0.0" in receiver
     assert services["flower"]["command"] == "celery flower"

@@ -9,7 +9,7 @@ import pytest
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.provider_info import get_provider_info
 from copyleaks_provider.settings import DEFAULT_API_URL, DEFAULT_IDENTITY_URL
-from image_audit.servers import BackgroundServer
+from image_audit_dev.servers import BackgroundServer
 from tests.hook_fake_server import LOGIN, FakeCopyleaks
 
 API_KEY = "conn-test-api-key-0123456789"
@@ -26,7 +26,7 @@ def providers():
 def test_airflow_finds_the_provider_and_its_hook(providers):
     from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    info = providers.providers["image-audit"]
+    info = providers.providers["airflow-provider-copyleaks"]
     assert info.version == "0.1.0"
     assert info.data["connection-types"] == get_provider_info()["connection-types"]
     hook = ProvidersManagerTaskRuntime().hooks["copyleaks"]

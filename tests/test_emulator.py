@@ -23,7 +23,7 @@ from PIL import Image
 from copyleaks_emulator.__main__ import build_parser, settings_from_args
 from copyleaks_emulator.samples import sample_image
 from copyleaks_provider.models import DetectionResponse, WebhookBody
-from image_audit.servers import free_port, server_process
+from image_audit_dev.servers import free_port, server_process
 
 SUBMIT = "/v1/ai-image-detector-async/{}/submit"
 CHECK = "/v1/ai-image-detector/{}/check"

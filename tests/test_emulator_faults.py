@@ -151,7 +151,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up(emulator, reco
 
 
 def test_an_unreachable_webhook_is_retried_then_given_up(emulator, recorder):
-    from image_audit.servers import free_port
+    from image_audit_dev.servers import free_port
 
     emulator.set_faults(webhook_max_tries=2, webhook_retry_base_seconds=0.01)
     body = submit_body(emulator, recorder, webhooks={"url": f"http://127.0.0.1:{free_port()}/hook"})

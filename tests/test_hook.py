@@ -23,11 +23,12 @@ from copyleaks_provider.exceptions import (
     CopyleaksServerError,
     CopyleaksValidationError,
 )
-from copyleaks_provider.hooks import CopyleaksHook, SubmitRequest
+from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.models import DetectionResponse
 from copyleaks_provider.settings import CopyleaksSettings
+from copyleaks_provider.validation import SubmitRequest
 from copyleaks_provider.webhook_auth import verify_webhook_token
-from image_audit.servers import BackgroundServer, free_port
+from image_audit_dev.servers import BackgroundServer, free_port
 from tests.hook_fake_server import CHECK, LOGIN, SUBMIT, FakeCopyleaks, expected_mask
 
 API_KEY = "test-api-key-" + uuid.uuid4().hex
@@ -504,10 +505,9 @@ async def test_breaking_out_of_submit_many_cancels_the_rest(fake):
                 if isinstance(outcome.error, CopyleaksCreditsError):
                     break
         assert asyncio.all_tasks() == {asyncio.current_task()}
-        await asyncio.sleep(0.1)  # requests written before the break reach the server's count
-        sent = fake.count(SUBMIT)
-        await asyncio.sleep(0.3)  # a worker still running would send several more meanwhile
-        assert fake.count(SUBMIT) == sent < 10
+        sent = await fake.settled_count(SUBMIT)  # with every request written before the break
+        await fake.round_trips(6)  # six submits' time: a worker still running would send several more
+        assert await fake.settled_count(SUBMIT) == sent < 10
     assert isinstance(seen[-1].error, CopyleaksCreditsError)
 
 
@@ -518,10 +518,9 @@ async def test_leaving_the_client_cancels_an_abandoned_submit_many(fake):
         async for _outcome in client.submit_many(request_for(hook, n) for n in range(50)):
             break  # no aclosing: the client's exit must still stop the workers
     assert asyncio.all_tasks() == {asyncio.current_task()}
-    await asyncio.sleep(0.1)  # requests written before the exit reach the server's count
-    sent = fake.count(SUBMIT)
-    await asyncio.sleep(0.3)  # a worker still running would send several more meanwhile
-    assert fake.count(SUBMIT) == sent < 20
+    sent = await fake.settled_count(SUBMIT)  # with every request written before the exit
+    await fake.round_trips(6)  # six submits' time: a worker still running would send several more
+    assert await fake.settled_count(SUBMIT) == sent < 20
 
 
 async def test_a_failing_request_iterable_propagates_instead_of_hanging(fake):

@@ -9,16 +9,12 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, 
 
 from copyleaks_provider.scan_ids import make_scan_id
 from image_audit.catalog import CatalogSpec, read_catalog
-from image_audit.planning import (
-    PlanOptions,
-    RunContext,
-    plan_run,
-    submission_capacity,
-    submission_minutes,
-)
+from image_audit.planning import PlanOptions, RunContext, plan_run
+from image_audit.submission_window import submission_capacity, submission_minutes
 from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import release_unsubmitted
-from image_audit.warehouse.schema import ScanState, audit_batches, audit_scans, image_catalog
+from image_audit.warehouse.schema import audit_batches, audit_scans, image_catalog
 
 DAY = datetime(2026, 11, 23, tzinfo=UTC)
 MODEL = "ai-image-1-ultra"

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.servers import free_port, server_process
+from image_audit_dev.servers import free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
 SECRET = "api-server-secret"

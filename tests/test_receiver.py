@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
-import copyleaks_provider.receiver as receiver_module
+import image_audit.warehouse.callback_sink as callback_sink_module
+from copyleaks_provider.callbacks import UNRECOGNISED_REASON
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.models import (
     ImageInfo,
@@ -27,19 +28,13 @@ from copyleaks_provider.models import (
     WebhookBody,
     encode_rle_mask,
 )
-from copyleaks_provider.receiver import create_receiver_app
 from copyleaks_provider.scan_ids import validate_scan_id
 from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.servers import BackgroundServer, free_port
+from image_audit.receiver import create_warehouse_receiver_app
 from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.results import UNRECOGNISED_REASON
-from image_audit.warehouse.schema import (
-    ScanState,
-    audit_failed_callbacks,
-    audit_results,
-    audit_scans,
-    migrate,
-)
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, audit_scans, migrate
+from image_audit_dev.servers import BackgroundServer, free_port
 from tests.conftest import requires_postgres
 
 SECRET = "current-secret"
@@ -115,7 +110,7 @@ def result_count(url: str) -> int:
 
 @pytest.fixture
 def receiver(warehouse_url):
-    app = create_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[SECRET, OLD_SECRET])
+    app = create_warehouse_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[SECRET, OLD_SECRET])
     with BackgroundServer(app) as server:
         yield server
 
@@ -313,7 +308,9 @@ def test_an_unrecognised_body_for_an_unknown_scan_is_404_and_writes_nothing(rece
 
 def test_oversized_body_is_413(warehouse_url):
     seed_scan(warehouse_url, "scan-big")
-    app = create_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[SECRET], max_body_bytes=1024)
+    app = create_warehouse_receiver_app(
+        warehouse_url=warehouse_url, webhook_secrets=[SECRET], max_body_bytes=1024
+    )
     with BackgroundServer(app) as server:
         body = result_body("scan-big")
         body["developerPayload"] = "x" * 5000
@@ -440,7 +437,7 @@ def test_sqlite_warehouse_down_gives_503_then_stores_after_it_returns(tmp_path):
     migrate(get_engine(url))
     seed_scan(url, "scan-down")
     get_engine(url).dispose()
-    app = create_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
+    app = create_warehouse_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
     with BackgroundServer(app) as server:
         folder.rename(tmp_path / "gone")
         assert post(server, "scan-down", result_body("scan-down")).status_code == 503
@@ -538,7 +535,9 @@ def proxied_postgres(postgres_databases):
 def test_postgres_warehouse_down_gives_503_then_stores_after_it_returns(proxied_postgres):
     url, via_proxy, proxy = proxied_postgres
     seed_scan(url, "scan-pg-down")
-    with BackgroundServer(create_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])) as server:
+    with BackgroundServer(
+        create_warehouse_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])
+    ) as server:
         assert httpx.get(f"{server.url}/health").status_code == 200
         proxy.cut()
         assert post(server, "scan-pg-down", result_body("scan-pg-down")).status_code == 503
@@ -552,10 +551,12 @@ def test_postgres_warehouse_down_gives_503_then_stores_after_it_returns(proxied_
 @requires_postgres
 def test_stalled_postgres_gives_503_in_bounded_time_not_a_hung_request(proxied_postgres, monkeypatch):
     """A partition (packets go nowhere, no reset) must end in a 503 Copyleaks retries, not a hang."""
-    monkeypatch.setattr(receiver_module, "DATABASE_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(callback_sink_module, "DATABASE_TIMEOUT_SECONDS", 1.0)
     url, via_proxy, proxy = proxied_postgres
     seed_scan(url, "scan-stall")
-    with BackgroundServer(create_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])) as server:
+    with BackgroundServer(
+        create_warehouse_receiver_app(warehouse_url=via_proxy, webhook_secrets=[SECRET])
+    ) as server:
         assert httpx.get(f"{server.url}/health").status_code == 200  # a pooled connection exists
         proxy.stall()
         assert post(server, "scan-stall", result_body("scan-stall")).status_code == 503  # httpx timeout: 30 s
@@ -572,7 +573,7 @@ def test_postgres_notifies_waiting_triggers(postgres_databases):
     try:
         migrate(get_engine(url))
         seed_scan(url, "scan-notify", run_id="run-n")
-        app = create_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
+        app = create_warehouse_receiver_app(warehouse_url=url, webhook_secrets=[SECRET])
 
         async def listen_and_post(server) -> dict:
             dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -594,7 +595,7 @@ def test_postgres_notifies_waiting_triggers(postgres_databases):
 
 def test_emulator_to_receiver_to_results_row(emulator, sqlite_warehouse_url):
     """A real submit through the hook; the emulator fetches, decodes and calls our receiver back."""
-    app = create_receiver_app(warehouse_url=sqlite_warehouse_url, webhook_secrets=[SECRET])
+    app = create_warehouse_receiver_app(warehouse_url=sqlite_warehouse_url, webhook_secrets=[SECRET])
     with BackgroundServer(app) as server:
         hook = CopyleaksHook(settings=emulator.connection_settings(server.url, SECRET))
         for scan_id, name in [("e2e-good", "img-00001.jpg"), ("e2e-tiny", None)]:

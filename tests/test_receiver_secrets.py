@@ -13,9 +13,9 @@ import httpx
 import pytest
 
 import copyleaks_provider.receiver as receiver_module
-from copyleaks_provider.receiver import create_receiver_app
 from copyleaks_provider.webhook_auth import webhook_url
-from image_audit.servers import BackgroundServer, free_port, server_process
+from image_audit.receiver import create_warehouse_receiver_app
+from image_audit_dev.servers import BackgroundServer, free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
 
@@ -35,7 +35,7 @@ def test_a_rotated_connection_secret_is_picked_up_by_a_running_receiver(sqlite_w
     for scan_id in ("rot-1", "rot-2", "rot-3", "rot-4"):
         seed_scan(sqlite_warehouse_url, scan_id)
     set_connection(monkeypatch, "secret-a")
-    app = create_receiver_app(warehouse_url=sqlite_warehouse_url, secrets_ttl_seconds=0)
+    app = create_warehouse_receiver_app(warehouse_url=sqlite_warehouse_url, secrets_ttl_seconds=0)
     with BackgroundServer(app) as server:
         assert post(server, "secret-a", "rot-1") == 200
         set_connection(monkeypatch, "secret-b", ["secret-a"])  # rotated, old one in its grace period
@@ -50,7 +50,7 @@ def test_no_webhook_secret_configured_is_503_so_copyleaks_retries(sqlite_warehou
     monkeypatch.setattr(receiver_module, "SECRETS_RETRY_SECONDS", 0.0)
     seed_scan(sqlite_warehouse_url, "unconfigured")
     monkeypatch.delenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", raising=False)
-    app = create_receiver_app(warehouse_url=sqlite_warehouse_url, secrets_ttl_seconds=0)
+    app = create_warehouse_receiver_app(warehouse_url=sqlite_warehouse_url, secrets_ttl_seconds=0)
     with BackgroundServer(app) as server:
         assert post(server, "secret-a", "unconfigured") == 503  # no connection at all
         set_connection(monkeypatch, None)
@@ -70,8 +70,8 @@ def test_a_failed_reread_keeps_the_last_secrets_and_never_logs_them(sqlite_wareh
             raise ValueError("metadata database down; it held secret-a")  # text must not reach the log
         return ["secret-a"]
 
-    caplog.set_level(logging.INFO, logger="copyleaks_provider.receiver")
-    app = create_receiver_app(
+    caplog.set_level(logging.INFO, logger="image_audit.receiver")
+    app = create_warehouse_receiver_app(
         warehouse_url=sqlite_warehouse_url, webhook_secrets=flaky_source, secrets_ttl_seconds=0
     )
     with BackgroundServer(app) as server:
@@ -92,7 +92,7 @@ def test_a_failed_reread_keeps_the_last_secrets_and_never_logs_them(sqlite_wareh
 
 @pytest.fixture
 def standalone_receiver(sqlite_warehouse_url, tmp_path):
-    """``python -m copyleaks_provider.receiver`` in its own process group, as a public edge runs it."""
+    """``python -m image_audit.receiver`` in its own process group, as a public edge runs it."""
     port = free_port()
     env = dict(os.environ, IMAGE_AUDIT_WAREHOUSE_URL=sqlite_warehouse_url)
     env["AIRFLOW_CONN_COPYLEAKS_DEFAULT"] = json.dumps(
@@ -102,7 +102,7 @@ def standalone_receiver(sqlite_warehouse_url, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "copyleaks_provider.receiver",
+        "image_audit.receiver",
         "--host",
         "127.0.0.1",
         "--port",

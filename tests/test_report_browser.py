@@ -16,8 +16,8 @@ from PIL import Image
 
 from image_audit.reporting import build_run_report
 from image_audit.reporting.screenshot import ChromiumNotFoundError, dump_dom, find_chromium, screenshot
-from image_audit.servers import BackgroundServer
 from image_audit.warehouse.engine import get_engine
+from image_audit_dev.servers import BackgroundServer
 from tests.test_report_fixtures import DAG_ID, R2, demo_scans, image_png, insert_report_row, insert_scans
 
 IMAGE_SIZE = (480, 360)

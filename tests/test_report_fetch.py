@@ -12,8 +12,8 @@ from fastapi.responses import RedirectResponse, Response
 
 from image_audit.reporting import build_run_report
 from image_audit.reporting.fetch import ALLOW_PRIVATE_ENV, UnsafeImageURL, check_fetchable, http_fetcher
-from image_audit.servers import BackgroundServer
 from image_audit.warehouse.engine import get_engine
+from image_audit_dev.servers import BackgroundServer
 from tests.test_report_fixtures import D1 as DAY
 from tests.test_report_fixtures import DAG_ID, R2, Scan, image_png, insert_scans
 

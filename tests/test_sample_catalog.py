@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from sqlalchemy import func, select
 
-from image_audit.sample_catalog import SOURCES, sample_catalog_rows, seed_catalog
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import image_catalog
+from image_audit_dev.sample_catalog import SOURCES, sample_catalog_rows, seed_catalog
 
 START = datetime(2026, 11, 20, tzinfo=UTC)
 BASE = "http://emulator.test/samples"

@@ -12,16 +12,19 @@ import pytest
 from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from sqlalchemy import select
 
-from copyleaks_provider.sensors import DEFER_GRACE, CopyleaksScanResultsSensor
-from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
 from image_audit.config import warehouse_url
+from image_audit.triggers import ScanResultsTrigger
+from image_audit.wait_for_results import DEFER_GRACE, WaitForScanResultsOperator
 from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.schema import ScanState, audit_scans
-from tests.test_trigger import complete, seed
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_scans
+from tests.test_trigger import PollWatch, complete, seed
 
 SENSOR_TASK = "wait_for_results"
 #: What ``seed_run`` puts in a run: three scans await their callback; the others do not count.
 SEEDED = {ScanState.SUBMITTED: 3, ScanState.COMPLETED: 1, ScanState.PENDING: 1}
+#: Polls of the trigger that find the seeded run still waiting before its callbacks arrive.
+WAITING_POLLS = 5
 
 
 def _sensor_dag(dag_id: str, **sensor_kwargs):
@@ -35,7 +38,7 @@ def _sensor_dag(dag_id: str, **sensor_kwargs):
             context = get_current_context()
             seed(warehouse_url(), context["run_id"], SEEDED, dag_id=context["dag"].dag_id)
 
-        seed_run() >> CopyleaksScanResultsSensor(task_id=SENSOR_TASK, poll_interval=0.2, **sensor_kwargs)
+        seed_run() >> WaitForScanResultsOperator(task_id=SENSOR_TASK, poll_interval=0.2, **sensor_kwargs)
     _serialize(dag)
     return dag
 
@@ -71,26 +74,45 @@ class _Receiver(threading.Thread):
     """Stands in for the webhook receiver: once the sensor waits, the run's callbacks arrive.
 
     ``dag.test`` marks a deferred task ``queued`` while it runs the trigger in line, so "waiting" is
-    the sensor's task instance queued again after its first try handed over to the trigger.
+    the sensor's task instance queued again after its first try handed over to the trigger. The
+    callbacks arrive once a few polls of the trigger (watched by ``polls``) found the scans waiting.
     """
 
-    def __init__(self, url: str, dag_id: str):
+    def __init__(self, url: str, dag_id: str, polls: PollWatch):
         super().__init__(daemon=True)
-        self.url, self.dag_id = url, dag_id
+        self.url, self.dag_id, self.polls = url, dag_id, polls
         self.saw_waiting = False
+        self.run_ended = threading.Event()  # dag.test returned: nothing is left to wait for
+        self.failure: str | None = None  # what it waited for in vain (a thread cannot fail the test)
+
+    def stop(self) -> None:
+        self.run_ended.set()
+        self.polls.wake()
 
     def run(self) -> None:
         give_up = time.monotonic() + 30
         seen: list[str | None] = []
-        while time.monotonic() < give_up and not self.saw_waiting:
+        while time.monotonic() < give_up and not self.saw_waiting and not self.run_ended.is_set():
             state = _sensor_state(self.dag_id)
             if not seen or seen[-1] != state:
                 seen.append(state)
             self.saw_waiting = "queued" in seen and seen[-1] in ("deferred", "queued") and len(seen) > 1
-            time.sleep(0.05)
-        time.sleep(1.0)  # a few polls of the trigger find scans still waiting
+            time.sleep(0.05)  # the interval of this bounded poll: the metadata database has no event
         with get_engine(self.url).connect() as conn:
             run_id = conn.scalar(select(audit_scans.c.run_id).where(audit_scans.c.dag_id == self.dag_id))
+        waiting = SEEDED[ScanState.SUBMITTED]
+        what = f"{WAITING_POLLS} polls of the trigger finding the run's {waiting} scans still waiting"
+
+        def polled() -> bool:
+            return self.polls.finding(run_id, waiting, dag_id=self.dag_id) >= WAITING_POLLS
+
+        try:
+            self.polls.wait_for(what, lambda: polled() or self.run_ended.is_set(), timeout=20)
+        except AssertionError as exc:
+            self.failure = str(exc)  # call back even so: the run ends now, not at its 60 s timeout
+        if not polled() and self.run_ended.is_set():
+            self.failure = f"the DAG run ended before {what}"
+            return
         complete(self.url, run_id, dag_id=self.dag_id)
 
 
@@ -118,17 +140,19 @@ def _scan_states(url: str, dag_id: str) -> dict[str, list]:
     return states
 
 
-def test_dag_run_waits_deferred_until_the_callbacks_arrive(warehouse_url, airflow_db, caplog):
+def test_dag_run_waits_deferred_until_the_callbacks_arrive(warehouse_url, airflow_db, caplog, monkeypatch):
     dag_id = f"sensor_done_{uuid.uuid4().hex[:8]}"
     dag = _sensor_dag(dag_id, wait_timeout=60)
-    receiver = _Receiver(warehouse_url, dag_id)
+    receiver = _Receiver(warehouse_url, dag_id, PollWatch(monkeypatch))
     receiver.start()
     started = time.monotonic()
     with caplog.at_level(logging.INFO, logger="airflow.sdk.definitions.dag"):
         dag_run = dag.test()
+    receiver.stop()
     receiver.join(timeout=5)
 
     assert receiver.saw_waiting
+    assert receiver.failure is None, receiver.failure
     # The sensor deferred (gave its worker slot back): its wait ran as a trigger, not in the task.
     assert "running trigger in line" in caplog.text
     assert time.monotonic() - started < 30, "done when the callbacks arrived, not at the 60 s timeout"
@@ -160,7 +184,7 @@ def _context(dag_id: str, run_id: str) -> dict:
 
 def test_nothing_waits_returns_at_once_without_deferring(sqlite_warehouse_url):
     seed(sqlite_warehouse_url, "run-1", {ScanState.COMPLETED: 2, ScanState.FAILED: 1, ScanState.PENDING: 1})
-    sensor = CopyleaksScanResultsSensor(task_id="wait")
+    sensor = WaitForScanResultsOperator(task_id="wait")
     summary = sensor.execute(_context("image_catalog_audit", "run-1"))
     assert summary == {
         "counts": {"completed": 2, "failed": 1, "pending": 1},
@@ -171,7 +195,7 @@ def test_nothing_waits_returns_at_once_without_deferring(sqlite_warehouse_url):
 
 def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_url):
     seed(sqlite_warehouse_url, "run-2", {ScanState.SUBMITTED: 1}, dag_id="other_dag")
-    sensor = CopyleaksScanResultsSensor(
+    sensor = WaitForScanResultsOperator(
         task_id="wait",
         target_dag_id="other_dag",
         target_run_id="run-2",
@@ -182,7 +206,7 @@ def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_u
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(_context("image_catalog_audit", "run-1"))
     trigger = deferred.value.trigger
-    assert isinstance(trigger, CopyleaksScanResultsTrigger)
+    assert isinstance(trigger, ScanResultsTrigger)
     assert deferred.value.method_name == "execute_complete"
     assert (trigger.dag_id, trigger.run_id, trigger.poll_interval) == ("other_dag", "run-2", 2.0)
     assert before + timedelta(minutes=5) <= trigger.deadline <= datetime.now(UTC) + timedelta(minutes=5)
@@ -193,7 +217,7 @@ def test_waiting_scans_defer_to_the_trigger_with_the_deadline(sqlite_warehouse_u
 def test_the_default_poll_is_short_without_notify_and_a_safety_net_with_it(warehouse_url):
     """SQLite has no NOTIFY: polling is how the wait sees results, so it polls every 2 s, not 10."""
     seed(warehouse_url, "run-3", {ScanState.SUBMITTED: 1})
-    sensor = CopyleaksScanResultsSensor(task_id="wait", target_run_id="run-3")
+    sensor = WaitForScanResultsOperator(task_id="wait", target_run_id="run-3")
     with pytest.raises(TaskDeferred) as deferred:
         sensor.execute(_context("image_catalog_audit", "run-3"))
     expected = 10.0 if warehouse_url.startswith("postgresql") else 2.0
@@ -201,7 +225,7 @@ def test_the_default_poll_is_short_without_notify_and_a_safety_net_with_it(wareh
 
 
 def test_an_error_event_fails_the_task(sqlite_warehouse_url):
-    sensor = CopyleaksScanResultsSensor(task_id="wait")
+    sensor = WaitForScanResultsOperator(task_id="wait")
     context = _context("image_catalog_audit", "run-1")
     with pytest.raises(AirflowException, match="OperationalError: database is locked"):
         sensor.execute_complete(

@@ -1,4 +1,4 @@
-"""``CopyleaksSubmitImagesOperator`` on its own: templates, a scan Copyleaks already holds, fetch headers.
+"""``SubmitAuditBatchOperator`` on its own: templates, a scan Copyleaks already holds, fetch headers.
 
 Each test plans a batch in a real warehouse and runs the operator against the emulator, as the submit
 task of a run would (``execute`` in this process).
@@ -12,12 +12,12 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import update
 
-from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
 from copyleaks_provider.scan_ids import DEFAULT_MODEL
 from image_audit.catalog import CatalogSpec
+from image_audit.operators import SubmitAuditBatchOperator
 from image_audit.planning import PlanOptions, RunContext, plan_run
-from image_audit.sample_catalog import seed_catalog
 from image_audit.warehouse.schema import audit_scans
+from image_audit_dev.sample_catalog import seed_catalog
 from tests.conftest import DAY
 
 
@@ -32,14 +32,14 @@ def _plan(audit, run_id: str, **options) -> str:
 
 
 def _submit(batch_id: str) -> dict[str, int]:
-    return CopyleaksSubmitImagesOperator(task_id="submit_batch", batch_id=batch_id).execute({})
+    return SubmitAuditBatchOperator(task_id="submit_batch", batch_id=batch_id).execute({})
 
 
 def test_template_fields_render_from_the_run():
     from airflow.sdk import DAG
 
     with DAG("templated", schedule=None):
-        operator = CopyleaksSubmitImagesOperator(
+        operator = SubmitAuditBatchOperator(
             task_id="submit",
             batch_id="{{ params.batch }}",
             model="{{ params.model }}",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -12,11 +14,13 @@ from airflow.sdk.serde import deserialize, serialize
 from airflow.triggers.shared_stream import SharedStreamManager
 from sqlalchemy import insert, text, update
 
-from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
+import image_audit.triggers as trigger_module
+from image_audit.triggers import ScanResultsTrigger
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
+from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import count_scan_states, waiting_counts_by_run
 from image_audit.warehouse.results import NOTIFY_CHANNEL
-from image_audit.warehouse.schema import ScanState, audit_scans
+from image_audit.warehouse.schema import audit_scans
 from tests.conftest import requires_postgres
 
 DAG_ID = "image_catalog_audit"
@@ -59,13 +63,13 @@ def complete(url: str, run_id: str, *, notify: bool = False, dag_id: str = DAG_I
             conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": NOTIFY_CHANNEL, "p": payload})
 
 
-def trigger_for(run_id: str, *, wait: float = 60, poll_interval: float = 0.1) -> CopyleaksScanResultsTrigger:
-    return CopyleaksScanResultsTrigger(
+def trigger_for(run_id: str, *, wait: float = 60, poll_interval: float = 0.1) -> ScanResultsTrigger:
+    return ScanResultsTrigger(
         DAG_ID, run_id, datetime.now(UTC) + timedelta(seconds=wait), poll_interval=poll_interval
     )
 
 
-async def first_event(trigger: CopyleaksScanResultsTrigger, timeout: float = 20) -> dict:
+async def first_event(trigger: ScanResultsTrigger, timeout: float = 20) -> dict:
     """Like ``dag.test``: the first event of ``run()``."""
     events = trigger.run()
     try:
@@ -74,15 +78,92 @@ async def first_event(trigger: CopyleaksScanResultsTrigger, timeout: float = 20)
         await events.aclose()
 
 
+class PollWatch:
+    """The trigger module's real poll query, watched: every snapshot it returned, in order.
+
+    Waits on it end at an event (polls that found what they were waited for), or fail the test with
+    what the polls did find. A standalone wait judges each snapshot before its loop polls again; on a
+    shared stream the snapshot reaches the waits' queues before the next poll, so once ``n + 1`` polls
+    are seen, every wait has judged at least ``n`` of them.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.snapshots: list[dict[tuple[str, str], int]] = []
+        self._polled = threading.Condition()  # the trigger's loop may run in another thread (dag.test)
+        self._async_waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        poll = trigger_module.waiting_counts_by_run
+
+        async def watched_poll(engine, runs=None):
+            snapshot = await poll(engine, runs)
+            with self._polled:
+                self.snapshots.append(snapshot)
+            self.wake()
+            return snapshot
+
+        monkeypatch.setattr(trigger_module, "waiting_counts_by_run", watched_poll)
+
+    def finding(self, run_id: str, waiting: int, *, dag_id: str = DAG_ID, since: int = 0) -> int:
+        """Polls (from the ``since``-th on) that found exactly ``waiting`` scans of the run awaiting."""
+        with self._polled:
+            return sum(1 for snapshot in self.snapshots[since:] if snapshot.get((dag_id, run_id)) == waiting)
+
+    def wake(self) -> None:
+        """Have every wait check its condition again (after a poll, or when something else changed)."""
+        with self._polled:
+            self._polled.notify_all()
+            waiters = list(self._async_waiters)
+        for loop, event in waiters:
+            loop.call_soon_threadsafe(event.set)
+
+    def _not_seen(self, what: str, timeout: float) -> AssertionError:
+        found = f"{len(self.snapshots)} polls, the last ones found {self.snapshots[-3:]}"
+        return AssertionError(f"not seen within {timeout} s: {what} ({found})")
+
+    def wait_for(self, what: str, seen: Callable[[], bool], timeout: float = 10) -> None:
+        """Block until ``seen()`` (checked after every poll), or fail with ``what`` was not seen."""
+        with self._polled:
+            if not self._polled.wait_for(seen, timeout):
+                raise self._not_seen(what, timeout)
+
+    async def until(
+        self, what: str, seen: Callable[[], bool], *, unless: list[asyncio.Task], timeout: float = 10
+    ) -> None:
+        """Await ``seen()`` (checked after every poll); fail as soon as one of the waits ``unless`` ends."""
+        polled = asyncio.Event()
+        waiter = (asyncio.get_running_loop(), polled)
+        with self._polled:
+            self._async_waiters.add(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    polled.clear()
+                    if seen():
+                        return
+                    woken = asyncio.ensure_future(polled.wait())
+                    try:
+                        await asyncio.wait([woken, *unless], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        woken.cancel()
+                    for task in unless:
+                        if task.done():
+                            outcome = "cancelled" if task.cancelled() else task.exception() or task.result()
+                            raise AssertionError(f"a wait ended ({outcome!r}) before {what}")
+        except TimeoutError:
+            raise self._not_seen(what, timeout) from None
+        finally:
+            with self._polled:
+                self._async_waiters.discard(waiter)
+
+
 def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatch):
     monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "postgresql://audit:pw-s3cret@db.example/warehouse")
     trigger = trigger_for("run-1", poll_interval=3)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "copyleaks_provider.triggers.CopyleaksScanResultsTrigger"
+    assert classpath == "image_audit.triggers.ScanResultsTrigger"
     assert set(kwargs) == {"dag_id", "run_id", "deadline", "poll_interval"}
     encoded = serialize(kwargs)  # what the task sends with DeferTask and the triggerer decodes
     assert "pw-s3cret" not in json.dumps(encoded) and "db.example" not in json.dumps(encoded)
-    again = CopyleaksScanResultsTrigger(**deserialize(encoded))
+    again = ScanResultsTrigger(**deserialize(encoded))
     assert again.serialize() == (classpath, kwargs)
     assert again.deadline == trigger.deadline and again.deadline.tzinfo is not None
     assert again.shared_stream_key() == trigger.shared_stream_key()
@@ -92,7 +173,7 @@ def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatc
     monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "sqlite:////tmp/other.db")
     assert trigger_for("run-1", poll_interval=3).shared_stream_key() != key
     with pytest.raises(ValueError, match="timezone-aware"):
-        CopyleaksScanResultsTrigger(DAG_ID, "run-1", datetime(2026, 1, 1))
+        ScanResultsTrigger(DAG_ID, "run-1", datetime(2026, 1, 1))
 
 
 async def test_progress_queries(warehouse_url):
@@ -112,12 +193,17 @@ async def test_progress_queries(warehouse_url):
         await engine.dispose()
 
 
-async def test_done_once_every_scan_has_called_back(warehouse_url):
+async def test_done_once_every_scan_has_called_back(warehouse_url, monkeypatch):
     seed(warehouse_url, "run-done", {ScanState.SUBMITTED: 3, ScanState.COMPLETED: 1, ScanState.PENDING: 1})
     seed(warehouse_url, "run-other", {ScanState.SUBMITTED: 1})  # another run's wait is not ours
+    polls = PollWatch(monkeypatch)
     waiter = asyncio.create_task(first_event(trigger_for("run-done")))
-    await asyncio.sleep(0.5)
-    assert not waiter.done()  # three scans still await their callback
+    await polls.until(
+        "5 polls finding run-done's 3 scans waiting",
+        lambda: polls.finding("run-done", 3) >= 5,
+        unless=[waiter],
+    )
+    assert not waiter.done()  # three scans still await their callback: five polls said so
     await asyncio.to_thread(complete, warehouse_url, "run-done")
     assert await waiter == {"status": "done", "waiting": 0}  # pending scans are not waited for
 
@@ -136,7 +222,7 @@ async def test_a_warehouse_it_cannot_use_is_an_error_event(monkeypatch):
     assert "pw-s3cret" not in event["message"]
 
 
-class CountingTrigger(CopyleaksScanResultsTrigger):
+class CountingTrigger(ScanResultsTrigger):
     """The real trigger, counting how many poll loops the triggerer opens."""
 
     opened = 0
@@ -148,9 +234,10 @@ class CountingTrigger(CopyleaksScanResultsTrigger):
             yield snapshot
 
 
-async def test_many_runs_share_one_poll_loop_in_the_triggerers_stream_manager(warehouse_url):
+async def test_many_runs_share_one_poll_loop_in_the_triggerers_stream_manager(warehouse_url, monkeypatch):
     """Airflow's own SharedStreamManager (the triggerer's) fans one poll out to each run's filter."""
     CountingTrigger.opened = 0
+    polls = PollWatch(monkeypatch)
     runs = ["run-a", "run-b", "run-c"]
     for run in runs:
         seed(warehouse_url, run, {ScanState.SUBMITTED: 2, ScanState.COMPLETED: 1})
@@ -168,13 +255,22 @@ async def test_many_runs_share_one_poll_loop_in_the_triggerers_stream_manager(wa
         finally:
             await manager.unsubscribe(trigger_id, key)
 
+    def all_waiting(runs: list[str], polls_judged: int, since: int = 0) -> Callable[[], bool]:
+        """Every wait has judged ``polls_judged`` polls finding its run's 2 scans waiting (PollWatch)."""
+        return lambda: all(polls.finding(run, 2, since=since) >= polls_judged + 1 for run in runs)
+
     waits = [asyncio.create_task(wait(i, t)) for i, t in enumerate(triggers)]
     try:
-        await asyncio.sleep(0.5)
+        await polls.until("5 polls judged finding every run waiting", all_waiting(runs, 5), unless=waits)
         assert not any(w.done() for w in waits)
         await asyncio.to_thread(complete, warehouse_url, "run-b")
         assert await asyncio.wait_for(waits[1], 10) == {"status": "done", "waiting": 0}
-        await asyncio.sleep(0.3)
+        since = len(polls.snapshots)
+        await polls.until(
+            "3 more polls judged finding run-a and run-c waiting",
+            all_waiting(["run-a", "run-c"], 3, since),
+            unless=[waits[0], waits[2], waits[3]],
+        )
         assert not any(w.done() for w in (waits[0], waits[2], waits[3]))
         await asyncio.to_thread(complete, warehouse_url, "run-c")  # two triggers wait on run-c
         assert await asyncio.wait_for(waits[2], 10) == await asyncio.wait_for(waits[3], 10)
@@ -200,13 +296,32 @@ def postgres_url(postgres_databases, monkeypatch):
     postgres_databases.drop(url)
 
 
+async def listening_backends(url: str) -> set[int]:
+    """The backends of the database whose last statement was a LISTEN: the wait's notification connections."""
+
+    def query() -> set[int]:
+        with get_engine(url).connect() as conn:
+            pids = conn.execute(
+                text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid() AND query ILIKE 'LISTEN %'"
+                )
+            ).scalars()
+            return set(pids)
+
+    return await asyncio.to_thread(query)
+
+
 @requires_postgres
-async def test_postgres_notify_wakes_the_wait_long_before_the_next_poll(postgres_url):
+async def test_postgres_notify_wakes_the_wait_long_before_the_next_poll(postgres_url, monkeypatch):
     warehouse_url = postgres_url
     seed(warehouse_url, "run-notify", {ScanState.SUBMITTED: 2})
     loop = asyncio.get_running_loop()
+    polls = PollWatch(monkeypatch)
     waiter = asyncio.create_task(first_event(trigger_for("run-notify", poll_interval=30), timeout=25))
-    await asyncio.sleep(1.0)  # the first poll is done: the next one is 30 s away
+    await polls.until("the first poll", lambda: polls.finding("run-notify", 2) >= 1, unless=[waiter])
+    # the first poll is done (the loop listens before it polls): the next one is 30 s away
+    assert len(await listening_backends(warehouse_url)) == 1, "the wait does not LISTEN"
     completed_at = loop.time()
     await asyncio.to_thread(complete, warehouse_url, "run-notify", notify=True)
     assert await waiter == {"status": "done", "waiting": 0}
@@ -214,13 +329,16 @@ async def test_postgres_notify_wakes_the_wait_long_before_the_next_poll(postgres
 
 
 @requires_postgres
-async def test_postgres_wait_survives_its_connections_being_killed(postgres_url):
+async def test_postgres_wait_survives_its_connections_being_killed(postgres_url, monkeypatch):
     """A restarted database: the poll reconnects, LISTEN comes back, and a NOTIFY still wakes the wait."""
     warehouse_url = postgres_url
     seed(warehouse_url, "run-restart", {ScanState.SUBMITTED: 1})
     loop = asyncio.get_running_loop()
+    polls = PollWatch(monkeypatch)
     waiter = asyncio.create_task(first_event(trigger_for("run-restart", poll_interval=30), timeout=25))
-    await asyncio.sleep(1.0)
+    await polls.until("the first poll", lambda: polls.finding("run-restart", 1) >= 1, unless=[waiter])
+    listening = await listening_backends(warehouse_url)
+    assert len(listening) == 1, "the wait does not LISTEN"
     with get_engine(warehouse_url).connect() as conn:
         killed = conn.execute(
             text(
@@ -229,7 +347,13 @@ async def test_postgres_wait_survives_its_connections_being_killed(postgres_url)
             )
         ).scalar_one()
     assert killed >= 1  # at least the LISTEN connection
-    await asyncio.sleep(1.0)  # the lost LISTEN connection wakes the loop, which listens again
+    # The lost LISTEN connection wakes the loop, which listens again, then polls every run.
+    since = len(polls.snapshots)
+    await polls.until(
+        "a poll after the kill", lambda: polls.finding("run-restart", 1, since=since) >= 1, unless=[waiter]
+    )
+    relistening = await listening_backends(warehouse_url) - listening  # a killed backend may linger a moment
+    assert len(relistening) == 1, "LISTEN is not back on a new connection"
     assert not waiter.done()
     completed_at = loop.time()
     await asyncio.to_thread(complete, warehouse_url, "run-restart", notify=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -25,7 +24,7 @@ import httpx
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from image_audit.servers import free_port, signal_group
+from image_audit_dev.servers import dev_environment, free_port, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Any database on the server will do: the cluster creates its own ``<name>_airflow`` and
@@ -84,7 +83,7 @@ class LocalCluster:
     def environment(self) -> dict[str, str]:
         metadata = make_url(self.database_url("airflow")).set(drivername="postgresql+psycopg2")
         metadata_url = metadata.render_as_string(hide_password=False)
-        env = dict(os.environ)
+        env = dev_environment()  # the emulator runs from dev/
         env.update(
             AIRFLOW_HOME=str(self.home / "airflow"),
             AIRFLOW__CORE__DAGS_FOLDER=str(self.dags_folder),

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import select
 
     from copyleaks_emulator import EmulatorSettings, create_app
-    from copyleaks_provider.receiver import create_receiver_app
-    from image_audit.sample_catalog import sample_catalog_rows, seed_catalog
-    from image_audit.servers import BackgroundServer
+    from image_audit.receiver import create_warehouse_receiver_app
     from image_audit.warehouse.engine import get_engine
     from image_audit.warehouse.schema import audit_reports, audit_scans, migrate
+    from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
+    from image_audit_dev.servers import BackgroundServer
 
     started = time.monotonic()
     home = args.home.resolve()
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     email, api_key = next(iter(emulator_settings.accounts.items()))
     emulator = BackgroundServer(create_app(emulator_settings)).start()
     receiver = BackgroundServer(
-        create_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[webhook_secret])
+        create_warehouse_receiver_app(warehouse_url=warehouse_url, webhook_secrets=[webhook_secret])
     ).start()
     try:
         print(f"Copyleaks emulator on {emulator.url}, webhook receiver on {receiver.url}")

@@ -14,12 +14,25 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 import uvicorn
+
+#: dev/: the development tools' own folder, never installed.
+DEV_DIR = Path(__file__).resolve().parents[1]
+
+
+def dev_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) with dev/ first on PYTHONPATH, so a process started with it
+    (``python -m copyleaks_emulator``) imports the development tools, which are never installed."""
+    env = dict(os.environ if env is None else env)
+    paths = [path for path in env.get("PYTHONPATH", "").split(os.pathsep) if path]
+    if str(DEV_DIR) not in paths:
+        env["PYTHONPATH"] = os.pathsep.join([str(DEV_DIR), *paths])
+    return env
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -81,8 +94,9 @@ def server_process(
     """Run the server command ``args`` (listening on ``port``) until ``health_path`` answers 200, and
     yield its base URL; then stop its whole process group (an api-server forks workers).
 
-    ``env`` is the process's whole environment (default: this one's). Its output goes to ``log_path``
-    (a temporary file when none), whose tail is the error when the server does not start.
+    ``env`` is the process's whole environment (default: this one's), dev/ added to its PYTHONPATH
+    (:func:`dev_environment`). Its output goes to ``log_path`` (a temporary file when none), whose
+    tail is the error when the server does not start.
     """
     base = f"http://127.0.0.1:{port}"
     with contextlib.ExitStack() as stack:
@@ -90,7 +104,7 @@ def server_process(
             log_path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="server-"))) / "server.log"
         with log_path.open("w") as log:
             process = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args, env=dev_environment(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
             deadline = time.monotonic() + timeout

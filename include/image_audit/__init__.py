@@ -1,1 +1,1 @@
-"""image-audit: the warehouse, catalog, reporting and demo parts of the Copyleaks image audit pipeline."""
+"""image-audit: the warehouse, catalog, planning and reporting parts of the Copyleaks image audit pipeline."""

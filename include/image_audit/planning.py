@@ -9,61 +9,36 @@ finds the same plan and never submits an image twice by accident:
 - a bad row is stored as ``rejected`` with its reason, so the report shows it.
 
 Two caps bound what a run submits: ``max_credits`` (the credit budget) and ``max_submissions`` (how
-many submissions fit the run's window at the account's request rate, see :func:`submission_capacity`).
+many submissions fit the run's window at the account's request rate: ``image_audit.submission_window``).
 A scan past either one stays ``pending`` without a batch, with the reason in ``last_error``, and the
 next run takes it. Earlier runs' leftovers are planned before this interval's rows (oldest first), so a
 backlog drains first in line instead of waiting behind every new night's ingestions.
+
+(Just over 400 lines: the planner's rules read best as one pass, and its batcher belongs to it.)
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from itertools import islice
 
 from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.scan_ids import canonical_model, make_rejection_id, make_scan_id
-from copyleaks_provider.settings import RATE_HEADROOM
 from image_audit.catalog import CatalogRow, CatalogSpec, file_name_of, read_catalog, rejection_reason
-from image_audit.warehouse.schema import ScanState, audit_batches, audit_scans
+from image_audit.submission_window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_batches, audit_scans
 
 log = logging.getLogger(__name__)
 
 #: Credits Copyleaks charges for one image scan (``expectedCredits`` of the response).
 CREDITS_PER_IMAGE = 1
-#: Share of a window's requests planned as submissions: the hook paces at ``RATE_HEADROOM`` of the
-#: account's rate, and 3% of that is left for retries.
-WINDOW_SAFETY = Decimal(str(RATE_HEADROOM)) * Decimal("0.97")
-#: How ``last_error`` of a deferred scan starts, per cap (the report counts the backlog by these).
-DEFERRED_BY_BUDGET = "deferred: the run's budget"
-DEFERRED_BY_WINDOW = "deferred: the run's submission window"
-
-
-def submission_capacity(requests_per_second: float | None, minutes: float | None) -> int | None:
-    """Submissions that fit ``minutes`` at the account's ``requests_per_second`` (None: no cap).
-
-    ``floor(rate * 60 * minutes * 0.96 * 0.97)``, computed exactly (10/s for 360 minutes is 201,139).
-    No window, or a rate of 0 (no limit), means no cap.
-    """
-    if minutes is None or not requests_per_second or requests_per_second <= 0:
-        return None
-    exact = Decimal(str(requests_per_second)) * 60 * Decimal(str(max(minutes, 0))) * WINDOW_SAFETY
-    return math.floor(exact)
-
-
-def submission_minutes(submissions: int, requests_per_second: float | None) -> int | None:
-    """Minutes of window ``submissions`` need at ``requests_per_second`` (rounded up; None: no limit)."""
-    if not requests_per_second or requests_per_second <= 0:
-        return None
-    per_minute = Decimal(str(requests_per_second)) * 60 * WINDOW_SAFETY
-    return math.ceil(Decimal(submissions) / per_minute)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``CopyleaksScanResultsTrigger``: wait in the triggerer until a run's scans have all called back.
+"""``ScanResultsTrigger``: wait in the triggerer until a run's scans have all called back.
 
 Many runs wait at once (backfills), so the trigger opts into Airflow 3.3's shared streams: every
 trigger on the same warehouse (and poll interval) shares ONE poll loop and, on PostgreSQL, ONE
@@ -57,7 +57,7 @@ PROGRESS_LOG_SECONDS = 60
 Snapshot = dict[RunKey, int]  # scans awaiting their callback, for each run the poll looked at
 
 
-class CopyleaksScanResultsTrigger(BaseEventTrigger):
+class ScanResultsTrigger(BaseEventTrigger):
     """Fire when no scan of the run awaits its Copyleaks callback any more, or at ``deadline``.
 
     Events: ``{"status": "done", "waiting": 0}``; ``{"status": "timeout", "waiting": n}`` (``n`` as
@@ -83,7 +83,7 @@ class CopyleaksScanResultsTrigger(BaseEventTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         # No warehouse URL (it may hold a password): the triggerer reads it from its environment.
         return (
-            "copyleaks_provider.triggers.CopyleaksScanResultsTrigger",
+            "image_audit.triggers.ScanResultsTrigger",
             {
                 "dag_id": self.dag_id,
                 "run_id": self.run_id,

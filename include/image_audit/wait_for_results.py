@@ -1,4 +1,10 @@
-"""``CopyleaksScanResultsSensor``: wait, deferred, until the webhook receiver has every result of a run."""
+"""``WaitForScanResultsOperator``: wait, deferred, until the webhook receiver has every result of a run.
+
+A ``BaseOperator``, not a sensor: it never pokes in a worker slot. ``execute`` checks once and returns
+at once if nothing waits, else defers to the triggerer; the wait's own deadline is ``wait_timeout``,
+after which it goes on with partial results. (A ``BaseSensorOperator`` would promise ``timeout``,
+``soft_fail``, ``mode`` and ``poke_interval`` semantics this wait does not have.)
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,16 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator
+from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException
 
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
-from copyleaks_provider.triggers import CopyleaksScanResultsTrigger
 from image_audit.config import warehouse_url
+from image_audit.triggers import ScanResultsTrigger
 from image_audit.warehouse.engine import get_engine, is_postgres
+from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import count_scan_states_sync, mark_timed_out, waiting
-from image_audit.warehouse.schema import ScanState
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -31,11 +37,11 @@ POLL_INTERVAL_WITHOUT_NOTIFY = 2.0
 DEFER_GRACE = timedelta(minutes=10)
 
 
-class CopyleaksScanResultsSensor(BaseSensorOperator):
+class WaitForScanResultsOperator(BaseOperator):
     """Wait until no scan of a run awaits its Copyleaks callback; holds no worker slot meanwhile.
 
     Always deferrable: ``execute`` checks once and returns at once if nothing waits, else hands the
-    wait to the triggerer (:class:`~copyleaks_provider.triggers.CopyleaksScanResultsTrigger`).
+    wait to the triggerer (:class:`~image_audit.triggers.ScanResultsTrigger`).
 
     On ``wait_timeout`` the scans still waiting become ``timed_out`` (the next run resubmits them) and
     the task still succeeds, returning ``partial: True``: the report goes on with what arrived and says
@@ -85,9 +91,6 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
             raise ValueError(f"wait_timeout must not be negative, got {value!r}")
         return timeout
 
-    def poke(self, context: Context) -> bool:
-        return waiting(count_scan_states_sync(get_engine(), *self._run_key(context))) == 0
-
     def execute(self, context: Context) -> dict[str, Any]:
         dag_id, run_id = self._run_key(context)
         timeout = self._timeout()
@@ -102,7 +105,7 @@ class CopyleaksScanResultsSensor(BaseSensorOperator):
             deadline.isoformat(timespec="seconds"),
         )
         self.defer(
-            trigger=CopyleaksScanResultsTrigger(dag_id, run_id, deadline, self._poll_interval()),
+            trigger=ScanResultsTrigger(dag_id, run_id, deadline, self._poll_interval()),
             method_name="execute_complete",
             timeout=timeout + DEFER_GRACE,
         )

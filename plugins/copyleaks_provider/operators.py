@@ -1,16 +1,20 @@
-"""``CopyleaksSubmitImagesOperator``: submit one batch of planned scans to Copyleaks.
+"""``CopyleaksSubmitImagesOperator``: submit images to Copyleaks' async AI image detector.
 
-The batch's rows live in the warehouse (only the batch id travels through XCom). Each outcome is
-recorded as it arrives, so a retried task skips what was already accepted and resubmits the rest
-with the same deterministic scan ids.
+Copyleaks answers each submission at once and POSTs the result to the connection's webhook later
+(:mod:`copyleaks_provider.receiver`). The operator submits through the hook's async client (the
+account's shared token and request budget), sorts every answer into submitted / rejected / pending,
+and stops the task on an account-level error. Pipelines that keep their scans in a database subclass
+it and override :meth:`~CopyleaksSubmitImagesOperator.record` to write each outcome as it arrives.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -26,11 +30,9 @@ from copyleaks_provider.exceptions import (
     CopyleaksLoginBlockedError,
     CopyleaksValidationError,
 )
-from copyleaks_provider.hooks import CopyleaksHook, SubmitRequest
+from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
-from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.scans import load_unsent_scans, record_submit_error, record_transitions
-from image_audit.warehouse.schema import ScanState
+from copyleaks_provider.validation import SubmitRequest
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -38,24 +40,64 @@ if TYPE_CHECKING:
 #: Account-level errors: no later request of this task can succeed, so it stops. Bad credentials and no
 #: credits fail it for good; a login block fails this try, and the task's retry comes after the block.
 ACCOUNT_ERRORS = (CopyleaksAuthError, CopyleaksCreditsError, CopyleaksLoginBlockedError)
+#: Seconds between two calls of ``record`` at most, however few outcomes arrived meanwhile.
+RECORD_EVERY_SECONDS = 2.0
+
+
+class SubmissionState(StrEnum):
+    SUBMITTED = "submitted"  # Copyleaks holds the scan: 201, or 409 for a scan id it already has
+    REJECTED = "rejected"  # refused for good: an invalid request, or Copyleaks' 400
+    PENDING = "pending"  # not accepted this time (rate limit, 5xx, network) after the retries
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What became of one scan's submission; ``reason`` for a rejected or pending one."""
+
+    scan_id: str
+    state: SubmissionState
+    reason: str | None = None
+
+
+@dataclass
+class SubmitSummary:
+    submitted: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, str] = field(default_factory=dict)
+
+    def add(self, submission: Submission) -> None:
+        if submission.state == SubmissionState.SUBMITTED:
+            self.submitted += 1
+        elif submission.state == SubmissionState.REJECTED:
+            self.rejected[submission.scan_id] = submission.reason or ""
+        else:
+            self.pending[submission.scan_id] = submission.reason or ""
+
+    def counts(self) -> dict[str, int]:
+        return {"submitted": self.submitted, "rejected": len(self.rejected), "pending": len(self.pending)}
 
 
 class CopyleaksSubmitImagesOperator(BaseOperator):
-    """Submit the ``pending`` scans of warehouse batch ``batch_id`` to Copyleaks' async image detector.
+    """Submit ``images`` to Copyleaks' async AI image detector; results go to the webhook.
 
-    :param batch_id: the batch to submit (from the planning task).
+    :param images: the images, each a mapping with ``scan_id``, ``url``, ``file_name`` and optionally
+        ``model``, ``sandbox``, ``headers`` (pairs Copyleaks sends when fetching the URL) or
+        ``headers_conn_id`` (an Airflow connection whose extra holds them). Templated.
     :param copyleaks_conn_id: the Copyleaks connection (credentials, hosts, webhook base and secret).
-    :param model: detection model (alias or full name); ``None`` sends each scan's planned model.
+    :param model: detection model (alias or full name) for every image; ``None``: each image's own,
+        else the default model.
     :param mask_type: ``heatmap`` or ``None``.
-    :param sandbox: mock results, no credits; ``None`` sends what planning recorded for each scan (the
-        report's credits count on it).
+    :param sandbox: mock results, no credits; ``None``: each image's own, else the connection's.
     :param developer_payload: echoed back in each webhook.
     :param webhook_base_url: overrides the connection's public receiver URL.
-    :param flush_every: outcomes recorded per warehouse write (bounds what a crash can forget).
+    :param flush_every: outcomes handed to :meth:`record` at a time (bounds what a crash can forget).
+
+    Returns (XCom) ``{"submitted": n, "rejected": {scan_id: reason}, "pending": {scan_id: reason}}``;
+    the task fails (and its retry resubmits the same deterministic scan ids) when any is pending.
     """
 
     template_fields: Sequence[str] = (
-        "batch_id",
+        "images",
         "model",
         "mask_type",
         "sandbox",
@@ -67,7 +109,7 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
     def __init__(
         self,
         *,
-        batch_id: str,
+        images: Sequence[Mapping[str, Any]] | str = (),
         copyleaks_conn_id: str = DEFAULT_CONN_ID,
         model: str | None = None,
         mask_type: str | None = None,
@@ -78,7 +120,7 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.batch_id = batch_id
+        self.images = images
         self.copyleaks_conn_id = copyleaks_conn_id
         self.model = model
         self.mask_type = mask_type
@@ -99,60 +141,70 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
             )
         return hook
 
-    def execute(self, context: Context) -> dict[str, int]:
-        engine = get_engine()
-        scans = load_unsent_scans(engine, self.batch_id)
-        if not scans:
-            self.log.info("Batch %s: nothing left to submit", self.batch_id)
-            return {"submitted": 0, "rejected": 0, "pending": 0}
-        self.log.info("Batch %s: submitting %d images", self.batch_id, len(scans))
-        requests, invalid = self._build_requests(scans)
-        record_transitions(engine, invalid)
-        counts = asyncio.run(self._submit(engine, requests))
-        counts["rejected"] += len(invalid)
-        self.log.info("Batch %s done: %s", self.batch_id, counts)
-        if counts["pending"]:
-            raise AirflowException(
-                f"{counts['pending']} of {len(scans)} submissions of batch {self.batch_id} failed after "
-                "retries (rate limits, Copyleaks errors or network); the task's retry resubmits only those"
-            )
-        return counts
+    def execute(self, context: Context) -> dict[str, Any]:
+        summary = self.submit_images(list(self.images or ()))
+        self.raise_if_pending(summary, "images")
+        return {"submitted": summary.submitted, "rejected": summary.rejected, "pending": summary.pending}
 
-    def _build_requests(self, scans: list[dict]) -> tuple[list[SubmitRequest], list[tuple]]:
+    def record(self, submissions: list[Submission]) -> None:
+        """Called (in a thread) with outcomes as they arrive, and once more when the task stops."""
+
+    def submit_images(self, images: Iterable[Mapping[str, Any]]) -> SubmitSummary:
+        """Validate and submit ``images``; every outcome goes to :meth:`record` before this returns."""
+        requests, invalid = self._build_requests(images)
+        summary = SubmitSummary()
+        for submission in invalid:
+            summary.add(submission)
+        if invalid:
+            self.record(invalid)
+        asyncio.run(self._submit(requests, summary))
+        return summary
+
+    def raise_if_pending(self, summary: SubmitSummary, what: str) -> None:
+        if summary.pending:
+            raise AirflowException(
+                f"{len(summary.pending)} submissions of {what} failed after retries (rate limits, "
+                "Copyleaks errors or network); the task's retry resubmits only those"
+            )
+
+    def _build_requests(self, images: Iterable[Mapping[str, Any]]) -> tuple[list[SubmitRequest], list]:
         requests, invalid = [], []
-        headers_by_ref: dict[str, list[tuple[str, str]]] = {}
-        for scan in scans:
+        headers_by_conn: dict[str, list[tuple[str, str]]] = {}
+        for image in images:
             try:
-                ref = scan["fetch_headers_ref"]
-                if ref and ref not in headers_by_ref:
-                    headers_by_ref[ref] = fetch_headers(ref)
+                headers = image.get("headers")
+                if conn_id := image.get("headers_conn_id"):
+                    if conn_id not in headers_by_conn:
+                        headers_by_conn[conn_id] = fetch_headers(conn_id)
+                    headers = headers_by_conn[conn_id]
+                model = self.model or image.get("model")
                 requests.append(
                     self.hook.build_submit_request(
-                        scan["scan_id"],
-                        scan["url"],
-                        scan["file_name"],
-                        model=self.model or scan["model"],
+                        image["scan_id"],
+                        image["url"],
+                        image["file_name"],
+                        **({"model": model} if model else {}),
                         mask_type=self.mask_type or None,
-                        headers=headers_by_ref.get(ref) if ref else None,
-                        sandbox=scan["sandbox"] if self.sandbox is None else self.sandbox,
+                        headers=headers,
+                        sandbox=image.get("sandbox") if self.sandbox is None else self.sandbox,
                         developer_payload=self.developer_payload or None,
                     )
                 )
             except CopyleaksValidationError as exc:
-                invalid.append((scan["scan_id"], ScanState.REJECTED, f"not submitted: {exc}"))
+                reason = f"not submitted: {exc}"
+                invalid.append(Submission(image["scan_id"], SubmissionState.REJECTED, reason))
         return requests, invalid
 
-    async def _submit(self, engine, requests: list[SubmitRequest]) -> dict[str, int]:
-        counts = {"submitted": 0, "rejected": 0, "pending": 0}
-        changes: list[tuple[str, ScanState, str | None]] = []
-        transient: dict[str, list[str]] = {}
+    async def _submit(self, requests: list[SubmitRequest], summary: SubmitSummary) -> None:
+        unrecorded: list[Submission] = []
         account_error: CopyleaksError | None = None
         last_flush = time.monotonic()
 
         async def flush() -> None:
             nonlocal last_flush
-            batch, changes[:] = list(changes), []
-            await asyncio.to_thread(record_transitions, engine, batch)
+            batch, unrecorded[:] = list(unrecorded), []
+            if batch:
+                await asyncio.to_thread(self.record, batch)
             last_flush = time.monotonic()
 
         try:
@@ -161,56 +213,54 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
                 aclosing(client.submit_many(requests)) as outcomes,
             ):
                 async for outcome in outcomes:
-                    error = outcome.error
-                    if error is None or isinstance(error, CopyleaksConflictError):
-                        # 409 on a deterministic id: Copyleaks already holds this scan from an earlier try.
-                        changes.append((outcome.scan_id, ScanState.SUBMITTED, None))
-                        counts["submitted"] += 1
-                    elif isinstance(error, ACCOUNT_ERRORS):
-                        account_error = error
+                    if isinstance(outcome.error, ACCOUNT_ERRORS):
+                        account_error = outcome.error
                         break
-                    elif isinstance(error, CopyleaksBadRequestError | CopyleaksValidationError):
-                        changes.append(
-                            (outcome.scan_id, ScanState.REJECTED, f"Copyleaks refused it: {error}")
-                        )
-                        counts["rejected"] += 1
-                    else:
-                        transient.setdefault(type(error).__name__ + ": " + str(error), []).append(
-                            outcome.scan_id
-                        )
-                        counts["pending"] += 1
-                    if len(changes) >= self.flush_every or time.monotonic() - last_flush > 2.0:
+                    submission = _submission(outcome.scan_id, outcome.error)
+                    summary.add(submission)
+                    unrecorded.append(submission)
+                    if (
+                        len(unrecorded) >= self.flush_every
+                        or time.monotonic() - last_flush > RECORD_EVERY_SECONDS
+                    ):
                         await flush()
-        finally:  # what Copyleaks accepted is recorded even when the batch stops on an exception
+        finally:  # what Copyleaks accepted is recorded even when the task stops on an exception
             await flush()
-        for message, scan_ids in transient.items():
-            await asyncio.to_thread(record_submit_error, engine, scan_ids, message)
         if isinstance(account_error, CopyleaksLoginBlockedError):
             raise AirflowException(
-                f"{counts['submitted']} images were submitted before it stopped. {account_error}"
+                f"{summary.submitted} images were submitted before it stopped. {account_error}"
             )
         if account_error is not None:
-            raise AirflowFailException(_account_error_message(account_error, counts))
-        return counts
+            raise AirflowFailException(_account_error_message(account_error, summary.submitted))
 
 
-def fetch_headers(ref: str) -> list[tuple[str, str]]:
-    """Headers Copyleaks must send to fetch an image, from the Airflow connection named by ``ref``.
+def _submission(scan_id: str, error: CopyleaksError | None) -> Submission:
+    if error is None or isinstance(error, CopyleaksConflictError):
+        # 409 on a deterministic id: Copyleaks already holds this scan from an earlier try.
+        return Submission(scan_id, SubmissionState.SUBMITTED)
+    if isinstance(error, CopyleaksBadRequestError | CopyleaksValidationError):
+        return Submission(scan_id, SubmissionState.REJECTED, f"Copyleaks refused it: {error}")
+    return Submission(scan_id, SubmissionState.PENDING, f"{type(error).__name__}: {error}")
+
+
+def fetch_headers(conn_id: str) -> list[tuple[str, str]]:
+    """Headers Copyleaks must send to fetch an image, from the Airflow connection ``conn_id``.
 
     The connection's extra holds ``{"headers": {"Authorization": "..."}}`` (or a list of pairs); being
     a connection, its values are masked in logs.
     """
-    headers = BaseHook.get_connection(ref).extra_dejson.get("headers") or {}
+    headers = BaseHook.get_connection(conn_id).extra_dejson.get("headers") or {}
     pairs = headers.items() if isinstance(headers, dict) else headers
     return [(str(name), str(value)) for name, value in pairs]
 
 
-def _account_error_message(error: CopyleaksError, counts: dict[str, int]) -> str:
-    done = f"{counts['submitted']} images of this batch were submitted before it stopped"
+def _account_error_message(error: CopyleaksError, submitted: int) -> str:
+    done = f"{submitted} images were submitted before it stopped"
     if isinstance(error, CopyleaksCreditsError):
         return (
-            f"Copyleaks has no credits left on this account (402). {done}; the rest stay pending and "
-            "the next run submits them. Top up credits, or run with sandbox=True to test without credits."
+            f"Copyleaks has no credits left on this account (402). {done}; the rest were not submitted "
+            "(a retry or the next run submits them). Top up credits, or run with sandbox=True to test "
+            "without credits."
         )
     return (
         f"Copyleaks refused the credentials ({error.status_code}). {done}. Check the email and API key "

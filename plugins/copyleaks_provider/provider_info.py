@@ -9,9 +9,9 @@ from __future__ import annotations
 def get_provider_info() -> dict:
     """The provider dict (schema: ``airflow/provider_info.schema.json``); form fields go to ``extra``."""
     return {
-        "package-name": "image-audit",
-        "name": "Copyleaks AI Image Detector (image-audit)",
-        "description": "Audit image catalogs for AI-generated pictures with Copyleaks.",
+        "package-name": "airflow-provider-copyleaks",
+        "name": "Copyleaks AI Image Detector",
+        "description": "Detect AI-generated images with Copyleaks: hook, submit operator, webhook receiver.",
         "versions": ["0.1.0"],
         "connection-types": [
             {

@@ -1,11 +1,10 @@
 """The webhook receiver: where Copyleaks POSTs each scan's result.
 
-One FastAPI app, mounted in the Airflow api-server by ``plugins/copyleaks_plugin.py`` and runnable
-alone for a public edge (``python -m copyleaks_provider.receiver``). It authenticates every callback
-itself (a mounted app gets none of Airflow's auth): the URL's token must be the HMAC of the scan id
-with a current or previous webhook secret, checked before the body is read. The scan id is the URL's,
-never the body's. Then it stores the callback exactly once and commits before answering 2xx, so
-Copyleaks' retries cover any failure.
+A FastAPI app that authenticates every callback itself (mounted in the Airflow api-server, an app gets
+none of Airflow's auth): the URL's token must be the HMAC of the scan id with a current or previous
+webhook secret, checked before the body is read. The scan id is the URL's, never the body's. Then it
+hands the callback to the :class:`~copyleaks_provider.callbacks.CallbackSink` it was given, which
+stores it durably before the receiver answers 2xx, so Copyleaks' retries cover any failure.
 
 Bodies: a detection result (model, result, summary, imageInfo) completes the scan; an error webhook,
 in Copyleaks' documented shape ``{"status": 1, "error": {"type", "id", "code", "message"}}`` (no
@@ -13,21 +12,19 @@ in Copyleaks' documented shape ``{"status": 1, "error": {"type", "id", "code", "
 An authenticated body this receiver does not recognise is never refused: a 4xx makes Copyleaks retry,
 then drop the callback for good. Any JSON value that is not a valid result or error (an object that
 fails validation, and also an array, string, number or null: JSON, so Copyleaks sent something) is
-kept verbatim in ``audit_failed_callbacks`` and fails the scan with a reason saying so. The only body
-still refused is one whose ``scannedDocument.scanId`` names another scan (a callback replayed or sent
-to the wrong URL: 422).
+handed to the sink as unrecognised (to keep verbatim), failing the scan with a reason saying so. The
+only body still refused is one whose ``scannedDocument.scanId`` names another scan (a callback
+replayed or sent to the wrong URL: 422).
 
 Answers: 200 ``stored`` / ``duplicate`` / ``failed_recorded`` / ``unrecognised_recorded``; 401 no token,
 403 wrong token (both before the body is read: nothing written); 400 not JSON (or nested too deeply),
-413 too large, 422 a body for another scan, 404 unknown scan (nothing written); 503 warehouse or
-secrets unavailable (retry later).
+413 too large, 422 a body for another scan, 404 unknown scan (nothing written); 503 sink or secrets
+unavailable (retry later).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import gc
 import json
 import logging
 import re
@@ -39,16 +36,17 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from copyleaks_provider.callbacks import (
+    Callback,
+    CallbackOutcome,
+    CallbackSink,
+    CallbackSinkUnavailable,
+    CallbackTooDeep,
+)
 from copyleaks_provider.models import WebhookBody
 from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
 from copyleaks_provider.webhook_auth import verify_webhook_token
-from image_audit.config import warehouse_url as configured_warehouse_url
-from image_audit.warehouse.engine import create_async_warehouse_engine, is_postgres
-from image_audit.warehouse.results import Callback, CallbackOutcome, CallbackWriter
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +58,6 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 SECRETS_TTL_SECONDS = 60.0
 #: After a failed read of the connection, how long before it is tried again (not once per request).
 SECRETS_RETRY_SECONDS = 5.0
-#: Upper bound on waiting for the warehouse (connect, pool checkout, each statement), so a stalled
-#: database gives a 503 well inside Copyleaks' 70 s delivery timeout instead of a hung request.
-DATABASE_TIMEOUT_SECONDS = 10.0
-#: Connections per worker process: the group-commit writers' and the health checks'.
-POOL_SIZE, POOL_OVERFLOW = 8, 8
-#: Concurrent group-commit transactions per worker process on PostgreSQL (SQLite has one writer).
-POSTGRES_WRITERS = 2
-
 SecretsSource = Sequence[str] | Callable[[], Sequence[str]]
 
 
@@ -123,50 +113,6 @@ class _WebhookSecrets:
                 type(exc).__name__,
                 "; keeping the ones read before" if self._cached else "",
             )
-
-
-class _Warehouse:
-    """The async engine and its callback writer, created on first use: the plugin module is imported by
-    every Airflow component, and an async pool belongs to the event loop (and process) that serves."""
-
-    def __init__(self, url: str | None):
-        self._url = url
-        self._engine: AsyncEngine | None = None
-        self._writer: CallbackWriter | None = None
-
-    @property
-    def writer(self) -> CallbackWriter:
-        if self._writer is None:
-            engine = self.engine
-            writers = POSTGRES_WRITERS if engine.dialect.name == "postgresql" else 1
-            self._writer = CallbackWriter(engine, writers=writers)
-        return self._writer
-
-    @property
-    def engine(self) -> AsyncEngine:
-        if self._engine is None:
-            url = self._url or configured_warehouse_url()
-            options: dict[str, Any] = {}
-            if is_postgres(url):
-                timeout = DATABASE_TIMEOUT_SECONDS
-                options["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
-            self._engine = create_async_warehouse_engine(
-                url,
-                write_transactions=True,
-                pool_size=POOL_SIZE,
-                max_overflow=POOL_OVERFLOW,
-                pool_timeout=DATABASE_TIMEOUT_SECONDS,
-                **options,
-            )
-        return self._engine
-
-    async def dispose(self) -> None:
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer.close()
-        if self._engine is not None:
-            engine, self._engine = self._engine, None
-            await engine.dispose()
 
 
 class _BodyTooLarge(Exception):
@@ -266,26 +212,24 @@ def _names_another_scan(scan_id: str, raw: Any) -> bool:
 
 
 def create_receiver_app(
+    sink: CallbackSink,
     *,
-    warehouse_url: str | None = None,
     webhook_secrets: SecretsSource | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     conn_id: str = DEFAULT_CONN_ID,
     secrets_ttl_seconds: float = SECRETS_TTL_SECONDS,
 ) -> FastAPI:
-    """The receiver app; nothing is connected or read until the first request.
+    """The receiver app, storing into ``sink``; nothing is read until the first request.
 
-    ``warehouse_url``: default ``image_audit.config.warehouse_url()`` (read at first use).
     ``webhook_secrets``: a list (fixed), or a callable re-read every ``secrets_ttl_seconds``; default:
     the current and previous secrets of the Airflow connection ``conn_id``, re-read likewise.
     """
     secrets = _WebhookSecrets(webhook_secrets, conn_id, secrets_ttl_seconds)
-    warehouse = _Warehouse(warehouse_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        await warehouse.dispose()
+        await sink.close()
 
     app = FastAPI(
         title="Copyleaks webhook receiver",
@@ -336,18 +280,16 @@ def create_receiver_app(
             log.warning("Callback for %s not recognised: %s", _shown(scan_id), callback.problem)
 
         try:
-            outcome = await warehouse.writer.store(callback)
-        except (SQLAlchemyError, OSError, RecursionError) as exc:
-            # Parsed, but too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError):
-            # the body's fault, so no 503 that Copyleaks would retry for ever. Rolled back: nothing written.
-            if isinstance(exc, RecursionError) or isinstance(getattr(exc, "orig", None), RecursionError):
-                log.info("Callback for %s refused: JSON nested too deeply to store", _shown(scan_id))
-                return _problem(400, "the body is nested too deeply")
+            outcome = await sink.store(callback)
+        except (CallbackTooDeep, RecursionError):
+            # Parsed, but too deep to store: the body's fault, so no 503 that Copyleaks would retry for
+            # ever. Nothing written.
+            log.info("Callback for %s refused: JSON nested too deeply to store", _shown(scan_id))
+            return _problem(400, "the body is nested too deeply")
+        except (CallbackSinkUnavailable, OSError) as exc:
             # OSError covers refused connections and timeouts (TimeoutError is an OSError).
-            log.warning(
-                "Callback for %s not stored, warehouse unavailable (%s)", _shown(scan_id), type(exc).__name__
-            )
-            return _problem(503, "the warehouse is unavailable; retry later")
+            log.warning("Callback for %s not stored, storage unavailable (%s)", _shown(scan_id), _cause(exc))
+            return _problem(503, "the callback store is unavailable; retry later")
         if outcome == CallbackOutcome.UNKNOWN_SCAN:
             log.info("Callback for %s refused: unknown scan", _shown(scan_id))
             return _problem(404, "unknown scan")
@@ -355,40 +297,18 @@ def create_receiver_app(
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        """200 when the warehouse answers, 503 otherwise (for load balancers and compose healthchecks)."""
+        """200 when the sink can store, 503 otherwise (for load balancers and compose healthchecks)."""
         try:
-            async with warehouse.engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except (SQLAlchemyError, OSError) as exc:
-            log.warning("Health check: warehouse unreachable (%s)", type(exc).__name__)
-            return _problem(503, "warehouse unreachable")
+            await sink.check()
+        except (CallbackSinkUnavailable, OSError) as exc:
+            log.warning("Health check: callback store unreachable (%s)", _cause(exc))
+            return _problem(503, "callback store unreachable")
         return JSONResponse({"status": "ok"})
 
     return app
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Serve the receiver alone (a public edge). Secrets come from ``AIRFLOW_CONN_<CONN_ID>`` or a
-    configured secrets backend; the Airflow metadata database is not consulted outside Airflow."""
-    import uvicorn
-
-    parser = argparse.ArgumentParser(description="Run the Copyleaks webhook receiver alone")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8090)
-    parser.add_argument(
-        "--conn-id", default=DEFAULT_CONN_ID, help="the Copyleaks connection (webhook secrets)"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_receiver_app(conn_id=args.conn_id)
-    # Import now what the first callback would (reading the connection imports Airflow), then exempt
-    # every object alive from garbage collection: full collections over that import graph otherwise
-    # stall the event loop ~80 ms at a time, which is the receiver's p99 under load.
-    from airflow.sdk import BaseHook  # noqa: F401
-
-    gc.freeze()
-    uvicorn.run(app, host=args.host, port=args.port, access_log=False)
-
-
-if __name__ == "__main__":
-    main()
+def _cause(exc: BaseException) -> str:
+    """The exception's type and its cause's (never its text: a driver's message may hold a DSN)."""
+    cause = exc.__cause__
+    return type(exc).__name__ + (f" from {type(cause).__name__}" if cause is not None else "")

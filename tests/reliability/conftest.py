@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from image_audit.warehouse.schema import ScanState
+from image_audit.warehouse.lifecycle import ScanState
 
 #: Figures summed over the session; printed by ``pytest_terminal_summary``.
 FIGURES: Counter[str] = Counter()

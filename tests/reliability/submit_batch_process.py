@@ -10,9 +10,9 @@ import sys
 
 
 def submit_batch(batch_id: str) -> dict[str, int]:
-    from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
+    from image_audit.operators import SubmitAuditBatchOperator
 
-    return CopyleaksSubmitImagesOperator(task_id="submit_batch", batch_id=batch_id).execute({})
+    return SubmitAuditBatchOperator(task_id="submit_batch", batch_id=batch_id).execute({})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import contextlib
 import socket
 import threading
 
-from image_audit.servers import free_port
+from image_audit_dev.servers import free_port
 
 
 class TcpProxy:

@@ -1,6 +1,6 @@
 """Load: 10,000 callbacks at the receiver's maximum rate on PostgreSQL; every result stored exactly once.
 
-The receiver runs as in production (``python -m copyleaks_provider.receiver``, secrets from the
+The receiver runs as in production (``python -m image_audit.receiver``, secrets from the
 Copyleaks connection) in its own process; the load generator plays Copyleaks with high concurrency
 and, like Copyleaks, retries a delivery that did not get a 2xx.
 """
@@ -21,9 +21,9 @@ from sqlalchemy import func, select
 
 from bench.ingest import seed_submitted
 from copyleaks_provider.webhook_auth import webhook_url
-from image_audit.servers import free_port, server_process
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans, migrate
+from image_audit_dev.servers import free_port, server_process
 from tests.conftest import ROOT, requires_postgres
 from tests.reliability.conftest import FIGURES, SECRETS_USED
 from tests.test_receiver import result_body
@@ -49,7 +49,7 @@ def _receiver(warehouse: str, secret: str):
         "IMAGE_AUDIT_WAREHOUSE_URL": warehouse,
         "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
     }
-    command = [sys.executable, "-m", "copyleaks_provider.receiver", "--port", str(port)]
+    command = [sys.executable, "-m", "image_audit.receiver", "--port", str(port)]
     return server_process(command, port=port, env=env)
 
 

@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 
-from image_audit.servers import free_port
+from image_audit_dev.servers import free_port
 from tests.conftest import DAY
 
 pytestmark = pytest.mark.slow

@@ -14,11 +14,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from copyleaks_provider.receiver import create_receiver_app
 from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.sample_catalog import seed_catalog
-from image_audit.servers import BackgroundServer
+from image_audit.receiver import create_warehouse_receiver_app
 from image_audit.warehouse.schema import audit_scans
+from image_audit_dev.sample_catalog import seed_catalog
+from image_audit_dev.servers import BackgroundServer
 from tests.conftest import DAY
 from tests.reliability.conftest import FIGURES, SECRETS_USED, check_invariants
 from tests.test_receiver import result_body, seed_scan
@@ -181,11 +181,11 @@ def test_webhook_secret_rotation_accepts_old_and_new_until_the_old_is_dropped(
         ).status_code
 
     connection(new, [old])  # rotated: scans submitted before still carry tokens of the old secret
-    with BackgroundServer(create_receiver_app(warehouse_url=sqlite_warehouse_url)) as server:
+    with BackgroundServer(create_warehouse_receiver_app(warehouse_url=sqlite_warehouse_url)) as server:
         assert post(server, old, "rot-old") == 200
         assert post(server, new, "rot-new") == 200
         assert post(server, "never-configured", "rot-dropped") == 403
     connection(new, [])  # grace period over
-    with BackgroundServer(create_receiver_app(warehouse_url=sqlite_warehouse_url)) as server:
+    with BackgroundServer(create_warehouse_receiver_app(warehouse_url=sqlite_warehouse_url)) as server:
         assert post(server, old, "rot-dropped") == 403
         assert post(server, new, "rot-dropped") == 200

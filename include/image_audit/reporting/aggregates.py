@@ -26,9 +26,9 @@ from sqlalchemy import (
     select,
 )
 
-from image_audit.planning import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
 from image_audit.reporting.verdicts import Thresholds, Verdict, verdict_sql
-from image_audit.warehouse.schema import ScanState, audit_results, audit_scans
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_results, audit_scans
 
 #: Buckets of the AI-proportion histogram: [0, 0.05), [0.05, 0.10), ... [0.95, 1.0].
 HISTOGRAM_BINS = 20
@@ -326,33 +326,6 @@ def iter_image_rows(
     columns = list(result.keys())
     for part in result.partitions():
         yield pd.DataFrame([tuple(row) for row in part], columns=columns)
-
-
-#: Why a scan waits for a later run, from its ``last_error`` (see ``image_audit.planning``).
-BACKLOG_REASONS = ("window", "budget", "unsent")
-
-
-def backlog(conn: Connection, dag_id: str) -> dict[str, int]:
-    """Scans of the DAG waiting for a later run (``pending``, no batch), by the cap that held them back.
-
-    Across the DAG's runs, not only this one: deferred scans keep the run that deferred them until a later
-    run adopts them. ``unsent``: released when their run ended before submitting them (no cap involved).
-    """
-    s = audit_scans.c
-    reason = case(
-        (s.last_error.like(f"{DEFERRED_BY_WINDOW}%"), "window"),
-        (s.last_error.like(f"{DEFERRED_BY_BUDGET}%"), "budget"),
-        else_="unsent",
-    )
-    waiting = (
-        select(reason.label("reason"))
-        .where(s.dag_id == dag_id, s.state == ScanState.PENDING.value, s.batch_id.is_(None))
-        .subquery("waiting")
-    )
-    counts = dict.fromkeys(BACKLOG_REASONS, 0)
-    query = select(waiting.c.reason, func.count()).group_by(waiting.c.reason)
-    counts.update({key: int(n) for key, n in conn.execute(query).all()})
-    return counts
 
 
 def data_interval(conn: Connection, scope: Scope):

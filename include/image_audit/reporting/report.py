@@ -20,15 +20,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.models import decode_rle_mask
 from image_audit.config import reports_dir
-from image_audit.planning import submission_capacity, submission_minutes
 from image_audit.reporting import aggregates, charts
 from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
+from image_audit.reporting.backlog import backlog_by_reason, backlog_summary, describe_backlog
 from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_exports
 from image_audit.reporting.fetch import http_fetcher
 from image_audit.reporting.overlays import overlay_thumbnail, thumbnail_size, to_data_uri
 from image_audit.reporting.render import render_report
 from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
-from image_audit.warehouse.schema import ScanState, audit_reports
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_reports
 
 log = logging.getLogger(__name__)
 
@@ -149,76 +150,12 @@ def _summary(run, states, verdicts, histogram, credit, by_source, by_day, thresh
     }
 
 
-# --- backlog ------------------------------------------------------------------------------------------
-
-
 def _stored_window(conn: Connection, dag_id: str, run_id: str) -> tuple[float | None, float | None]:
     """The rate and window an earlier build of this run's report recorded (for a rebuild without them)."""
     r = audit_reports.c
     stored = conn.execute(select(r.summary).where(r.dag_id == dag_id, r.run_id == run_id)).scalar()
     recorded = (stored or {}).get("backlog") or {}
     return recorded.get("requests_per_second"), recorded.get("window_minutes")
-
-
-def backlog_summary(
-    by_reason: dict[str, int], requests_per_second: float | None, window_minutes: float | None
-) -> dict:
-    """The DAG's backlog and when it clears at the account's rate, later runs taking it first.
-
-    ``submission_minutes``: minutes of submission it needs (None: no rate known, or no limit);
-    ``runs_to_clear``: windows it needs (1 without a window or without a limit; None: unknown, or a window
-    of 0 minutes that never sends it).
-    """
-    scans = sum(by_reason.values())
-    capacity = submission_capacity(requests_per_second, window_minutes)
-    minutes = submission_minutes(scans, requests_per_second)
-    if requests_per_second is None:
-        runs = None
-    elif capacity is None:
-        runs = 1 if scans else 0
-    else:
-        runs = math.ceil(scans / capacity) if capacity else None
-    return {
-        "scans": scans,
-        "by_reason": dict(by_reason),
-        "requests_per_second": requests_per_second,
-        "window_minutes": window_minutes,
-        "run_capacity": capacity,
-        "submission_minutes": minutes,
-        "runs_to_clear": runs,
-    }
-
-
-def _duration(minutes: int) -> str:
-    if minutes < 120:
-        return f"{minutes:,} minute{'s' if minutes != 1 else ''}"
-    return f"{minutes / 60:,.1f} hours"
-
-
-def describe_backlog(backlog: dict) -> str:
-    """One sentence on when the backlog clears (empty when the rate is unknown)."""
-    estimate = _estimate(backlog)
-    if estimate and backlog["by_reason"].get("budget"):
-        estimate += " Those the credit budget held back go only as far as later runs' budgets allow."
-    return estimate
-
-
-def _estimate(backlog: dict) -> str:
-    rate, window = backlog["requests_per_second"], backlog["window_minutes"]
-    capacity, runs = backlog["run_capacity"], backlog["runs_to_clear"]
-    if rate is None:
-        return ""
-    if rate <= 0:
-        return "The account has no request limit: the next run submits them all."
-    text = f"At {rate:g} requests/s that is about {_duration(backlog['submission_minutes'])} of submission"
-    if window is None:
-        return f"{text}; the next run submits them all (it has no submission window)."
-    if not capacity:
-        return f"{text}, but a window of {window:g} minutes submits none."
-    each = f"{window:g} minutes, up to {capacity:,} submissions"
-    if runs == 1:
-        return f"{text}, i.e. within the next run's window ({each})."
-    return f"{text}, i.e. the windows of the next {runs:,} runs ({each} each)."
 
 
 # --- earlier runs -------------------------------------------------------------------------------------
@@ -370,7 +307,7 @@ def build_run_report(
         interval = tuple(data_interval or aggregates.data_interval(conn, scope))
         if requests_per_second is None and window_minutes is None:
             requests_per_second, window_minutes = _stored_window(conn, dag_id, run_id)
-        backlog = backlog_summary(aggregates.backlog(conn, dag_id), requests_per_second, window_minutes)
+        backlog = backlog_summary(backlog_by_reason(conn, dag_id), requests_per_second, window_minutes)
         cube = aggregates.outcome_cube(conn, scope, thresholds)
         histogram = aggregates.ai_histogram(conn, scope, thresholds)
         credit = aggregates.credits(conn, scope)

@@ -15,7 +15,8 @@ from itertools import islice
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from image_audit.warehouse.schema import ScanState, audit_scans
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_scans
 
 RunKey = tuple[str, str]  # (dag_id, run_id)
 

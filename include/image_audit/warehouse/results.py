@@ -27,9 +27,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
@@ -37,8 +35,10 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from copyleaks_provider.callbacks import Callback, CallbackOutcome
 from copyleaks_provider.models import WebhookBody
-from image_audit.warehouse.schema import ScanState, audit_failed_callbacks, audit_results, audit_scans
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, audit_scans
 
 log = logging.getLogger(__name__)
 
@@ -52,43 +52,6 @@ UNAVAILABLE_ERRORS = (
     sa_exc.TimeoutError,
     OSError,
 )
-
-
-#: How the reason of a body the receiver does not recognise starts (then a short validation summary).
-UNRECOGNISED_REASON = "Copyleaks sent a callback this receiver does not recognise: "
-
-
-class CallbackOutcome(StrEnum):
-    STORED = "stored"  # a detection result, stored; the scan is completed
-    FAILED_RECORDED = "failed_recorded"  # an error callback, kept; the scan is failed with Copyleaks' message
-    UNRECOGNISED_RECORDED = "unrecognised_recorded"  # an unrecognised body, kept; the scan is failed
-    DUPLICATE = "duplicate"  # the scan is unchanged (a result already stored, or already failed)
-    UNKNOWN_SCAN = "unknown_scan"  # no such scan: nothing written
-
-
-@dataclass(frozen=True)
-class Callback:
-    """One authenticated callback for ``scan_id`` (the id of its URL).
-
-    ``body``: the validated body, or None when it was not recognised; then ``problem`` says why (no
-    values from the body). ``raw``: the body as received (any JSON value), kept verbatim in ``raw_body``.
-    """
-
-    scan_id: str
-    body: WebhookBody | None
-    raw: Any
-    problem: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.body is None and not self.problem:
-            raise ValueError("an unrecognised callback needs the problem found with it")
-
-    @property
-    def failure_reason(self) -> str | None:
-        """The scan's ``last_error`` if this callback fails it; None for a detection result."""
-        if self.body is None:
-            return UNRECOGNISED_REASON + (self.problem or "")
-        return self.body.failure_reason() if self.body.is_error else None
 
 
 async def store_callbacks(

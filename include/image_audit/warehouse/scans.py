@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 
 from sqlalchemy import Engine, bindparam, select, update
 
-from image_audit.warehouse.schema import ScanState, audit_scans
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_scans
 
 
 def load_unsent_scans(engine: Engine, batch_id: str) -> list[dict]:

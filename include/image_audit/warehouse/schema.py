@@ -11,8 +11,6 @@ Hot queries and the indexes that serve them:
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from sqlalchemy import (
     JSON,
     Boolean,
@@ -34,18 +32,6 @@ from sqlalchemy.exc import OperationalError
 metadata = MetaData()
 TZ = DateTime(timezone=True)
 
-
-class ScanState(StrEnum):
-    PENDING = "pending"  # planned, not yet accepted by Copyleaks
-    SUBMITTED = "submitted"  # Copyleaks answered 201; waiting for the webhook
-    COMPLETED = "completed"  # a detection result is stored
-    FAILED = "failed"  # Copyleaks reported an error for this image (error webhook)
-    TIMED_OUT = "timed_out"  # no webhook before the run's wait ended; a later run retries it
-    REJECTED = "rejected"  # never sent: bad catalog row, or Copyleaks refused the request (400)
-
-
-TERMINAL_STATES = frozenset({ScanState.COMPLETED, ScanState.FAILED, ScanState.TIMED_OUT, ScanState.REJECTED})
-WAITING_STATES = frozenset({ScanState.PENDING, ScanState.SUBMITTED})
 
 #: The catalog table as the demo and most data teams have it. The DAG only reads it, and its table and
 #: column names are configurable (``image_audit.catalog.CatalogSpec``).

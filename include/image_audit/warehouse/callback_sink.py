@@ -1,0 +1,83 @@
+"""The warehouse as the webhook receiver's sink: callbacks group-committed by :class:`CallbackWriter`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable, CallbackTooDeep
+from image_audit.config import warehouse_url as configured_warehouse_url
+from image_audit.warehouse.engine import create_async_warehouse_engine, is_postgres
+from image_audit.warehouse.results import CallbackWriter
+
+#: Upper bound on waiting for the warehouse (connect, pool checkout, each statement), so a stalled
+#: database gives a 503 well inside Copyleaks' 70 s delivery timeout instead of a hung request.
+DATABASE_TIMEOUT_SECONDS = 10.0
+#: Connections per worker process: the group-commit writers' and the health checks'.
+POOL_SIZE, POOL_OVERFLOW = 8, 8
+#: Concurrent group-commit transactions per worker process on PostgreSQL (SQLite has one writer).
+POSTGRES_WRITERS = 2
+
+
+class WarehouseCallbackSink:
+    """Stores callbacks in the warehouse; the engine is created on first use: the api-server plugin
+    is imported by every Airflow component, and an async pool belongs to the event loop that serves.
+
+    ``url``: default ``image_audit.config.warehouse_url()`` (read at first use).
+    """
+
+    def __init__(self, url: str | None = None):
+        self._url = url
+        self._engine: AsyncEngine | None = None
+        self._writer: CallbackWriter | None = None
+
+    async def store(self, callback: Callback) -> CallbackOutcome:
+        try:
+            return await self._callback_writer().store(callback)
+        except SQLAlchemyError as exc:
+            # Too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError): rolled back.
+            if isinstance(getattr(exc, "orig", None), RecursionError):
+                raise CallbackTooDeep from exc
+            raise CallbackSinkUnavailable("the warehouse is unavailable") from exc
+
+    async def check(self) -> None:
+        try:
+            async with self._async_engine().connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise CallbackSinkUnavailable("the warehouse is unreachable") from exc
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            await engine.dispose()
+
+    def _callback_writer(self) -> CallbackWriter:
+        if self._writer is None:
+            engine = self._async_engine()
+            writers = POSTGRES_WRITERS if engine.dialect.name == "postgresql" else 1
+            self._writer = CallbackWriter(engine, writers=writers)
+        return self._writer
+
+    def _async_engine(self) -> AsyncEngine:
+        if self._engine is None:
+            url = self._url or configured_warehouse_url()
+            options: dict[str, Any] = {}
+            if is_postgres(url):
+                timeout = DATABASE_TIMEOUT_SECONDS
+                options["connect_args"] = {"timeout": timeout, "command_timeout": timeout}
+            self._engine = create_async_warehouse_engine(
+                url,
+                write_transactions=True,
+                pool_size=POOL_SIZE,
+                max_overflow=POOL_OVERFLOW,
+                pool_timeout=DATABASE_TIMEOUT_SECONDS,
+                **options,
+            )
+        return self._engine

@@ -1,0 +1,48 @@
+"""``python -S tests/provider_alone.py IMAGE_URL RECEIVER_PORT``: the provider used on its own.
+
+Run without ``site`` and with only ``plugins/`` and the libraries on ``PYTHONPATH``: the venv's
+editable install of the pipeline is then not importable, as in a deployment that installed the
+provider alone. It serves the provider's receiver with an in-memory sink, submits one image through
+the hook (connection from ``AIRFLOW_CONN_COPYLEAKS_DEFAULT``), waits for its result and prints JSON.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import threading
+import time
+
+import uvicorn
+
+from copyleaks_provider.callbacks import InMemoryCallbackSink
+from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.receiver import create_receiver_app
+
+
+def main(image_url: str, port: int) -> dict:
+    sink = InMemoryCallbackSink()
+    server = uvicorn.Server(uvicorn.Config(create_receiver_app(sink), port=port, log_level="warning"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    hook = CopyleaksHook()
+    hook.submit_image(hook.build_submit_request("alone-1", image_url, "alone.png", sandbox=True))
+    while "alone-1" not in sink.results and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.should_exit = True
+    result = sink.results.get("alone-1")
+    return {
+        "pipeline_importable": importlib.util.find_spec("image_audit") is not None,
+        "dev_tools_importable": importlib.util.find_spec("copyleaks_emulator") is not None,
+        "loaded": sorted(
+            {m.split(".")[0] for m in sys.modules if m.startswith(("image_audit", "copyleaks_"))}
+        ),
+        "result_model": result.body.model if result else None,
+    }
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], int(sys.argv[2]))))
