@@ -1,9 +1,15 @@
-# The Airflow image with image-audit installed (its DAG, plugin and packages).
+# The Airflow image with image-audit installed: the Copyleaks provider (plugins/) and the pipeline
+# (include/), each installed in editable mode from the very paths docker-compose.yaml mounts
+# (/opt/airflow/plugins, /opt/airflow/include, with the DAG in /opt/airflow/dags). Without mounts
+# (a production deploy) the baked-in copy runs; with them, the mounted code is what runs: no installed
+# copy in site-packages shadows it. dev/ (emulator, demo, cluster) is never copied.
 FROM apache/airflow:3.3.2-python3.11
-COPY --chown=airflow:root requirements.lock pyproject.toml /opt/image-audit/
-COPY --chown=airflow:root plugins /opt/image-audit/plugins
-COPY --chown=airflow:root include /opt/image-audit/include
-# The whole runtime tree from the hash-locked requirements.lock (./run lock refreshes it), then the
-# project itself without dependencies.
-RUN pip install --no-cache-dir --require-hashes -r /opt/image-audit/requirements.lock \
- && pip install --no-cache-dir --no-deps /opt/image-audit/plugins /opt/image-audit
+COPY --chown=airflow:root requirements.lock /opt/airflow/requirements.lock
+# The whole runtime tree from the hash-locked requirements.lock (./run lock refreshes it).
+RUN pip install --no-cache-dir --require-hashes -r /opt/airflow/requirements.lock
+COPY --chown=airflow:root pyproject.toml /opt/airflow/pyproject.toml
+COPY --chown=airflow:root plugins /opt/airflow/plugins
+COPY --chown=airflow:root include /opt/airflow/include
+COPY --chown=airflow:root dags /opt/airflow/dags
+# Then the project itself without dependencies (they are all in the lock).
+RUN pip install --no-cache-dir --no-deps -e /opt/airflow/plugins -e /opt/airflow

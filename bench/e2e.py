@@ -72,7 +72,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
             "extra": {"webhook_secret": secret},
         }
         receiver_env = {
-            "IMAGE_AUDIT_WAREHOUSE_URL": url,
+            "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": url,
             "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
         }
         with server_process(["image_audit.receiver"], receiver_env) as receiver:
@@ -94,7 +94,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
                 "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder),
                 "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
                 "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-                "IMAGE_AUDIT_WAREHOUSE_URL": url,
+                "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": url,
                 "IMAGE_AUDIT_REPORTS_DIR": str(workdir / "reports"),
                 "IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS": "true",  # the images are on the local emulator
                 "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),

@@ -63,7 +63,10 @@ def measure_receiver(backend: str, count: int, concurrency: int, workdir: Path) 
             "password": "k",
             "extra": {"webhook_secret": secret},
         }
-        env = {"IMAGE_AUDIT_WAREHOUSE_URL": url, "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection)}
+        env = {
+            "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": url,
+            "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
+        }
         with server_process(["image_audit.receiver"], env) as base:
             figures = _load(base, secret, count, concurrency)
         with get_engine(url).connect() as conn:

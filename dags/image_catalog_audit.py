@@ -22,6 +22,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, 
 
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
+from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.operators import SubmitAuditBatchOperator
 from image_audit.wait_for_results import WaitForScanResultsOperator
 
@@ -30,6 +31,8 @@ log = logging.getLogger(__name__)
 DAG_ID = "image_catalog_audit"
 #: The Copyleaks connection: credentials, webhook, and the account's request rate the window is cut to.
 COPYLEAKS_CONN_ID = DEFAULT_CONN_ID
+#: The warehouse connection (catalog, scans, results, reports); without it, the embedded SQLite file.
+WAREHOUSE_CONN_ID = DEFAULT_WAREHOUSE_CONN_ID
 #: Downstream analytics DAGs schedule on this; its events carry the report's paths and totals.
 AUDIT_REPORT_ASSET = Asset(name="image_audit_report", uri="image-audit://reports/image_catalog_audit")
 
@@ -80,7 +83,7 @@ with DAG(
 
         context = get_current_context()
         params = context["params"]
-        engine = get_engine()
+        engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
         migrate(engine)
         start, end = _data_interval(context)
         spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
@@ -127,7 +130,7 @@ with DAG(
 
         context = get_current_context()
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
-        engine = get_engine()
+        engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
         released = release_unsubmitted(engine, dag_id, run_id)
         stranded = mark_timed_out(engine, dag_id, run_id, "the run ended before its result arrived")
         if released or stranded:
@@ -169,6 +172,7 @@ with DAG(
     submitted = SubmitAuditBatchOperator.partial(
         task_id="submit_batch",
         copyleaks_conn_id=COPYLEAKS_CONN_ID,
+        warehouse_conn_id=WAREHOUSE_CONN_ID,
         mask_type="{{ params.mask_type }}",
         retries=3,
         retry_delay=timedelta(seconds=20),
@@ -177,6 +181,7 @@ with DAG(
     waited = WaitForScanResultsOperator(
         task_id="wait_for_results",
         copyleaks_conn_id=COPYLEAKS_CONN_ID,
+        warehouse_conn_id=WAREHOUSE_CONN_ID,
         wait_timeout="{{ params.wait_timeout_minutes * 60 }}",
     )
     reported = report()

@@ -25,7 +25,7 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(ROOT / "dags")
 os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
-os.environ["IMAGE_AUDIT_WAREHOUSE_URL"] = f"sqlite:///{_HOME / 'warehouse.db'}"
+os.environ["AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE"] = f"sqlite:///{_HOME / 'warehouse.db'}"
 os.environ["IMAGE_AUDIT_REPORTS_DIR"] = str(_HOME / "reports")
 # The tests' catalogs point at the emulator on loopback: the report may fetch their thumbnails there.
 os.environ["IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS"] = "true"
@@ -94,7 +94,7 @@ def warehouse_url(request, tmp_path, monkeypatch):
         databases = request.getfixturevalue("postgres_databases")
         url = databases.create()
         cleanup = databases.drop
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", url)
     migrate(get_engine(url))
     yield url
     if cleanup:
@@ -110,7 +110,7 @@ def sqlite_warehouse_url(tmp_path, monkeypatch):
     from image_audit.warehouse.schema import migrate
 
     url = _new_sqlite_url(tmp_path)
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", url)
     migrate(get_engine(url))
     yield url
     get_engine(url).dispose()

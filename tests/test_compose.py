@@ -48,8 +48,8 @@ def test_shared_settings_match_the_local_cluster(compose):
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:")
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://")
     assert (
-        env["IMAGE_AUDIT_WAREHOUSE_URL"].startswith("postgresql://")
-        and "image_audit_warehouse" in (env["IMAGE_AUDIT_WAREHOUSE_URL"])
+        env["AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE"].startswith("postgresql://")
+        and "image_audit_warehouse" in (env["AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE"])
     )
     assert "/execution/" in env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
     mounts = {v.split(":")[1] for v in common["volumes"] if v.startswith("./")}
@@ -58,11 +58,41 @@ def test_shared_settings_match_the_local_cluster(compose):
     assert "CREATE DATABASE image_audit_warehouse" in init_sql
 
 
+def _dockerfile_copies() -> dict[str, str]:
+    copies = {}
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY"):
+            *sources, target = [a for a in line.split()[1:] if not a.startswith("--")]
+            copies.update({source.rstrip("/"): target for source in sources})
+    return copies
+
+
 def test_the_image_is_airflow_332_with_the_project_installed():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM apache/airflow:3.3.2-python3.11" in dockerfile
-    assert "--require-hashes -r /opt/image-audit/requirements.lock" in dockerfile
-    assert "pip install --no-cache-dir --no-deps /opt/image-audit" in dockerfile
+    assert "--require-hashes -r /opt/airflow/requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps -e /opt/airflow/plugins -e /opt/airflow" in dockerfile
+
+
+def test_the_mounted_code_is_the_code_that_runs(compose):
+    """The image installs the provider and the pipeline in editable mode from the paths compose mounts
+    (and where Airflow looks for DAGs and plugins), so a mounted ./plugins or ./include is what runs,
+    not a copy in site-packages."""
+    copies = _dockerfile_copies()
+    mounts = dict(v.split(":")[:2] for v in compose["x-airflow-common"]["volumes"] if v.startswith("./"))
+    for folder in ("dags", "plugins", "include"):
+        assert copies[folder] == mounts[f"./{folder}"] == f"/opt/airflow/{folder}", folder
+    # The pipeline's project file sits where its `include/` is the mounted one.
+    assert copies["pyproject.toml"] == "/opt/airflow/pyproject.toml"
+    assert 'where = ["include"]' in (ROOT / "pyproject.toml").read_text()
+    assert (ROOT / "plugins" / "pyproject.toml").exists()
+    # Airflow's own folders are those paths (the image's defaults), and no service overrides them.
+    for service in compose["services"].values():
+        env = service.get("environment") or {}
+        assert "AIRFLOW__CORE__DAGS_FOLDER" not in env and "AIRFLOW__CORE__PLUGINS_FOLDER" not in env
+    # The connections every component needs are defined for every Airflow service.
+    common_env = compose["x-airflow-common"]["environment"]
+    assert {"AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", "AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE"} <= set(common_env)
 
 
 def test_receiver_is_exposed_and_the_emulator_is_an_optional_profile(compose):
@@ -98,7 +128,7 @@ def test_the_local_cluster_sets_what_every_compose_service_shares(compose, tmp_p
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
         "AIRFLOW__CELERY__BROKER_URL",
         "AIRFLOW__CELERY__RESULT_BACKEND",
-        "IMAGE_AUDIT_WAREHOUSE_URL",
+        "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE",
         "IMAGE_AUDIT_REPORTS_DIR",
         "AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE",
     }
@@ -106,7 +136,7 @@ def test_the_local_cluster_sets_what_every_compose_service_shares(compose, tmp_p
     assert local["AIRFLOW__CORE__EXECUTOR"] == shared["AIRFLOW__CORE__EXECUTOR"]
     assert local["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
     assert shared["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql")
-    assert local["IMAGE_AUDIT_WAREHOUSE_URL"].endswith("/image_audit_warehouse")
+    assert local["AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE"].endswith("/image_audit_warehouse")
     assert local["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].endswith("/image_audit_airflow")
     conn = json.loads(local["AIRFLOW_CONN_COPYLEAKS_DEFAULT"])
     assert conn["conn_type"] == "copyleaks"

@@ -62,14 +62,14 @@ def test_the_wheels_hold_the_pipeline_and_the_provider_and_no_development_tool(t
 
 
 def test_the_image_copies_only_the_installed_code():
-    """The Dockerfile installs what the wheel holds: it copies plugins/ and include/, never dev/."""
+    """The Dockerfile installs what the wheels hold: it copies plugins/, include/ and the DAG, never dev/."""
     dockerfile = (ROOT / "Dockerfile").read_text()
     copied = set()
     for line in dockerfile.splitlines():
         if line.startswith(("COPY", "ADD")):
             args = [a for a in line.split()[1:] if not a.startswith("--")]
             copied.update(source.rstrip("/") for source in args[:-1])
-    assert copied == {"requirements.lock", "pyproject.toml", "plugins", "include"}
+    assert copied == {"requirements.lock", "pyproject.toml", "plugins", "include", "dags"}
 
 
 def test_only_the_compose_emulator_sees_dev_mounted_read_only():

@@ -29,7 +29,7 @@ CONNECTION = {
 
 def test_the_plugin_mounts_the_receiver_without_touching_the_database_at_import(monkeypatch, tmp_path):
     """Every Airflow component imports the plugin: no connection or database may be needed for it."""
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", f"sqlite:///{tmp_path}/missing/dir/w.db")
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", f"sqlite:///{tmp_path}/missing/dir/w.db")
     monkeypatch.delenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", raising=False)
     spec = importlib.util.spec_from_file_location("copyleaks_plugin_under_test", PLUGIN_FILE)
     module = importlib.util.module_from_spec(spec)
@@ -48,7 +48,7 @@ def _airflow(env: dict, *args: str) -> None:
 @pytest.fixture(params=["env", "metastore"])
 def api_server(request, airflow_db, sqlite_warehouse_url, tmp_path):
     """``airflow api-server`` in its own process group; yields its URL and log file."""
-    env = dict(os.environ, IMAGE_AUDIT_WAREHOUSE_URL=sqlite_warehouse_url)
+    env = dict(os.environ, AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=sqlite_warehouse_url)
     if request.param == "env":
         env["AIRFLOW_CONN_COPYLEAKS_DEFAULT"] = json.dumps(CONNECTION)
     else:  # its own Airflow home, so the shared test metadata database keeps no connection

@@ -94,7 +94,7 @@ def test_a_failed_reread_keeps_the_last_secrets_and_never_logs_them(sqlite_wareh
 def standalone_receiver(sqlite_warehouse_url, tmp_path):
     """``python -m image_audit.receiver`` in its own process group, as a public edge runs it."""
     port = free_port()
-    env = dict(os.environ, IMAGE_AUDIT_WAREHOUSE_URL=sqlite_warehouse_url)
+    env = dict(os.environ, AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=sqlite_warehouse_url)
     env["AIRFLOW_CONN_COPYLEAKS_DEFAULT"] = json.dumps(
         {"conn_type": "copyleaks", "login": "a@b.c", "password": "k", "extra": {"webhook_secret": "edge"}}
     )

@@ -156,11 +156,14 @@ class PollWatch:
 
 
 def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatch):
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "postgresql://audit:pw-s3cret@db.example/warehouse")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", "postgresql://audit:pw-s3cret@db.example/warehouse"
+    )
     trigger = trigger_for("run-1", poll_interval=3)
     classpath, kwargs = trigger.serialize()
     assert classpath == "image_audit.triggers.ScanResultsTrigger"
-    assert set(kwargs) == {"dag_id", "run_id", "deadline", "poll_interval"}
+    assert set(kwargs) == {"dag_id", "run_id", "deadline", "poll_interval", "warehouse_conn_id"}
+    assert kwargs["warehouse_conn_id"] == "image_audit_warehouse"  # the id, never the URL
     encoded = serialize(kwargs)  # what the task sends with DeferTask and the triggerer decodes
     assert "pw-s3cret" not in json.dumps(encoded) and "db.example" not in json.dumps(encoded)
     again = ScanResultsTrigger(**deserialize(encoded))
@@ -169,9 +172,8 @@ def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatc
     assert again.shared_stream_key() == trigger.shared_stream_key()
     assert trigger_for("run-2", poll_interval=3).shared_stream_key() == trigger.shared_stream_key()
     assert trigger_for("run-1", poll_interval=5).shared_stream_key() != trigger.shared_stream_key()
-    key = trigger.shared_stream_key()
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "sqlite:////tmp/other.db")
-    assert trigger_for("run-1", poll_interval=3).shared_stream_key() != key
+    other = ScanResultsTrigger(DAG_ID, "run-1", trigger.deadline, 3, warehouse_conn_id="other_warehouse")
+    assert other.shared_stream_key() != trigger.shared_stream_key()  # another warehouse, another stream
     with pytest.raises(ValueError, match="timezone-aware"):
         ScanResultsTrigger(DAG_ID, "run-1", datetime(2026, 1, 1))
 
@@ -216,7 +218,7 @@ async def test_timeout_reports_what_is_still_waiting(warehouse_url):
 
 
 async def test_a_warehouse_it_cannot_use_is_an_error_event(monkeypatch):
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", "mysql://audit:pw-s3cret@127.0.0.1/warehouse")
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", "mysql://audit:pw-s3cret@127.0.0.1/warehouse")
     event = await first_event(trigger_for("run-1"))
     assert event["status"] == "error" and "unsupported warehouse database" in event["message"]
     assert "pw-s3cret" not in event["message"]
@@ -290,7 +292,7 @@ def postgres_url(postgres_databases, monkeypatch):
     from image_audit.warehouse.schema import migrate
 
     url = postgres_databases.create()
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", url)
     migrate(get_engine(url))
     yield url
     postgres_databases.drop(url)

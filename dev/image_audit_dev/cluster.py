@@ -101,7 +101,7 @@ class LocalCluster:
             AIRFLOW__CELERY__RESULT_BACKEND="db+" + metadata_url,
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-            IMAGE_AUDIT_WAREHOUSE_URL=self.warehouse_url,
+            AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=self.warehouse_url,
             IMAGE_AUDIT_REPORTS_DIR=str(self.home / "reports"),
             IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS="true",  # the catalog's images are on the local emulator
             # The Copyleaks account's shared token and request budget live in the warehouse's

@@ -31,7 +31,7 @@ def _airflow_env(home: Path, warehouse_url: str, connection: dict) -> dict[str, 
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
         AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
-        IMAGE_AUDIT_WAREHOUSE_URL=warehouse_url,
+        AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=warehouse_url,
         IMAGE_AUDIT_REPORTS_DIR=str(home / "reports"),
         IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS="true",  # the demo's images are on the local emulator
         AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(connection),

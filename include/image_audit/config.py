@@ -1,14 +1,18 @@
-"""Deployment settings read from the environment (the same in every Airflow component)."""
+"""Deployment settings: the warehouse connection and the environment (the same in every component)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: SQLAlchemy URL of the warehouse (catalog, scans, results, reports). Like Airflow's own
-#: ``sql_alchemy_conn`` it is a URL in the environment, so the api-server plugin, the triggerer, the
-#: workers and a standalone receiver all find the same database.
-WAREHOUSE_URL_ENV = "IMAGE_AUDIT_WAREHOUSE_URL"
+from sqlalchemy.engine import URL
+
+#: The Airflow connection of the warehouse (catalog, scans, results, reports): type ``postgres`` or
+#: ``sqlite``, or any type whose extra holds ``{"sqlalchemy_url": ...}``. Like every resource of the
+#: deployment it lives where connections do (the metadata database, ``AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE``,
+#: a secrets backend), so the workers, the triggerer, the api-server plugin and a standalone receiver
+#: all find the same database, and Airflow masks its password. No such connection: the embedded SQLite.
+DEFAULT_WAREHOUSE_CONN_ID = "image_audit_warehouse"
 #: Where reports (HTML, CSV, Parquet) are written.
 REPORTS_DIR_ENV = "IMAGE_AUDIT_REPORTS_DIR"
 
@@ -17,9 +21,58 @@ def airflow_home() -> Path:
     return Path(os.environ.get("AIRFLOW_HOME") or Path.home() / "airflow")
 
 
-def warehouse_url() -> str:
-    """The warehouse URL; the embedded default is a SQLite file in the Airflow home."""
-    return os.environ.get(WAREHOUSE_URL_ENV) or f"sqlite:///{airflow_home() / 'image_audit_warehouse.db'}"
+def warehouse_url(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str:
+    """The SQLAlchemy URL of warehouse connection ``conn_id``; without that connection, the embedded
+    default, a SQLite file in the Airflow home. Blocking (a secrets backend may be asked): async code
+    calls it in a thread."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        connection = BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return _embedded_warehouse_url()
+    return connection_url(connection)
+
+
+async def warehouse_url_async(conn_id: str = DEFAULT_WAREHOUSE_CONN_ID) -> str:
+    """:func:`warehouse_url` for the event loop (the triggerer, the receiver): Airflow's async lookup."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        connection = await BaseHook.aget_connection(conn_id)
+    except AirflowNotFoundException:
+        return _embedded_warehouse_url()
+    return connection_url(connection)
+
+
+def _embedded_warehouse_url() -> str:
+    return f"sqlite:///{airflow_home() / 'image_audit_warehouse.db'}"
+
+
+def connection_url(connection) -> str:
+    """A SQLAlchemy URL from an Airflow connection (postgres, sqlite, or an extra's ``sqlalchemy_url``)."""
+    extra = connection.extra_dejson
+    if extra.get("sqlalchemy_url"):
+        return str(extra["sqlalchemy_url"])
+    if connection.conn_type == "sqlite":  # the file's path: host in Airflow's form, else the URI's path
+        return f"sqlite:///{connection.host or connection.schema}"
+    if connection.conn_type in ("postgres", "postgresql"):
+        url = URL.create(
+            "postgresql",
+            username=connection.login or None,
+            password=connection.password or None,
+            host=connection.host or None,
+            port=connection.port or None,
+            database=connection.schema or None,
+            query={k: str(v) for k, v in extra.items()},
+        )
+        return url.render_as_string(hide_password=False)
+    raise ValueError(
+        f"unsupported warehouse database {connection.conn_type!r} (connection {connection.conn_id!r}): "
+        "use a postgres or sqlite connection, or put the SQLAlchemy URL in its extra as sqlalchemy_url"
+    )
 
 
 def reports_dir() -> Path:

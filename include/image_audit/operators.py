@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from copyleaks_provider.operators import CopyleaksSubmitImagesOperator, Submission, SubmissionState
+from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.scans import load_unsent_scans, record_submit_error, record_transitions
@@ -29,6 +30,7 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
     """Submit the ``pending`` scans of warehouse batch ``batch_id`` to Copyleaks' async image detector.
 
     :param batch_id: the batch to submit (from the planning task). Templated.
+    :param warehouse_conn_id: the warehouse connection.
     :param model: detection model for every scan; ``None`` sends each scan's planned model.
     :param sandbox: ``None`` sends what planning recorded for each scan (the report's credits count on
         it).
@@ -42,13 +44,16 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
         *(f for f in CopyleaksSubmitImagesOperator.template_fields if f != "images"),
     )
 
-    def __init__(self, *, batch_id: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, batch_id: str, warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.batch_id = batch_id
+        self.warehouse_conn_id = warehouse_conn_id
 
     @cached_property
     def engine(self) -> Engine:
-        return get_engine()
+        return get_engine(warehouse_url(self.warehouse_conn_id))
 
     def execute(self, context: Context) -> dict[str, int]:
         scans = load_unsent_scans(self.engine, self.batch_id)

@@ -16,7 +16,6 @@ trigger on the same warehouse (and poll interval) shares ONE poll loop and, on P
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -29,7 +28,7 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from image_audit.config import warehouse_url
+from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url_async
 from image_audit.warehouse.engine import create_async_warehouse_engine, is_postgres
 from image_audit.warehouse.progress import RunKey, waiting_counts_by_run
 from image_audit.warehouse.results import NOTIFY_CHANNEL
@@ -67,12 +66,19 @@ class ScanResultsTrigger(BaseEventTrigger):
     :param run_id: the run's id.
     :param deadline: when to stop waiting (timezone-aware; an ISO 8601 string is accepted too).
     :param poll_interval: seconds between polls of the warehouse (notifications poll sooner).
+    :param warehouse_conn_id: the warehouse connection (looked up in the triggerer, never serialized).
     """
 
     def __init__(
-        self, dag_id: str, run_id: str, deadline: datetime | str, poll_interval: float = 10.0
+        self,
+        dag_id: str,
+        run_id: str,
+        deadline: datetime | str,
+        poll_interval: float = 10.0,
+        warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
     ) -> None:
         super().__init__()
+        self.warehouse_conn_id = warehouse_conn_id
         self.dag_id = dag_id
         self.run_id = run_id
         self.deadline = _aware(datetime.fromisoformat(deadline) if isinstance(deadline, str) else deadline)
@@ -81,7 +87,7 @@ class ScanResultsTrigger(BaseEventTrigger):
             raise ValueError(f"poll_interval must be positive, got {poll_interval!r}")
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        # No warehouse URL (it may hold a password): the triggerer reads it from its environment.
+        # The connection id, not its URL (which may hold a password): the triggerer looks it up.
         return (
             "image_audit.triggers.ScanResultsTrigger",
             {
@@ -89,19 +95,21 @@ class ScanResultsTrigger(BaseEventTrigger):
                 "run_id": self.run_id,
                 "deadline": self.deadline,
                 "poll_interval": self.poll_interval,
+                "warehouse_conn_id": self.warehouse_conn_id,
             },
         )
 
     def shared_stream_key(self) -> Hashable:
-        """One stream per warehouse and poll interval (the stream uses only these two)."""
-        warehouse = hashlib.sha256(warehouse_url().encode()).hexdigest()[:16]
-        return (STREAM_NAME, warehouse, self.poll_interval)
+        """One stream per warehouse connection and poll interval (the stream uses only these two)."""
+        return (STREAM_NAME, self.warehouse_conn_id, self.poll_interval)
 
     @classmethod
     async def open_shared_stream(cls, kwargs: dict[str, Any]) -> AsyncIterator[Snapshot]:
         """Yield a :data:`Snapshot` after every poll, forever (or raise)."""
         watched = _WatchedRuns.for_stream(cls(**kwargs).shared_stream_key())
-        async with aclosing(_poll_progress(watched, float(kwargs["poll_interval"]))) as snapshots:
+        trigger = cls(**kwargs)
+        polls = _poll_progress(watched, trigger.poll_interval, trigger.warehouse_conn_id)
+        async with aclosing(polls) as snapshots:
             async for snapshot in snapshots:
                 yield snapshot
 
@@ -115,7 +123,8 @@ class ScanResultsTrigger(BaseEventTrigger):
         that event and never resumes this generator.
         """
         watched = _WatchedRuns()  # private: this poll serves this trigger only
-        async with aclosing(_poll_progress(watched, self.poll_interval)) as snapshots:
+        polls = _poll_progress(watched, self.poll_interval, self.warehouse_conn_id)
+        async with aclosing(polls) as snapshots:
             event = await self._wait(snapshots, watched)
         yield event
 
@@ -224,9 +233,11 @@ class _WatchedRuns:
             del self._by_stream[self._stream_key]
 
 
-async def _poll_progress(watched: _WatchedRuns, poll_interval: float) -> AsyncIterator[Snapshot]:
+async def _poll_progress(
+    watched: _WatchedRuns, poll_interval: float, warehouse_conn_id: str
+) -> AsyncIterator[Snapshot]:
     """Poll the warehouse for ``watched``'s runs every ``poll_interval`` s, sooner when woken; forever."""
-    url = warehouse_url()
+    url = await warehouse_url_async(warehouse_conn_id)
     engine = create_async_warehouse_engine(url)
     notifications = _Notifications(engine, watched) if is_postgres(url) else None
     wake = watched.attach()

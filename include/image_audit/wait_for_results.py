@@ -17,7 +17,7 @@ from airflow.sdk.exceptions import AirflowException
 
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
-from image_audit.config import warehouse_url
+from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.triggers import ScanResultsTrigger
 from image_audit.warehouse.engine import get_engine, is_postgres
 from image_audit.warehouse.lifecycle import ScanState
@@ -53,6 +53,7 @@ class WaitForScanResultsOperator(BaseOperator):
     :param poll_interval: seconds between warehouse polls; default 10 on PostgreSQL (where a NOTIFY wakes
         the wait at once), 2 elsewhere.
     :param copyleaks_conn_id: the Copyleaks connection (its webhook_base_url goes in timeout messages).
+    :param warehouse_conn_id: the warehouse connection.
     """
 
     template_fields: Sequence[str] = ("target_dag_id", "target_run_id", "wait_timeout")
@@ -65,14 +66,19 @@ class WaitForScanResultsOperator(BaseOperator):
         wait_timeout: float | timedelta | str = DEFAULT_WAIT_TIMEOUT,
         poll_interval: float | None = None,
         copyleaks_conn_id: str = DEFAULT_CONN_ID,
+        warehouse_conn_id: str = DEFAULT_WAREHOUSE_CONN_ID,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.copyleaks_conn_id = copyleaks_conn_id
+        self.warehouse_conn_id = warehouse_conn_id
         self.target_dag_id = target_dag_id
         self.target_run_id = target_run_id
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
+
+    def _engine(self):
+        return get_engine(warehouse_url(self.warehouse_conn_id))
 
     def _run_key(self, context: Context) -> tuple[str, str]:
         return self.target_dag_id or context["dag"].dag_id, self.target_run_id or context["run_id"]
@@ -80,7 +86,7 @@ class WaitForScanResultsOperator(BaseOperator):
     def _poll_interval(self) -> float:
         if self.poll_interval is not None:
             return float(self.poll_interval)
-        notified = is_postgres(warehouse_url())
+        notified = is_postgres(warehouse_url(self.warehouse_conn_id))
         return POLL_INTERVAL_WITH_NOTIFY if notified else POLL_INTERVAL_WITHOUT_NOTIFY
 
     def _timeout(self) -> timedelta:
@@ -94,7 +100,7 @@ class WaitForScanResultsOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         dag_id, run_id = self._run_key(context)
         timeout = self._timeout()
-        counts = count_scan_states_sync(get_engine(), dag_id, run_id)
+        counts = count_scan_states_sync(self._engine(), dag_id, run_id)
         if waiting(counts) == 0:
             return self._finish(counts, timed_out=0)
         deadline = datetime.now(UTC) + timeout
@@ -105,7 +111,9 @@ class WaitForScanResultsOperator(BaseOperator):
             deadline.isoformat(timespec="seconds"),
         )
         self.defer(
-            trigger=ScanResultsTrigger(dag_id, run_id, deadline, self._poll_interval()),
+            trigger=ScanResultsTrigger(
+                dag_id, run_id, deadline, self._poll_interval(), warehouse_conn_id=self.warehouse_conn_id
+            ),
             method_name="execute_complete",
             timeout=timeout + DEFER_GRACE,
         )
@@ -117,16 +125,16 @@ class WaitForScanResultsOperator(BaseOperator):
         if status == "timeout":
             within = timedelta(seconds=round(self._timeout().total_seconds()))
             reason = f"no Copyleaks callback within {within}; the next run resubmits it"
-            counts = count_scan_states_sync(get_engine(), dag_id, run_id)
+            counts = count_scan_states_sync(self._engine(), dag_id, run_id)
             if not counts.get(ScanState.COMPLETED.value) and not counts.get(ScanState.FAILED.value):
                 reason = self._no_callback_at_all_message(waiting(counts))
                 self.log.error("%s", reason)
-            timed_out = mark_timed_out(get_engine(), dag_id, run_id, reason)
+            timed_out = mark_timed_out(self._engine(), dag_id, run_id, reason)
         elif status == "error":
             raise AirflowException(f"Waiting for the Copyleaks results failed: {event.get('message')}")
         elif status != "done":
             raise AirflowException(f"Unexpected event from the Copyleaks results trigger: {event!r}")
-        return self._finish(count_scan_states_sync(get_engine(), dag_id, run_id), timed_out=timed_out)
+        return self._finish(count_scan_states_sync(self._engine(), dag_id, run_id), timed_out=timed_out)
 
     def _no_callback_at_all_message(self, waiting_scans: int) -> str:
         """Not one answer in the whole wait: the webhook URL, not Copyleaks, is the likely culprit."""

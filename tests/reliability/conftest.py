@@ -60,7 +60,7 @@ def warehouse_url(request, tmp_path, monkeypatch):
     from image_audit.warehouse.schema import migrate
 
     url = f"sqlite:///{tmp_path / 'warehouse.db'}"
-    monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+    monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", url)
     migrate(get_engine(url))
     yield url
     dispose_engines()

@@ -1,7 +1,7 @@
 """Run the submit operator for one warehouse batch in its own process, so a test can SIGKILL it mid-batch.
 
 ``python -m tests.reliability.submit_batch_process BATCH_ID``; the warehouse and the Copyleaks
-connection come from the environment (IMAGE_AUDIT_WAREHOUSE_URL, AIRFLOW_CONN_COPYLEAKS_DEFAULT).
+connection come from the environment (AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE, AIRFLOW_CONN_COPYLEAKS_DEFAULT).
 """
 
 from __future__ import annotations

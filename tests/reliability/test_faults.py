@@ -133,7 +133,7 @@ def test_postgres_warehouse_cut_during_callbacks(postgres_databases, emulator, a
 
     url = postgres_databases.create()
     try:
-        monkeypatch.setenv("IMAGE_AUDIT_WAREHOUSE_URL", url)
+        monkeypatch.setenv("AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE", url)
         migrate(get_engine(url))
         target = make_url(url)
         proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()

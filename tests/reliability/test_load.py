@@ -46,7 +46,7 @@ def _receiver(warehouse: str, secret: str):
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
-        "IMAGE_AUDIT_WAREHOUSE_URL": warehouse,
+        "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": warehouse,
         "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
     }
     command = [sys.executable, "-m", "image_audit.receiver", "--port", str(port)]

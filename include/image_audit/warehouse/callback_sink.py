@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable, CallbackTooDeep
-from image_audit.config import warehouse_url as configured_warehouse_url
+from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url_async
 from image_audit.warehouse.engine import create_async_warehouse_engine, is_postgres
 from image_audit.warehouse.results import CallbackWriter
 
@@ -26,17 +26,18 @@ class WarehouseCallbackSink:
     """Stores callbacks in the warehouse; the engine is created on first use: the api-server plugin
     is imported by every Airflow component, and an async pool belongs to the event loop that serves.
 
-    ``url``: default ``image_audit.config.warehouse_url()`` (read at first use).
+    ``url``: default: that of the warehouse connection ``conn_id`` (looked up at first use).
     """
 
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, conn_id: str = DEFAULT_WAREHOUSE_CONN_ID):
         self._url = url
+        self._conn_id = conn_id
         self._engine: AsyncEngine | None = None
         self._writer: CallbackWriter | None = None
 
     async def store(self, callback: Callback) -> CallbackOutcome:
         try:
-            return await self._callback_writer().store(callback)
+            return await (await self._callback_writer()).store(callback)
         except SQLAlchemyError as exc:
             # Too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError): rolled back.
             if isinstance(getattr(exc, "orig", None), RecursionError):
@@ -45,7 +46,7 @@ class WarehouseCallbackSink:
 
     async def check(self) -> None:
         try:
-            async with self._async_engine().connect() as conn:
+            async with (await self._async_engine()).connect() as conn:
                 await conn.execute(text("SELECT 1"))
         except SQLAlchemyError as exc:
             raise CallbackSinkUnavailable("the warehouse is unreachable") from exc
@@ -58,16 +59,16 @@ class WarehouseCallbackSink:
             engine, self._engine = self._engine, None
             await engine.dispose()
 
-    def _callback_writer(self) -> CallbackWriter:
+    async def _callback_writer(self) -> CallbackWriter:
         if self._writer is None:
-            engine = self._async_engine()
+            engine = await self._async_engine()
             writers = POSTGRES_WRITERS if engine.dialect.name == "postgresql" else 1
             self._writer = CallbackWriter(engine, writers=writers)
         return self._writer
 
-    def _async_engine(self) -> AsyncEngine:
+    async def _async_engine(self) -> AsyncEngine:
         if self._engine is None:
-            url = self._url or configured_warehouse_url()
+            url = self._url or await warehouse_url_async(self._conn_id)
             options: dict[str, Any] = {}
             if is_postgres(url):
                 timeout = DATABASE_TIMEOUT_SECONDS
