@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 import image_audit.warehouse.results as results_module
 from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from copyleaks_provider.models import WebhookBody
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
 from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.migrations import FIRST_REVISION, VERSION_TABLE, downgrade, head_revision
 from image_audit.warehouse.results import CallbackWriter, store_callbacks
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, metadata, migrate
 from tests.test_receiver import (
@@ -192,13 +193,22 @@ def test_failed_callbacks_in_one_batch_are_kept_once_each_and_a_result_still_win
 
 
 def test_migrate_adds_the_failed_callbacks_table_to_an_existing_warehouse(warehouse_url):
-    """A warehouse created before the table existed gets it from migrate() (create_all), data kept."""
+    """A warehouse created before the table existed (and before versioned migrations) gets it when
+    migrate() adopts it, data kept."""
     engine = get_engine(warehouse_url)
     seed_scan(warehouse_url, "old-scan")
-    audit_failed_callbacks.drop(engine)  # as the warehouse was before this table
+    # As the warehouse was before this table: the first release's create_all, no schema version.
+    downgrade(engine, FIRST_REVISION)
+    audit_failed_callbacks.drop(engine)
+    with engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {VERSION_TABLE}"))
     assert "audit_failed_callbacks" not in inspect(engine).get_table_names()
     migrate(engine)
     migrate(engine)  # idempotent
+    with engine.connect() as conn:
+        assert conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all() == [
+            head_revision()
+        ]
     assert {"audit_failed_callbacks", "audit_scans"} <= set(inspect(engine).get_table_names())
     assert set(metadata.tables) <= set(inspect(engine).get_table_names())
     assert scan_row(warehouse_url, "old-scan")["state"] == "submitted"

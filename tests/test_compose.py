@@ -156,3 +156,9 @@ def test_optional_services_stay_out_of_a_plain_up(compose):
     receiver = services["copyleaks-receiver"]["entrypoint"]
     assert receiver[:3] == ["python", "-m", "image_audit.receiver"] and "0.0.0.0" in receiver
     assert services["flower"]["command"] == "celery flower"
+
+
+def test_setup_upgrades_the_warehouse_to_the_current_revision(compose):
+    """Migrations run where the deployment runs setup; plan only checks the revision."""
+    init = " ".join(compose["services"]["airflow-init"]["command"])
+    assert "airflow db migrate" in init and "python -m image_audit.warehouse upgrade" in init

@@ -1,9 +1,11 @@
-"""Warehouse tables (SQLAlchemy Core) and their idempotent migration.
+"""Warehouse tables (SQLAlchemy Core): the schema at the newest revision of
+``image_audit.warehouse.migrations``, which versions it (a change here is a new revision there).
 
 Hot queries and the indexes that serve them:
 - receiver: scan by id (primary key), result by scan id (primary key), failed callback by (scan id,
   body digest) (primary key);
-- trigger: count of non-terminal scans of a DAG run (``ix_audit_scans_run_state``);
+- trigger: count of non-terminal scans of a DAG run (``ix_audit_scans_run_state``), the waiting scans
+  of several runs at once (``ix_audit_scans_state_run``);
 - planning: has this image been scanned with this model (``ix_audit_scans_image_model``);
 - submit task: scans of a batch (``ix_audit_scans_batch``);
 - catalog: rows ingested in a data interval (``ix_image_catalog_ingested_at``).
@@ -25,9 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    text,
 )
-from sqlalchemy.exc import OperationalError
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
@@ -86,7 +86,7 @@ audit_scans = Table(
     Index("ix_audit_scans_run_state", "dag_id", "run_id", "state"),
     Index("ix_audit_scans_image_model", "image_id", "model"),
     Index("ix_audit_scans_batch", "batch_id"),
-    Index("ix_audit_scans_state", "state"),
+    Index("ix_audit_scans_state_run", "state", "dag_id", "run_id"),
 )
 
 audit_results = Table(
@@ -111,8 +111,8 @@ audit_results = Table(
 #: Every distinct error or unrecognised callback Copyleaks sent for a known scan, kept verbatim: the
 #: error webhooks (both shapes) and authentic bodies the receiver could not read. One row per scan and
 #: body (``body_sha256``: of the body's canonical JSON), so a repeated callback adds nothing; the scan's
-#: state and ``last_error`` follow the ordering rules of ``image_audit.warehouse.results``. A table of
-#: its own (not a column) so that ``migrate()`` (``create_all``) adds it to existing warehouses.
+#: state and ``last_error`` follow the ordering rules of ``image_audit.warehouse.results``. Added after
+#: the first release: a warehouse of that release gets it when the migrations adopt it.
 audit_failed_callbacks = Table(
     "audit_failed_callbacks",
     metadata,
@@ -139,22 +139,11 @@ audit_reports = Table(
 )
 
 
-_MIGRATION_LOCK_ID = 0x1A6E_A0D1
-
-
 def migrate(engine: Engine) -> None:
-    """Create whatever tables and indexes are missing; safe to run any number of times, concurrently.
+    """Bring the warehouse to the newest revision (creating it, or adopting one created before versioned
+    migrations): the setup paths' call. Safe to run any number of times, concurrently. See
+    ``image_audit.warehouse.migrations`` (``upgrade``, and ``require_current`` for the paths that only
+    use the warehouse)."""
+    from image_audit.warehouse.migrations import upgrade
 
-    On PostgreSQL an advisory lock serialises concurrent callers (mapped tasks starting together); on
-    SQLite a caller that loses the race sees the other's tables on its retry.
-    """
-    for attempt in range(3):
-        try:
-            with engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
-                metadata.create_all(conn, checkfirst=True)
-            return
-        except OperationalError as exc:  # sqlite: "table ... already exists" from a concurrent caller
-            if attempt == 2 or "already exists" not in str(exc):
-                raise
+    upgrade(engine)

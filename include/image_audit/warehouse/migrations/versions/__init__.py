@@ -1,0 +1,1 @@
+"""The warehouse revisions, oldest first (loaded by Alembic from their files: see the package)."""
