@@ -33,7 +33,8 @@ DAG_ID = "image_catalog_audit"
 COPYLEAKS_CONN_ID = DEFAULT_CONN_ID
 #: The warehouse connection (catalog, scans, results, reports); without it, the embedded SQLite file.
 WAREHOUSE_CONN_ID = DEFAULT_WAREHOUSE_CONN_ID
-#: Downstream analytics DAGs schedule on this; its events carry the report's paths and totals.
+#: Downstream analytics DAGs schedule on this; its events carry the report files' URIs (html_path,
+#: csv_path, parquet_path: file:///... or s3://..., per IMAGE_AUDIT_REPORTS_URL).
 AUDIT_REPORT_ASSET = Asset(name="image_audit_report", uri="image-audit://reports/image_catalog_audit")
 
 with DAG(
@@ -79,12 +80,12 @@ with DAG(
         from image_audit.planning import PlanOptions, RunContext, plan_run
         from image_audit.submission_window import submission_capacity
         from image_audit.warehouse.engine import get_engine
-        from image_audit.warehouse.schema import migrate
+        from image_audit.warehouse.migrations import require_current
 
         context = get_current_context()
         params = context["params"]
         engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
-        migrate(engine)
+        require_current(engine, create_empty=True)  # a warehouse behind: fail with the command to run
         start, end = _data_interval(context)
         spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
         copyleaks = _copyleaks_settings()  # read once: it may come from a secrets backend
@@ -153,20 +154,11 @@ with DAG(
         if run_report.summary["backlog_scans"]:
             log.info("Backlog: %s", run_report.summary["backlog"])
         log.info("Report summary: %s", run_report.summary)
-        log.info(
-            "Report: %s (CSV %s, Parquet %s)",
-            run_report.html_path,
-            run_report.csv_path,
-            run_report.parquet_path,
-        )
-        context["outlet_events"][AUDIT_REPORT_ASSET].extra = {
-            "dag_id": dag_id,
-            "run_id": run_id,
-            "html_path": str(run_report.html_path),
-            "csv_path": str(run_report.csv_path),
-            "parquet_path": str(run_report.parquet_path),
-        }
-        return {"html_path": str(run_report.html_path), **_small(run_report.summary)}
+        # URIs (file:///..., s3://bucket/...), under the keys the audit_reports row's columns have
+        uris = run_report.uris
+        log.info("Report: %s (CSV %s, Parquet %s)", uris["html_path"], uris["csv_path"], uris["parquet_path"])
+        context["outlet_events"][AUDIT_REPORT_ASSET].extra = {"dag_id": dag_id, "run_id": run_id, **uris}
+        return {"html_path": uris["html_path"], **_small(run_report.summary)}
 
     batches = plan()
     submitted = SubmitAuditBatchOperator.partial(

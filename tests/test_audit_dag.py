@@ -40,10 +40,26 @@ def test_normal_run_stores_every_result_and_reports_rejections(audit):
     sent = {s["scan_id"] for s in scans if s["state"] in ("completed", "failed")}
     assert sent == set(submitted)
     assert len({s["image_id"] for s in scans if s["state"] != "rejected"}) == len(submitted)
-    summary = audit.report(run.run_id)["summary"]
+    report = audit.report(run.run_id)
+    summary = report["summary"]
     assert summary["rejected_rows"] == by_state["rejected"]
     assert summary["states"]["completed"] == by_state["completed"] == len(audit.results())
     assert len(rows) >= 24
+    # the row and the Asset event carry the files' URIs (file:// by default; s3:// etc. when configured)
+    uris = {key: report[key] for key in ("html_path", "csv_path", "parquet_path")}
+    assert uris["html_path"].startswith("file:///") and uris["html_path"].endswith("/report.html")
+    assert _report_event(run.run_id) == {"dag_id": "image_catalog_audit", "run_id": run.run_id, **uris}
+
+
+def _report_event(run_id: str) -> dict:
+    """The extra of the ``image_audit_report`` Asset event the run's report task emitted."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        (extra,) = session.scalars(select(AssetEvent.extra).where(AssetEvent.source_run_id == run_id)).all()
+    return extra
 
 
 def test_backfill_submits_each_image_once_and_a_rerun_submits_nothing(audit):

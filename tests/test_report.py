@@ -161,9 +161,9 @@ def test_trend_rolling_view_and_report_rows(reports, warehouse_url):
             select(audit_reports).where(audit_reports.c.dag_id == DAG_ID, audit_reports.c.run_id == R2)
         ).one()
     assert row.summary["verdicts"] == EXPECTED["verdicts"]
-    assert (row.html_path, row.csv_path, row.parquet_path) == tuple(
-        str(p) for p in (report.html_path, report.csv_path, report.parquet_path)
-    )
+    # the row carries the files' URIs (file:// here; s3:// in tests/test_report_storage.py)
+    assert (row.html_path, row.csv_path, row.parquet_path) == tuple(report.uris.values())
+    assert row.html_path == f"file://{report.html_path.path}" and row.html_path.endswith("/r2/report.html")
     # rebuilding replaces the row, never adds one
     build_run_report(engine, DAG_ID, R2, out_dir=report.html_path.parent, top_n=0, fetch_image=_Fetcher())
     with engine.connect() as conn:
@@ -175,8 +175,9 @@ def test_trend_rolling_view_and_report_rows(reports, warehouse_url):
 
 def test_exports_round_trip_one_row_per_image(reports):
     _, report, _ = reports
-    csv = pd.read_csv(report.csv_path, keep_default_na=False, na_values=[""], dtype={"image_id": str})
-    parquet = pd.read_parquet(report.parquet_path)
+    with report.csv_path.open("rb") as csv_file, report.parquet_path.open("rb") as parquet_file:
+        csv = pd.read_csv(csv_file, keep_default_na=False, na_values=[""], dtype={"image_id": str})
+        parquet = pd.read_parquet(parquet_file)
     assert list(csv.columns) == list(parquet.columns) == EXPORT_COLUMNS
     assert len(csv) == len(parquet) == EXPECTED["images"]
     assert parquet["scan_id"].is_unique
@@ -256,15 +257,17 @@ def test_empty_run_still_reports(sqlite_warehouse_url, tmp_path):
     report = build_run_report(get_engine(sqlite_warehouse_url), DAG_ID, "manual__nothing", out_dir=tmp_path)
     assert report.summary["images"] == 0 and report.summary["ai_share"] is None
     assert "No completed images in this run." in report.html_path.read_text()
-    assert pd.read_parquet(report.parquet_path).columns.tolist() == EXPORT_COLUMNS
-    assert pd.read_csv(report.csv_path).empty
+    with report.csv_path.open("rb") as csv_file, report.parquet_path.open("rb") as parquet_file:
+        assert pd.read_parquet(parquet_file).columns.tolist() == EXPORT_COLUMNS
+        assert pd.read_csv(csv_file).empty
 
 
 def test_default_out_dir_is_per_dag_and_safe_run_id(sqlite_warehouse_url, tmp_path, monkeypatch):
     monkeypatch.setenv("IMAGE_AUDIT_REPORTS_DIR", str(tmp_path))
     run_id = "manual__2026-11-24T10:00:00+00:00"
     report = build_run_report(get_engine(sqlite_warehouse_url), DAG_ID, run_id)
-    assert report.html_path.parent == tmp_path / DAG_ID / safe_run_id(run_id)
+    assert report.uris["html_path"] == f"file://{tmp_path / DAG_ID / safe_run_id(run_id) / 'report.html'}"
+    assert (tmp_path / DAG_ID / safe_run_id(run_id) / "results.parquet").is_file()
     assert ":" not in safe_run_id(run_id) and "+" not in safe_run_id(run_id)
     assert safe_run_id(run_id) != safe_run_id(run_id.replace(":", "_"))
     assert safe_run_id("plain_run-1") == "plain_run-1"

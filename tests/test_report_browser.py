@@ -87,8 +87,10 @@ def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp
         seed_demo(engine, server.url)
         report = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path / "report")  # default HTTP fetch
 
+    html_file = tmp_path / "report" / "report.html"  # Chromium opens the local file report.html_path names
+    assert report.uris["html_path"] == f"file://{html_file}"
     dom = _Images()
-    dom.feed(dump_dom(report.html_path))
+    dom.feed(dump_dom(html_file))
     charts = [i for i in dom.images if i.get("class") == "chart"]
     thumbnails = [i for i in dom.images if i.get("class") == "thumbnail"]
     assert len(charts) == 6 and len(thumbnails) == 12
@@ -98,7 +100,7 @@ def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp
             assert decoded.width > 50 and decoded.height > 50
     assert thumbnails[0]["alt"].startswith(MISSING_IMAGE)  # drawn as a placeholder, the report still built
 
-    png = screenshot(report.html_path, tmp_path / "report.png", window=(1280, 2400))
+    png = screenshot(html_file, tmp_path / "report.png", window=(1280, 2400))
     with Image.open(png) as shot:
         assert shot.size == (1280, 2400)
         pixels = np.asarray(shot.convert("RGB"), dtype=np.float64)

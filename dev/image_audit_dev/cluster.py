@@ -60,6 +60,8 @@ class LocalCluster:
     webhook_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: One secret for every component's execution-API tokens.
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    #: Set last in every component's environment (e.g. reports in a bucket and its connection).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def api_url(self) -> str:
@@ -123,6 +125,7 @@ class LocalCluster:
                 }
             ),
         )
+        env.update(self.extra_env)
         return env
 
     # --- lifecycle -------------------------------------------------------------------------------

@@ -77,3 +77,21 @@ def connection_url(connection) -> str:
 
 def reports_dir() -> Path:
     return Path(os.environ.get(REPORTS_DIR_ENV) or airflow_home() / "image_audit_reports")
+
+
+#: The base URL of the reports, for Airflow's ObjectStoragePath: ``s3://bucket/prefix``, ``gs://...``,
+#: ``file:///shared/reports`` (a path without a scheme is local). Unset: ``file://`` + :func:`reports_dir`.
+REPORTS_URL_ENV = "IMAGE_AUDIT_REPORTS_URL"
+#: The Airflow connection with the credentials of that store (e.g. type ``aws``). Unset: the store's own
+#: default (for S3, boto's credential chain: the worker's IAM role, AWS_* variables).
+REPORTS_CONN_ID_ENV = "IMAGE_AUDIT_REPORTS_CONN_ID"
+
+
+def reports_url() -> str:
+    """Where reports are written (each run's under ``<dag_id>/<run id made file-safe>/``)."""
+    # ObjectStoragePath's spelling of a local URL: the absolute path after file://, not percent-encoded
+    return os.environ.get(REPORTS_URL_ENV) or f"file://{os.path.abspath(reports_dir())}"
+
+
+def reports_conn_id() -> str | None:
+    return os.environ.get(REPORTS_CONN_ID_ENV) or None

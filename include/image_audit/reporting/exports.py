@@ -7,7 +7,6 @@ credential, and reports travel).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -88,24 +87,20 @@ def to_export_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return frame[EXPORT_COLUMNS]
 
 
-def write_exports(chunks: Iterable[pd.DataFrame], csv_path: Path, parquet_path: Path) -> int:
-    """Write every chunk to both files (atomically: temporary files renamed at the end); rows written."""
-    csv_tmp, parquet_tmp = csv_path.with_suffix(".csv.tmp"), parquet_path.with_suffix(".parquet.tmp")
+def write_exports(chunks: Iterable[pd.DataFrame], csv_file: Path, parquet_file: Path) -> int:
+    """Write every chunk to both local files; rows written.
+
+    The files are the report's staging files (``storage.staged``), published whole once this returns.
+    """
     rows = 0
-    try:
-        with pq.ParquetWriter(parquet_tmp, EXPORT_SCHEMA) as parquet, csv_tmp.open("w", newline="") as csv:
-            header = True
-            for chunk in chunks:
-                frame = to_export_frame(chunk)
-                frame.to_csv(csv, index=False, header=header, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
-                header = False
-                parquet.write_table(pa.Table.from_pandas(frame, schema=EXPORT_SCHEMA, preserve_index=False))
-                rows += len(frame)
-            if header:  # no rows: still a CSV with the header
-                pd.DataFrame(columns=EXPORT_COLUMNS).to_csv(csv, index=False)
-        os.replace(csv_tmp, csv_path)
-        os.replace(parquet_tmp, parquet_path)
-    finally:
-        csv_tmp.unlink(missing_ok=True)
-        parquet_tmp.unlink(missing_ok=True)
+    with pq.ParquetWriter(parquet_file, EXPORT_SCHEMA) as parquet, open(csv_file, "w", newline="") as csv:
+        header = True
+        for chunk in chunks:
+            frame = to_export_frame(chunk)
+            frame.to_csv(csv, index=False, header=header, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+            header = False
+            parquet.write_table(pa.Table.from_pandas(frame, schema=EXPORT_SCHEMA, preserve_index=False))
+            rows += len(frame)
+        if header:  # no rows: still a CSV with the header
+            pd.DataFrame(columns=EXPORT_COLUMNS).to_csv(csv, index=False)
     return rows

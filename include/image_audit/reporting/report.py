@@ -11,15 +11,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from airflow.sdk import ObjectStoragePath
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.models import decode_rle_mask
-from image_audit.config import reports_dir
 from image_audit.reporting import aggregates, charts
 from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
 from image_audit.reporting.backlog import backlog_by_reason, backlog_summary, describe_backlog
@@ -27,6 +26,7 @@ from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_expo
 from image_audit.reporting.fetch import http_fetcher
 from image_audit.reporting.overlays import overlay_thumbnail, thumbnail_size, to_data_uri
 from image_audit.reporting.render import render_report
+from image_audit.reporting.storage import as_storage_path, reports_base, staged, uri
 from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_reports
@@ -43,12 +43,24 @@ FETCH_WORKERS = 4
 
 @dataclass
 class RunReport:
+    """A built report. Its files are ``ObjectStoragePath``s (``read_text()``, ``open()`` on any store);
+    :attr:`uris` are what the ``audit_reports`` row and the Asset event carry."""
+
     dag_id: str
     run_id: str
     summary: dict
-    html_path: Path
-    csv_path: Path
-    parquet_path: Path
+    html_path: ObjectStoragePath
+    csv_path: ObjectStoragePath
+    parquet_path: ObjectStoragePath
+
+    @property
+    def uris(self) -> dict[str, str]:
+        """The files' URIs (``file:///...``, ``s3://bucket/...``) by the row's column names."""
+        return {
+            "html_path": uri(self.html_path),
+            "csv_path": uri(self.csv_path),
+            "parquet_path": uri(self.parquet_path),
+        }
 
 
 @dataclass
@@ -265,12 +277,6 @@ def _upsert_report(conn: Connection, row: dict) -> None:
     conn.execute(statement.on_conflict_do_update(index_elements=["dag_id", "run_id"], set_=updates))
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --- the report ---------------------------------------------------------------------------------------
 
 
@@ -279,7 +285,7 @@ def build_run_report(
     dag_id: str,
     run_id: str,
     *,
-    out_dir: Path | None = None,
+    out_dir: str | os.PathLike[str] | ObjectStoragePath | None = None,
     thresholds: Thresholds = Thresholds(),
     rolling_runs: int = 10,
     top_n: int = 12,
@@ -296,9 +302,12 @@ def build_run_report(
     ``requests_per_second`` (the account's rate, 0: no limit) and ``window_minutes`` (the run's
     submission window, None: none) say when the DAG's backlog clears; both None: the values an earlier
     build of this run's report recorded, if any.
+    ``out_dir`` (a local path, a URL or an ``ObjectStoragePath``) defaults to
+    ``<IMAGE_AUDIT_REPORTS_URL>/<dag_id>/<run id made file-safe>`` (see ``image_audit.reporting.storage``).
     """
-    out_dir = Path(out_dir) if out_dir is not None else reports_dir() / dag_id / safe_run_id(run_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        out_dir = reports_base() / dag_id / safe_run_id(run_id)
+    out_dir = as_storage_path(out_dir)
     html_path, csv_path, parquet_path = out_dir / HTML_NAME, out_dir / CSV_NAME, out_dir / PARQUET_NAME
     scope = Scope.run(dag_id, run_id)
     fetch_image = fetch_image or http_fetcher()
@@ -325,8 +334,10 @@ def build_run_report(
                 "states": aggregates.state_counts(rolling_cube),
                 "verdicts": aggregates.verdict_counts(rolling_cube),
             }
-    with engine.connect() as conn:
-        exported = write_exports(aggregates.iter_image_rows(conn, scope, thresholds), csv_path, parquet_path)
+    # the connection closes before the staged files are published (uploaded, for an object store)
+    with staged(csv_path) as csv_file, staged(parquet_path) as parquet_file, engine.connect() as conn:
+        rows = aggregates.iter_image_rows(conn, scope, thresholds)
+        exported = write_exports(rows, csv_file, parquet_file)
 
     states = aggregates.state_counts(cube)
     verdicts = aggregates.verdict_counts(cube)
@@ -377,7 +388,10 @@ def build_run_report(
             "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
         },
     }
-    _write_atomically(html_path, render_report(context))
+    html = render_report(context)
+    with staged(html_path) as html_file:
+        html_file.write_text(html, encoding="utf-8")
+    report = RunReport(dag_id, run_id, summary, html_path, csv_path, parquet_path)
 
     with engine.begin() as conn:
         _upsert_report(
@@ -389,10 +403,8 @@ def build_run_report(
                 "data_interval_start": interval[0],
                 "data_interval_end": interval[1],
                 "summary": summary,
-                "html_path": str(html_path),
-                "csv_path": str(csv_path),
-                "parquet_path": str(parquet_path),
+                **report.uris,
             },
         )
-    log.info("Report of %s/%s: %d images, written to %s", dag_id, run_id, summary["images"], out_dir)
-    return RunReport(dag_id, run_id, summary, html_path, csv_path, parquet_path)
+    log.info("Report of %s/%s: %d images, written to %s", dag_id, run_id, summary["images"], uri(out_dir))
+    return report
