@@ -10,7 +10,9 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
 - ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
+  Its files are its OpenLineage outputs (``image_audit.lineage``); ``submit_batch``'s are the warehouse's.
   It is a teardown: it runs even when a submit fails, and the run's state still shows that failure.
+  Its success callback sends an alert when the run's figures cross the ``alert_*`` Params' thresholds.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, 
 
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
+from image_audit.alerts import AuditAlertNotifier
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.operators import SubmitAuditBatchOperator
 from image_audit.wait_for_results import WaitForScanResultsOperator
@@ -69,6 +72,30 @@ with DAG(
             minimum=0,
             description="Submission window: plan only what the account's request rate submits in this "
             "many minutes; the rest waits for the next run (null: no window)",
+        ),
+        # Alerts (image_audit.alerts): the report task e-mails alert_to when a figure is over its
+        # threshold; null: that check is off.
+        "alert_ai_share": Param(
+            None, type=["null", "number"], minimum=0, maximum=1, description="Alert: AI-generated share over"
+        ),
+        "alert_ai_count": Param(
+            None, type=["null", "integer"], minimum=0, description="Alert: more AI-generated images than"
+        ),
+        "alert_failed_share": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="Alert: failed+timed-out share over",
+        ),
+        "alert_credits": Param(
+            None, type=["null", "number"], minimum=0, description="Alert: credits spent over"
+        ),
+        "alert_to": Param(
+            None,
+            type=["null", "string", "array"],
+            items={"type": "string"},
+            description="Alert e-mail recipients (a comma-separated string or a list; null: no e-mail)",
         ),
     },
 ) as dag:
@@ -122,9 +149,10 @@ with DAG(
         log.info("Interval [%s, %s): %s", start, end, result.as_dict())
         return result.batch_ids
 
-    @task(outlets=[AUDIT_REPORT_ASSET])
+    @task(outlets=[AUDIT_REPORT_ASSET], on_success_callback=AuditAlertNotifier())
     def report() -> dict:
         """Close the run in the warehouse and write the analysts' report."""
+        from image_audit.lineage import record_report_outputs
         from image_audit.reporting import build_run_report
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
@@ -158,6 +186,8 @@ with DAG(
         uris = run_report.uris
         log.info("Report: %s (CSV %s, Parquet %s)", uris["html_path"], uris["csv_path"], uris["parquet_path"])
         context["outlet_events"][AUDIT_REPORT_ASSET].extra = {"dag_id": dag_id, "run_id": run_id, **uris}
+        # The files are the task's OpenLineage outputs: hook lineage, as TaskFlow has no facets method.
+        record_report_outputs([uris["html_path"], uris["csv_path"], uris["parquet_path"]])
         return {"html_path": uris["html_path"], **_small(run_report.summary)}
 
     batches = plan()

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 
 from copyleaks_provider.operators import CopyleaksSubmitImagesOperator, Submission, SubmissionState
+from image_audit.catalog import CatalogSpec
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.scans import load_unsent_scans, record_submit_error, record_transitions
 
 if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
     from airflow.sdk import Context
 
 _SCAN_STATES = {SubmissionState.SUBMITTED: ScanState.SUBMITTED, SubmissionState.REJECTED: ScanState.REJECTED}
@@ -37,6 +39,9 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
 
     The other parameters are :class:`~copyleaks_provider.operators.CopyleaksSubmitImagesOperator`'s.
     Returns (XCom) ``{"submitted": n, "rejected": n, "pending": n}``.
+
+    Lineage (OpenLineage provider): the catalog table in; the ``audit_scans`` and ``audit_results``
+    tables out (:mod:`image_audit.lineage`).
     """
 
     template_fields: Sequence[str] = (
@@ -50,12 +55,16 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
         super().__init__(**kwargs)
         self.batch_id = batch_id
         self.warehouse_conn_id = warehouse_conn_id
+        #: The catalog this run planned from, read in ``execute`` for the lineage (the listener reads no
+        #: Variable); ``None`` when it could not be read.
+        self._lineage_catalog: CatalogSpec | None = None
 
     @cached_property
     def engine(self) -> Engine:
         return get_engine(warehouse_url(self.warehouse_conn_id))
 
     def execute(self, context: Context) -> dict[str, int]:
+        self._lineage_catalog = self._read_catalog()
         scans = load_unsent_scans(self.engine, self.batch_id)
         if not scans:
             self.log.info("Batch %s: nothing left to submit", self.batch_id)
@@ -66,6 +75,25 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
         self.log.info("Batch %s done: %s", self.batch_id, summary.counts())
         self.raise_if_pending(summary, f"the {len(scans)} of batch {self.batch_id}")
         return summary.counts()
+
+    def _read_catalog(self) -> CatalogSpec | None:
+        from image_audit.lineage import configured_catalog
+
+        try:
+            return configured_catalog()
+        except Exception as exc:  # lineage never fails the submission
+            self.log.warning("No catalog for the lineage: %s", exc)
+            return None
+
+    def get_openlineage_facets_on_complete(self, task_instance) -> OperatorLineage:
+        """The OpenLineage provider's hook: the catalog table in, the scans and results tables out."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from image_audit.lineage import submit_datasets
+
+        inputs, outputs = submit_datasets(str(self.engine.url), self._lineage_catalog or CatalogSpec())
+        # a catalog execute could not read: the outputs alone, rather than a guessed input
+        return OperatorLineage(inputs=inputs if self._lineage_catalog else [], outputs=outputs)
 
     def record(self, submissions: list[Submission]) -> None:
         """Accepted and refused scans change state; a pending one keeps its state and notes why."""
