@@ -1,7 +1,10 @@
-"""The ``image_audit`` Airflow plugin: serves the audit's webhook receiver from the Airflow api-server.
+"""The ``image_audit`` Airflow plugin: serves the audit's webhook receiver from the Airflow api-server, and
+adds an "Audit report" tab to each DAG run in the Airflow UI.
 
 Callbacks then reach ``{api-server}/copyleaks-webhook/callbacks/{scan_id}/{token}``; set the Copyleaks
-connection's ``webhook_base_url`` to the public form of ``{api-server}/copyleaks-webhook``.
+connection's ``webhook_base_url`` to the public form of ``{api-server}/copyleaks-webhook``. Those routes
+are outside Airflow's authentication (each callback carries its HMAC token); the tab's page,
+``{api-server}/image-audit/runs/{dag_id}/{run_id}``, is behind Airflow's auth manager (``image_audit.ui``).
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from airflow.plugins_manager import AirflowPlugin
 
 from copyleaks_provider.receiver import WEBHOOK_URL_PREFIX
 from image_audit.receiver import create_warehouse_receiver_app
+from image_audit.ui import EXTERNAL_VIEW, URL_PREFIX, create_ui_app
 
 
 class CopyleaksPlugin(AirflowPlugin):
@@ -19,5 +23,7 @@ class CopyleaksPlugin(AirflowPlugin):
             "app": create_warehouse_receiver_app(),
             "url_prefix": WEBHOOK_URL_PREFIX,
             "name": "Copyleaks webhook receiver",
-        }
+        },
+        {"app": create_ui_app(), "url_prefix": URL_PREFIX, "name": "Image audit report pages"},
     ]
+    external_views = [EXTERNAL_VIEW]

@@ -35,8 +35,9 @@ def test_the_plugin_mounts_the_receiver_without_touching_the_database_at_import(
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     plugin = module.CopyleaksPlugin
-    (mount,) = plugin.fastapi_apps
-    assert plugin.name == "copyleaks" and mount["url_prefix"] == "/copyleaks-webhook"
+    mounts = {mount["url_prefix"]: mount for mount in plugin.fastapi_apps}
+    assert plugin.name == "copyleaks" and set(mounts) == {"/copyleaks-webhook", "/image-audit"}
+    mount = mounts["/copyleaks-webhook"]
     paths = {route.path for route in mount["app"].routes}
     assert {"/callbacks/{scan_id:path}/{token}", "/health"} <= paths
 

@@ -1,0 +1,145 @@
+"""The "Audit report" tab on each DAG run in the Airflow UI: ``GET /image-audit/runs/{dag_id}/{run_id}``.
+
+Mounted in the api-server by ``plugins/copyleaks_plugin.py``. Unlike the webhook receiver, this app is
+behind Airflow's own auth manager: the caller is the user of the UI's ``_token`` cookie (or of a bearer
+token) and must be allowed to read the DAG's runs. It shows the run's HTML report once the report task
+has written it (the URI in ``audit_reports.html_path``), and until then a progress page from the
+warehouse that refreshes itself.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from html import escape
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse
+from sqlalchemy import select
+
+from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
+from image_audit.config import reports_conn_id, warehouse_url
+from image_audit.submission_window import submission_minutes
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.lifecycle import ScanState as S
+from image_audit.warehouse.progress import count_scan_states_sync
+from image_audit.warehouse.schema import audit_reports
+
+URL_PREFIX = "/image-audit"
+REFRESH_SECONDS = 10
+#: The tab on each DAG run page (``{DAG_ID}`` and ``{RUN_ID}`` are filled in, URL-encoded, by the UI).
+EXTERNAL_VIEW = {
+    "name": "Audit report",
+    "href": URL_PREFIX + "/runs/{DAG_ID}/{RUN_ID}",
+    "destination": "dag_run",
+    "url_route": "audit-report",
+}
+_PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">{head}<title>{title}</title>
+<style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1f2933}}table{{border-collapse:collapse}}
+td,th{{padding:4px 16px 4px 0;text-align:left}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}
+.muted{{color:#627d98}}</style></head><body><h2>{title}</h2>{body}</body></html>"""
+
+
+class _BuiltAtFirstRequest:
+    """An ASGI app that builds the real one at its first request. Every Airflow process imports the plugin
+    (each task does, for its macros) but only the api-server serves this app, and Airflow's API security
+    module, which its routes depend on, takes about a second to import."""
+
+    def __init__(self, build):
+        self._build, self._app = build, None
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if self._app is None:
+            self._app = self._build()
+        await self._app(scope, receive, send)
+
+
+def create_ui_app() -> _BuiltAtFirstRequest:
+    """The tab's app, for the plugin's ``fastapi_apps`` (mounted at :data:`URL_PREFIX`)."""
+    return _BuiltAtFirstRequest(build_ui_app)
+
+
+def build_ui_app() -> FastAPI:
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    app = FastAPI(title="Image audit UI", docs_url=None, redoc_url=None, openapi_url=None)
+    can_read_runs = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
+
+    @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=[can_read_runs])
+    def run_page(dag_id: str, run_id: str) -> HTMLResponse:
+        """The run's report, else its live progress (blocking I/O: FastAPI runs it in a thread)."""
+        engine = get_engine(warehouse_url())
+        with engine.connect() as conn:
+            html_path = conn.execute(
+                select(audit_reports.c.html_path).where(
+                    audit_reports.c.dag_id == dag_id, audit_reports.c.run_id == run_id
+                )
+            ).scalar()
+        if html_path:
+            return _report(html_path)
+        return _progress(dag_id, run_id, count_scan_states_sync(engine, dag_id, run_id))
+
+    return app
+
+
+def _report(uri: str) -> HTMLResponse:
+    from airflow.sdk import ObjectStoragePath
+
+    try:
+        text = ObjectStoragePath(uri, conn_id=reports_conn_id()).read_text(encoding="utf-8")
+    except Exception as exc:  # shown to the user: the tab says what is wrong instead of a bare 500
+        body = f"<p>The report is recorded at <code>{escape(uri)}</code> but could not be read "
+        body += f"({escape(type(exc).__name__)}).</p>"
+        return HTMLResponse(_PAGE.format(head="", title="Audit report unavailable", body=body), 502)
+    return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+
+
+def _requests_per_second() -> float:
+    """The account's request rate from the Copyleaks connection (its default, 10/s, without one)."""
+    from airflow.sdk import BaseHook
+
+    try:
+        return CopyleaksSettings.from_connection(BaseHook.get_connection(DEFAULT_CONN_ID)).requests_per_second
+    except Exception:  # no connection here: the estimate uses the documented default
+        return CopyleaksSettings.model_fields["requests_per_second"].default
+
+
+def _progress(dag_id: str, run_id: str, counts: dict[str, int]) -> HTMLResponse:
+    planned = sum(counts.values())
+    pending, waiting = counts.get(S.PENDING, 0), counts.get(S.SUBMITTED, 0)
+    rows = {
+        "Planned": planned,
+        "Submitted": planned - pending - counts.get(S.REJECTED, 0),
+        "Completed": counts.get(S.COMPLETED, 0),
+        "Failed": counts.get(S.FAILED, 0),
+        "Timed out": counts.get(S.TIMED_OUT, 0),
+        "Rejected (never sent)": counts.get(S.REJECTED, 0),
+        "Remaining": pending + waiting,
+    }
+    table = "".join(f"<tr><th>{k}</th><td class='n'>{v:,}</td></tr>" for k, v in rows.items())
+    rate = _requests_per_second()
+    if not planned:
+        outlook = "No scans are recorded for this run yet: planning has not run (or this is no audit run)."
+    elif pending:
+        minutes = submission_minutes(pending, rate)
+        if minutes is None:
+            outlook = f"{pending:,} scans to submit (the account has no request limit)."
+        else:
+            finish = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M UTC")
+            outlook = (
+                f"{pending:,} scans to submit at {rate:g} requests/s: about {minutes:,} min, "
+                f"expected to finish around {finish} (results arrive by webhook shortly after)."
+            )
+    elif waiting:
+        outlook = f"Every scan is submitted; {waiting:,} results are still to arrive by webhook."
+    else:
+        outlook = "Every scan has its outcome: the report is being written."
+    body = (
+        f"<p class='muted'>{escape(dag_id)} / {escape(run_id)}: no report yet. This page refreshes "
+        f"every {REFRESH_SECONDS} s.</p><table>{table}</table><p>{escape(outlook)}</p>"
+    )
+    head = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
+    return HTMLResponse(
+        _PAGE.format(head=head, title="Audit in progress", body=body), headers={"Cache-Control": "no-store"}
+    )

@@ -1,0 +1,175 @@
+"""The "Audit report" tab on each DAG run, served by the real Airflow api-server through the plugin.
+
+The page is behind Airflow's own auth manager (here the SimpleAuthManager with two configured users), the
+webhook receiver beside it is not (HMAC only), and ``GET /api/v2/plugins`` lists the tab.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
+
+from copyleaks_provider.webhook_auth import webhook_url
+from image_audit.submission_window import submission_minutes
+from image_audit.ui import EXTERNAL_VIEW
+from image_audit.warehouse.engine import get_engine
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import audit_reports, migrate
+from image_audit_dev.servers import free_port, server_process
+from tests.test_plugin_api_server import CONNECTION, PLUGIN_FILE, SECRET
+from tests.test_receiver import result_body, scan_row, seed_scan
+
+DAG_ID = "image_catalog_audit"
+REPORTED_RUN = "scheduled__2026-11-21T00:00:00+00:00"
+RUNNING_RUN = "manual__2026-11-22T03:00:00+00:00"
+#: SimpleAuthManager users: a viewer (every role, VIEWER up, may read every DAG's runs) and a user
+#: without a role, to whom the SimpleAuthManager grants nothing (it has no per-DAG permissions).
+PASSWORDS = {"viewer": "viewer-password", "outsider": "outsider-password"}
+USERS = "viewer:viewer,outsider:"
+REPORT_HTML = "<!doctype html><html><body><h1>Image audit report</h1><p>marker-7f3a</p></body></html>"
+
+
+@pytest.fixture(scope="module")
+def server(airflow_db, tmp_path_factory):
+    """``airflow api-server`` with the plugin, the SimpleAuthManager (not all-admins), a seeded warehouse."""
+    tmp = tmp_path_factory.mktemp("ui-tab")
+    warehouse = f"sqlite:///{tmp / 'warehouse.db'}"
+    migrate(get_engine(warehouse))
+    passwords = tmp / "passwords.json"
+    passwords.write_text(json.dumps(PASSWORDS))
+    env = dict(
+        os.environ,
+        AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=warehouse,
+        AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(CONNECTION),
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="False",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS=USERS,
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
+        AIRFLOW__API_AUTH__JWT_SECRET="ui-tab-test-jwt-secret",
+    )
+    # A finished run: its report file and row. A running one: scans in every state, no report.
+    report = tmp / "reports" / "report.html"
+    report.parent.mkdir()
+    report.write_text(REPORT_HTML)
+    with get_engine(warehouse).begin() as conn:
+        conn.execute(
+            audit_reports.insert(),
+            {
+                "dag_id": DAG_ID,
+                "run_id": REPORTED_RUN,
+                "created_at": datetime.now(UTC),
+                "summary": {},
+                "html_path": f"file://{report}",
+            },
+        )
+    states = {"pending": 7, "submitted": 3, "completed": 4, "failed": 1, "rejected": 2}
+    for state, n in states.items():
+        for i in range(n):
+            seed_scan(warehouse, f"{state}-{i}", ScanState(state), run_id=RUNNING_RUN)
+    seed_scan(warehouse, "webhook-scan", run_id=REPORTED_RUN)
+    port = free_port()
+    command = [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"]
+    with server_process(
+        command, port=port, health_path="/copyleaks-webhook/health", env=env,
+        log_path=tmp / "api-server.log", timeout=90,
+    ) as base:  # fmt: skip
+        yield base, warehouse
+
+
+def token(base: str, user: str) -> str:
+    response = httpx.post(
+        f"{base}/auth/token", json={"username": user, "password": PASSWORDS[user]}, timeout=30
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["access_token"]
+
+
+def page(base: str, run_id: str, **kwargs) -> httpx.Response:
+    return httpx.get(f"{base}/image-audit/runs/{DAG_ID}/{run_id}", timeout=30, **kwargs)
+
+
+def bearer(base: str, user: str) -> dict:
+    return {"headers": {"Authorization": f"Bearer {token(base, user)}"}}
+
+
+def test_importing_the_plugin_leaves_airflows_api_security_unimported():
+    """Every task imports the plugin (for its macros): the tab's app is built at its first request."""
+    code = (
+        "import runpy, sys; runpy.run_path(sys.argv[1]); "
+        "assert 'airflow.api_fastapi.core_api.security' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code, str(PLUGIN_FILE)], check=True, capture_output=True)
+
+
+def test_anonymous_callers_get_airflows_401(server):
+    base, _ = server
+    response = page(base, REPORTED_RUN)
+    assert response.status_code == 401 and response.json() == {"detail": "Not authenticated"}
+    # A forged token is Airflow's to refuse as well
+    forged = page(base, REPORTED_RUN, headers={"Authorization": "Bearer not.a.jwt"})
+    assert forged.status_code == 403 and forged.json() == {"detail": "Invalid JWT token"}
+
+
+def test_a_viewer_sees_the_runs_report(server):
+    base, _ = server
+    response = page(base, REPORTED_RUN, **bearer(base, "viewer"))
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html") and response.text == REPORT_HTML
+    # The UI's session: the same token in the _token cookie (what the tab's iframe sends)
+    cookie = page(base, REPORTED_RUN, cookies={COOKIE_NAME_JWT_TOKEN: token(base, "viewer")})
+    assert cookie.status_code == 200 and "marker-7f3a" in cookie.text
+
+
+def test_a_run_without_a_report_shows_its_live_progress(server):
+    base, _ = server
+    response = page(base, RUNNING_RUN, **bearer(base, "viewer"))
+    assert response.status_code == 200, response.text
+    text = response.text
+    assert '<meta http-equiv="refresh" content="10">' in text and "Audit in progress" in text
+    rows = {"Planned": 17, "Submitted": 8, "Completed": 4, "Failed": 1, "Remaining": 10}
+    for label, n in rows.items():
+        assert f"<tr><th>{label}</th><td class='n'>{n}</td></tr>" in text
+    minutes = submission_minutes(7, 10.0)  # the connection sets no rate: the account's default, 10/s
+    assert f"7 scans to submit at 10 requests/s: about {minutes} min" in text
+    # A run the warehouse knows nothing of
+    unknown = page(base, "manual__nothing", **bearer(base, "viewer"))
+    assert unknown.status_code == 200 and "No scans are recorded for this run yet" in unknown.text
+
+
+def test_a_user_the_auth_manager_grants_no_dag_access_gets_403(server):
+    base, _ = server
+    response = page(base, REPORTED_RUN, **bearer(base, "outsider"))
+    assert response.status_code == 403 and response.json() == {"detail": "Forbidden"}
+    assert "marker-7f3a" not in response.text
+
+
+def test_the_webhook_stays_outside_airflows_auth(server):
+    base, warehouse = server
+    prefix = f"{base}/copyleaks-webhook"
+    assert httpx.get(f"{prefix}/health", timeout=30).status_code == 200
+    # A bad HMAC token: our receiver's 403, not Airflow's 401
+    forged = httpx.post(webhook_url(prefix, "not-the-secret", "webhook-scan"), json={}, timeout=30)
+    assert forged.status_code == 403 and forged.json() == {"detail": "invalid callback token"}
+    # The right one, without any Airflow credential: stored
+    url = webhook_url(prefix, SECRET, "webhook-scan")
+    response = httpx.post(url, json=result_body("webhook-scan"), timeout=30)
+    assert response.status_code == 200 and response.json() == {"status": "stored"}
+    assert scan_row(warehouse, "webhook-scan")["state"] == "completed"
+
+
+def test_the_api_lists_the_tab(server):
+    base, _ = server
+    assert httpx.get(f"{base}/api/v2/plugins", timeout=30).status_code == 401
+    response = httpx.get(f"{base}/api/v2/plugins", timeout=30, **bearer(base, "viewer"))
+    assert response.status_code == 200, response.text
+    (plugin,) = [p for p in response.json()["plugins"] if p["name"] == "copyleaks"]
+    (view,) = plugin["external_views"]
+    assert {k: view[k] for k in EXTERNAL_VIEW} == EXTERNAL_VIEW
+    assert view["href"] == "/image-audit/runs/{DAG_ID}/{RUN_ID}" and view["destination"] == "dag_run"
+    assert {app["url_prefix"] for app in plugin["fastapi_apps"]} == {"/copyleaks-webhook", "/image-audit"}
