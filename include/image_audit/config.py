@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sqlalchemy.engine import URL
+from copyleaks_provider.connections import sqlalchemy_url
 
 #: The Airflow connection of the warehouse (catalog, scans, results, reports): type ``postgres`` or
 #: ``sqlite``, or any type whose extra holds ``{"sqlalchemy_url": ...}``. Like every resource of the
@@ -52,27 +52,14 @@ def _embedded_warehouse_url() -> str:
 
 
 def connection_url(connection) -> str:
-    """A SQLAlchemy URL from an Airflow connection (postgres, sqlite, or an extra's ``sqlalchemy_url``)."""
-    extra = connection.extra_dejson
-    if extra.get("sqlalchemy_url"):
-        return str(extra["sqlalchemy_url"])
-    if connection.conn_type == "sqlite":  # the file's path: host in Airflow's form, else the URI's path
-        return f"sqlite:///{connection.host or connection.schema}"
-    if connection.conn_type in ("postgres", "postgresql"):
-        url = URL.create(
-            "postgresql",
-            username=connection.login or None,
-            password=connection.password or None,
-            host=connection.host or None,
-            port=connection.port or None,
-            database=connection.schema or None,
-            query={k: str(v) for k, v in extra.items()},
+    """The warehouse's SQLAlchemy URL from its Airflow connection."""
+    url = sqlalchemy_url(connection)
+    if url is None:
+        raise ValueError(
+            f"unsupported warehouse database {connection.conn_type!r} (connection {connection.conn_id!r}): "
+            "use a postgres or sqlite connection, or put the SQLAlchemy URL in its extra as sqlalchemy_url"
         )
-        return url.render_as_string(hide_password=False)
-    raise ValueError(
-        f"unsupported warehouse database {connection.conn_type!r} (connection {connection.conn_id!r}): "
-        "use a postgres or sqlite connection, or put the SQLAlchemy URL in its extra as sqlalchemy_url"
-    )
+    return url
 
 
 def reports_dir() -> Path:

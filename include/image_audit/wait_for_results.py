@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
@@ -77,8 +78,13 @@ class WaitForScanResultsOperator(BaseOperator):
         self.wait_timeout = wait_timeout
         self.poll_interval = poll_interval
 
+    @cached_property
+    def _warehouse_url(self) -> str:
+        """Looked up once per task try (a secrets backend may be asked), not once per query."""
+        return warehouse_url(self.warehouse_conn_id)
+
     def _engine(self):
-        return get_engine(warehouse_url(self.warehouse_conn_id))
+        return get_engine(self._warehouse_url)
 
     def _run_key(self, context: Context) -> tuple[str, str]:
         return self.target_dag_id or context["dag"].dag_id, self.target_run_id or context["run_id"]
@@ -86,7 +92,7 @@ class WaitForScanResultsOperator(BaseOperator):
     def _poll_interval(self) -> float:
         if self.poll_interval is not None:
             return float(self.poll_interval)
-        notified = is_postgres(warehouse_url(self.warehouse_conn_id))
+        notified = is_postgres(self._warehouse_url)
         return POLL_INTERVAL_WITH_NOTIFY if notified else POLL_INTERVAL_WITHOUT_NOTIFY
 
     def _timeout(self) -> timedelta:

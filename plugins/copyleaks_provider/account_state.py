@@ -48,9 +48,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
+from copyleaks_provider.connections import sqlalchemy_url
 from copyleaks_provider.exceptions import CopyleaksAccountStateError, CopyleaksValidationError
 from copyleaks_provider.settings import CopyleaksSettings
 
@@ -242,21 +243,16 @@ def state_database_url(settings: CopyleaksSettings) -> str:
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(settings.account_state_conn_id)
-    if conn.conn_type in ("postgres", "postgresql"):
-        return URL.create(
-            "postgresql+psycopg2",
-            username=conn.login or None,
-            password=conn.password or None,
-            host=conn.host or None,
-            port=conn.port or None,
-            database=conn.schema or None,
-        ).render_as_string(hide_password=False)
-    if conn.conn_type == "sqlite":
-        return f"sqlite:///{conn.host}"
-    raise CopyleaksValidationError(
-        f"the account state connection {settings.account_state_conn_id!r} is of type {conn.conn_type!r}: "
-        "use postgres (shared by every host) or sqlite (one machine)"
-    )
+    url = sqlalchemy_url(conn)
+    if url is None:
+        raise CopyleaksValidationError(
+            f"the account state connection {settings.account_state_conn_id!r} is of type "
+            f"{conn.conn_type!r}: use postgres (shared by every host) or sqlite (one machine)"
+        )
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":  # SQLAlchemy 2.1's default driver is psycopg 3: we ship psycopg2
+        url = parsed.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return url
 
 
 def _warn_if_distributed() -> None:
