@@ -26,6 +26,7 @@ from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.alerts import AuditAlertNotifier
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
+from image_audit.links import AuditReportLink
 from image_audit.operators import SubmitAuditBatchOperator
 from image_audit.wait_for_results import WaitForScanResultsOperator
 
@@ -207,6 +208,9 @@ with DAG(
         wait_timeout="{{ params.wait_timeout_minutes * 60 }}",
     )
     reported = report()
+    # The "Audit report" button on the report task too (TaskFlow takes no extra links as an argument;
+    # the serialized DAG carries the instance's links, and the task pushes its URL when it finishes).
+    reported.operator.operator_extra_links = (AuditReportLink(),)
     batches >> submitted >> waited >> reported
     # A teardown that counts for the run state would be its only leaf, hiding a failed submit or wait:
     # left out, the run fails whenever submit_batch or wait_for_results does.

@@ -91,8 +91,8 @@ def test_a_run_over_the_ai_share_threshold_sends_one_email(audit, smtp):
     assert f"AI-generated: {summary['ai_generated']} of {summary['completed']} completed" in text
     assert f"images: {summary['images']} (completed {summary['completed']}" in text
     assert f"credits spent: {summary['credits_actual']}" in text
-    link = f"{BASE_URL}/dags/image_catalog_audit/runs/{quote(run.run_id, safe='')}"
-    assert f'<a href="{link}">' in body and f"The run in Airflow: {link}" in text
+    link = f"{BASE_URL}/dags/image_catalog_audit/runs/{quote(run.run_id, safe='')}/plugin/audit-report"
+    assert f'<a href="{link}">' in body and f"The run's audit report in Airflow: {link}" in text
     secrets = (audit.emulator.api_key, audit.secret)
     for text in (subject, body, message.as_string()):
         assert not any(secret in text for secret in secrets)
@@ -179,7 +179,10 @@ def test_another_channel_receives_the_same_text(smtp):
     assert "Credits spent 33 > 30 (threshold credits)" in text
     assert "Failed + timed-out share 14.3% > 10.0% (threshold failed_share)" in text
     assert "AI-generated" not in call["alert_subject"]
-    assert f"{BASE_URL}/dags/image_catalog_audit/runs/{quote(SUMMARY['run_id'], safe='')}" in text
+    assert (
+        f"{BASE_URL}/dags/image_catalog_audit/runs/{quote(SUMMARY['run_id'], safe='')}/plugin/audit-report"
+        in text
+    )
     assert [c["name"] for c in call["alert"]["crossed"]] == ["failed_share", "credits"]
     assert len(smtp.messages) == 1  # the other channel sent no e-mail
 

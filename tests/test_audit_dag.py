@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import timedelta
+from urllib.parse import quote
 
 import pytest
 
@@ -49,6 +50,31 @@ def test_normal_run_stores_every_result_and_reports_rejections(audit):
     uris = {key: report[key] for key in ("html_path", "csv_path", "parquet_path")}
     assert uris["html_path"].startswith("file:///") and uris["html_path"].endswith("/report.html")
     assert _report_event(run.run_id) == {"dag_id": "image_catalog_audit", "run_id": run.run_id, **uris}
+    # Each task's "Audit report" button: the URL its worker pushed when it finished, to this run's tab
+    run_page = f"http://localhost:8080/dags/image_catalog_audit/runs/{quote(run.run_id, safe='')}"
+    tab = f"{run_page}/plugin/audit-report"
+    links = _extra_link_urls(run.run_id)
+    assert set(links) == {"submit_batch", "wait_for_results", "report"}, links
+    assert all(urls and set(urls) == {tab} for urls in links.values()), links
+    batches = {s["batch_id"] for s in scans if s["batch_id"]}
+    assert len(links["submit_batch"]) == len(batches) > 0  # one per mapped batch
+
+
+def _extra_link_urls(run_id: str) -> dict[str, list[str]]:
+    """The extra-link URLs the run's tasks pushed (Airflow 3 keeps them as XCom), by task id."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    query = select(XComModel.task_id, XComModel.value).where(
+        XComModel.run_id == run_id, XComModel.key == "_link_AuditReportLink"
+    )
+    with create_session() as session:
+        rows = session.execute(query).all()
+    urls: dict[str, list[str]] = {}
+    for task_id, value in rows:
+        urls.setdefault(task_id, []).append(value)
+    return urls
 
 
 def _report_event(run_id: str) -> dict:

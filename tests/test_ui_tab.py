@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -21,7 +22,7 @@ from image_audit.submission_window import submission_minutes
 from image_audit.ui import EXTERNAL_VIEW
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
-from image_audit.warehouse.schema import audit_reports, migrate
+from image_audit.warehouse.schema import audit_reports, audit_scans, migrate
 from image_audit_dev.servers import free_port, server_process
 from tests.test_plugin_api_server import CONNECTION, PLUGIN_FILE, SECRET
 from tests.test_receiver import result_body, scan_row, seed_scan
@@ -29,6 +30,7 @@ from tests.test_receiver import result_body, scan_row, seed_scan
 DAG_ID = "image_catalog_audit"
 REPORTED_RUN = "scheduled__2026-11-21T00:00:00+00:00"
 RUNNING_RUN = "manual__2026-11-22T03:00:00+00:00"
+SUBMITTING_RUN = "manual__2026-11-23T03:00:00+00:00"
 #: SimpleAuthManager users: a viewer (every role, VIEWER up, may read every DAG's runs) and a user
 #: without a role, to whom the SimpleAuthManager grants nothing (it has no per-DAG permissions).
 PASSWORDS = {"viewer": "viewer-password", "outsider": "outsider-password"}
@@ -73,6 +75,11 @@ def server(airflow_db, tmp_path_factory):
         for i in range(n):
             seed_scan(warehouse, f"{state}-{i}", ScanState(state), run_id=RUNNING_RUN)
     seed_scan(warehouse, "webhook-scan", run_id=REPORTED_RUN)
+    # A run submitting now: 5 to send, 12 sent (when: set by its test, just before it asks)
+    for i in range(5):
+        seed_scan(warehouse, f"to-send-{i}", ScanState.PENDING, run_id=SUBMITTING_RUN)
+    for i in range(12):
+        seed_scan(warehouse, f"sent-{i}", ScanState.SUBMITTED, run_id=SUBMITTING_RUN)
     port = free_port()
     command = [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"]
     with server_process(
@@ -135,11 +142,40 @@ def test_a_run_without_a_report_shows_its_live_progress(server):
     rows = {"Planned": 17, "Submitted": 8, "Completed": 4, "Failed": 1, "Remaining": 10}
     for label, n in rows.items():
         assert f"<tr><th>{label}</th><td class='n'>{n}</td></tr>" in text
-    minutes = submission_minutes(7, 10.0)  # the connection sets no rate: the account's default, 10/s
+    # Nothing sent in the last minute: the estimate runs at the budget (the connection sets no rate:
+    # the account's documented default, 10/s)
+    assert "No submission in the last minute (the account&#x27;s budget: 10 requests/s)." in text
+    minutes = submission_minutes(7, 10.0)
     assert f"7 scans to submit at 10 requests/s: about {minutes} min" in text
     # A run the warehouse knows nothing of
     unknown = page(base, "manual__nothing", **bearer(base, "viewer"))
     assert unknown.status_code == 200 and "No scans are recorded for this run yet" in unknown.text
+
+
+def test_a_submitting_run_shows_its_measured_rate_against_the_budget(server):
+    base, warehouse = server
+    headers = bearer(base, "viewer")
+    # 12 submissions over the last 30 s, one every 2.5 s: 0.4/s
+    asked = datetime.now(UTC)
+    with get_engine(warehouse).begin() as conn:
+        for i in range(12):
+            sent_at = asked - timedelta(seconds=30 - 2.5 * i)
+            conn.execute(
+                audit_scans.update().where(audit_scans.c.scan_id == f"sent-{i}"), {"submitted_at": sent_at}
+            )
+    text = page(base, SUBMITTING_RUN, **headers).text
+    took = (datetime.now(UTC) - asked).total_seconds()
+    found = re.search(r"Submitting at ([0-9.]+) requests/s over the last minute; the account&#x27;s budget: "
+                      r"10 requests/s \((\d+)% of it\)\.", text)  # fmt: skip
+    assert found, text
+    measured, share = float(found[1]), int(found[2])
+    # 12 submissions over the 30 s (plus the time the request took) since the first of them
+    assert 12 / (30 + took) - 0.001 <= measured <= 12 / 30 + 0.001, (measured, took)
+    assert share == round(measured * 10)
+    # The finish estimate for the 5 left runs at the measured rate, not at the budget
+    estimate = re.search(r"5 scans to submit at ([0-9.]+) requests/s: about (\d+) min", text)
+    assert estimate and abs(float(estimate[1]) - measured) < 0.01, text
+    assert int(estimate[2]) == submission_minutes(5, float(estimate[1]))
 
 
 def test_a_user_the_auth_manager_grants_no_dag_access_gets_403(server):

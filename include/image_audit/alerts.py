@@ -15,8 +15,8 @@ Thresholds (a figure *over* its threshold fires; ``None``: that check is off):
 
 Each comes from the notifier's own value, overridden by the run's ``alert_<name>`` Param when that is
 set, so a run's conf can switch a check on. The message says which figure crossed which threshold, with
-the run's figures and a link to the run in the Airflow UI; it is built only from those numbers, the
-DAG and run ids and the report's URI: no connection, secret or catalog row goes into it.
+the run's figures and a link to the run's "Audit report" tab in the Airflow UI; it is built only from
+those numbers, the DAG and run ids and the report's URI: no connection, secret or catalog row goes into it.
 
 The channel receives the Airflow context plus ``alert_subject``, ``alert_text``, ``alert_html``,
 ``alert_to`` and ``alert`` (the structured findings), so a channel's templated fields can say e.g.
@@ -32,9 +32,10 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 from airflow.sdk import BaseNotifier
+
+from image_audit.links import report_tab_url
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +44,6 @@ DEFAULT_SMTP_CONN_ID = "smtp_default"
 #: The run's Params that set the thresholds (``alert_<name>``) and the e-mail recipients.
 PARAM_PREFIX = "alert_"
 RECIPIENTS_PARAM = "alert_to"
-#: Where the Airflow UI is when ``[api] base_url`` is not set.
-FALLBACK_BASE_URL = "http://localhost:8080"
 
 
 @dataclass(frozen=True)
@@ -108,14 +107,6 @@ def crossings(summary: Mapping[str, Any], thresholds: Mapping[str, float | None]
         if threshold is not None and value is not None and value > threshold:
             found.append(Crossing(check, value, threshold))
     return found
-
-
-def run_url(dag_id: str, run_id: str) -> str:
-    """The run's page in the Airflow UI (``[api] base_url``, else :data:`FALLBACK_BASE_URL`)."""
-    from airflow.sdk.configuration import conf
-
-    base = conf.get("api", "base_url", fallback=None) or FALLBACK_BASE_URL
-    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
 
 
 class AuditAlertNotifier(BaseNotifier):
@@ -188,7 +179,7 @@ class AuditAlertNotifier(BaseNotifier):
         """The alert's subject, text, HTML and link: the crossings, the run's figures, the run's link."""
         dag_id = str(summary.get("dag_id") or context["dag"].dag_id)
         run_id = str(summary.get("run_id") or context["run_id"])
-        url = run_url(dag_id, run_id)
+        url = report_tab_url(dag_id, run_id)
         figures = run_figures(summary)
         subject = f"[image-audit] {dag_id} {run_id}: " + "; ".join(c.describe() for c in found)
         crossed = [f"- {c.describe()} (threshold {c.check.name})" for c in found]
@@ -208,7 +199,7 @@ class AuditAlertNotifier(BaseNotifier):
             f"(expected {_count(summary.get('credits_expected'))})",
             f"- data interval: {summary.get('data_interval_start')} .. {summary.get('data_interval_end')}",
             "",
-            f"The run in Airflow: {url}",
+            f"The run's audit report in Airflow: {url}",
         ]
         if summary.get("html_path"):
             lines.append(f"The report: {summary['html_path']}")

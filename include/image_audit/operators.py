@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from copyleaks_provider.operators import CopyleaksSubmitImagesOperator, Submission, SubmissionState
 from image_audit.catalog import CatalogSpec
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
+from image_audit.links import AuditReportLink
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.scans import load_unsent_scans, record_submit_error, record_transitions
@@ -40,10 +41,13 @@ class SubmitAuditBatchOperator(CopyleaksSubmitImagesOperator):
     The other parameters are :class:`~copyleaks_provider.operators.CopyleaksSubmitImagesOperator`'s.
     Returns (XCom) ``{"submitted": n, "rejected": n, "pending": n}``.
 
+    Its "Audit report" extra link opens the run's tab in the Airflow UI (live progress while it runs).
+
     Lineage (OpenLineage provider): the catalog table in; the ``audit_scans`` and ``audit_results``
     tables out (:mod:`image_audit.lineage`).
     """
 
+    operator_extra_links = (AuditReportLink(),)
     template_fields: Sequence[str] = (
         "batch_id",
         *(f for f in CopyleaksSubmitImagesOperator.template_fields if f != "images"),

@@ -19,20 +19,21 @@ from sqlalchemy import select
 
 from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
 from image_audit.config import reports_conn_id, warehouse_url
+from image_audit.links import TAB_NAME, TAB_ROUTE
 from image_audit.submission_window import submission_minutes
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState as S
-from image_audit.warehouse.progress import count_scan_states_sync
+from image_audit.warehouse.progress import count_scan_states_sync, recent_submission_rate_sync
 from image_audit.warehouse.schema import audit_reports
 
 URL_PREFIX = "/image-audit"
 REFRESH_SECONDS = 10
 #: The tab on each DAG run page (``{DAG_ID}`` and ``{RUN_ID}`` are filled in, URL-encoded, by the UI).
 EXTERNAL_VIEW = {
-    "name": "Audit report",
+    "name": TAB_NAME,
     "href": URL_PREFIX + "/runs/{DAG_ID}/{RUN_ID}",
     "destination": "dag_run",
-    "url_route": "audit-report",
+    "url_route": TAB_ROUTE,
 }
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">{head}<title>{title}</title>
 <style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1f2933}}table{{border-collapse:collapse}}
@@ -78,7 +79,8 @@ def build_ui_app() -> FastAPI:
             ).scalar()
         if html_path:
             return _report(html_path)
-        return _progress(dag_id, run_id, count_scan_states_sync(engine, dag_id, run_id))
+        counts = count_scan_states_sync(engine, dag_id, run_id)
+        return _progress(dag_id, run_id, counts, recent_submission_rate_sync(engine, dag_id, run_id))
 
     return app
 
@@ -105,7 +107,11 @@ def _requests_per_second() -> float:
         return CopyleaksSettings.model_fields["requests_per_second"].default
 
 
-def _progress(dag_id: str, run_id: str, counts: dict[str, int]) -> HTMLResponse:
+def _progress(dag_id: str, run_id: str, counts: dict[str, int], measured: float | None) -> HTMLResponse:
+    """Where the run is, its measured request rate against the account's budget, and when it may end.
+
+    ``measured``: the run's submissions per second over the last minute (None: it sent none then).
+    """
     planned = sum(counts.values())
     pending, waiting = counts.get(S.PENDING, 0), counts.get(S.SUBMITTED, 0)
     rows = {
@@ -118,7 +124,16 @@ def _progress(dag_id: str, run_id: str, counts: dict[str, int]) -> HTMLResponse:
         "Remaining": pending + waiting,
     }
     table = "".join(f"<tr><th>{k}</th><td class='n'>{v:,}</td></tr>" for k, v in rows.items())
-    rate = _requests_per_second()
+    budget = _requests_per_second()
+    budget_text = f"{budget:g} requests/s" if budget else "no request limit"
+    if measured is None:
+        rate_line = f"No submission in the last minute (the account's budget: {budget_text})."
+    else:
+        share = f" ({measured / budget:.0%} of it)" if budget else ""
+        rate_line = f"Submitting at {measured:.3g} requests/s over the last minute; the account's budget: "
+        rate_line += f"{budget_text}{share}."
+    # The finish estimate: at the rate measured now, else at the budget (the most the account allows).
+    rate = measured or budget
     if not planned:
         outlook = "No scans are recorded for this run yet: planning has not run (or this is no audit run)."
     elif pending:
@@ -128,7 +143,7 @@ def _progress(dag_id: str, run_id: str, counts: dict[str, int]) -> HTMLResponse:
         else:
             finish = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M UTC")
             outlook = (
-                f"{pending:,} scans to submit at {rate:g} requests/s: about {minutes:,} min, "
+                f"{pending:,} scans to submit at {rate:.3g} requests/s: about {minutes:,} min, "
                 f"expected to finish around {finish} (results arrive by webhook shortly after)."
             )
     elif waiting:
@@ -137,7 +152,8 @@ def _progress(dag_id: str, run_id: str, counts: dict[str, int]) -> HTMLResponse:
         outlook = "Every scan has its outcome: the report is being written."
     body = (
         f"<p class='muted'>{escape(dag_id)} / {escape(run_id)}: no report yet. This page refreshes "
-        f"every {REFRESH_SECONDS} s.</p><table>{table}</table><p>{escape(outlook)}</p>"
+        f"every {REFRESH_SECONDS} s.</p><table>{table}</table>"
+        f"<p>{escape(rate_line)}</p><p>{escape(outlook)}</p>"
     )
     head = f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
     return HTMLResponse(

@@ -19,6 +19,7 @@ from airflow.sdk.exceptions import AirflowException
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
+from image_audit.links import AuditReportLink
 from image_audit.triggers import ScanResultsTrigger
 from image_audit.warehouse.engine import get_engine, is_postgres
 from image_audit.warehouse.lifecycle import ScanState
@@ -57,6 +58,7 @@ class WaitForScanResultsOperator(BaseOperator):
     :param warehouse_conn_id: the warehouse connection.
     """
 
+    operator_extra_links = (AuditReportLink(),)
     template_fields: Sequence[str] = ("target_dag_id", "target_run_id", "wait_timeout")
 
     def __init__(

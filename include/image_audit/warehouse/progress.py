@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
@@ -55,6 +55,30 @@ def count_scan_states_sync(conn_or_engine: Connection | Engine, dag_id: str, run
         with conn_or_engine.connect() as conn:
             return count_scan_states_sync(conn, dag_id, run_id)
     return {state: n for state, n in conn_or_engine.execute(_state_counts_query(dag_id, run_id)).all()}
+
+
+def recent_submission_rate_sync(
+    conn_or_engine: Connection | Engine, dag_id: str, run_id: str, *, window_seconds: float = 60.0
+) -> float | None:
+    """The run's measured submissions per second over the last ``window_seconds``; None if it sent none.
+
+    Counted from ``submitted_at`` over the span since the window's first submission, so a run that
+    began submitting 10 s ago at 10/s reads 10/s, not 10 s' worth averaged over a minute.
+    """
+    if isinstance(conn_or_engine, Engine):
+        with conn_or_engine.connect() as conn:
+            return recent_submission_rate_sync(conn, dag_id, run_id, window_seconds=window_seconds)
+    now = datetime.now(UTC)
+    query = select(func.count(), func.min(audit_scans.c.submitted_at)).where(
+        audit_scans.c.dag_id == dag_id,
+        audit_scans.c.run_id == run_id,
+        audit_scans.c.submitted_at >= now - timedelta(seconds=window_seconds),
+    )
+    sent, first = conn_or_engine.execute(query).one()
+    if not sent:
+        return None
+    first = first if first.tzinfo else first.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+    return sent / max((now - first).total_seconds(), 1.0)
 
 
 def waiting(counts: dict[str, int]) -> int:
