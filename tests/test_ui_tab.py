@@ -6,12 +6,15 @@ webhook receiver beside it is not (HMAC only), and ``GET /api/v2/plugins`` lists
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import pytest
@@ -38,12 +41,10 @@ USERS = "viewer:viewer,outsider:"
 REPORT_HTML = "<!doctype html><html><body><h1>Image audit report</h1><p>marker-7f3a</p></body></html>"
 
 
-@pytest.fixture(scope="module")
-def server(airflow_db, tmp_path_factory):
-    """``airflow api-server`` with the plugin, the SimpleAuthManager (not all-admins), a seeded warehouse."""
-    tmp = tmp_path_factory.mktemp("ui-tab")
-    warehouse = f"sqlite:///{tmp / 'warehouse.db'}"
-    migrate(get_engine(warehouse))
+@contextlib.contextmanager
+def ui_api_server(tmp: Path, warehouse: str) -> Iterator[str]:
+    """``airflow api-server`` with the plugin and the SimpleAuthManager (not all-admins: ``USERS`` with
+    ``PASSWORDS``) on ``warehouse``; yields its base URL."""
     passwords = tmp / "passwords.json"
     passwords.write_text(json.dumps(PASSWORDS))
     env = dict(
@@ -55,6 +56,21 @@ def server(airflow_db, tmp_path_factory):
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(passwords),
         AIRFLOW__API_AUTH__JWT_SECRET="ui-tab-test-jwt-secret",
     )
+    port = free_port()
+    command = [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"]
+    with server_process(
+        command, port=port, health_path="/copyleaks-webhook/health", env=env,
+        log_path=tmp / "api-server.log", timeout=90,
+    ) as base:  # fmt: skip
+        yield base
+
+
+@pytest.fixture(scope="module")
+def server(airflow_db, tmp_path_factory):
+    """The api-server on a seeded warehouse: a reported run, a running one, a submitting one."""
+    tmp = tmp_path_factory.mktemp("ui-tab")
+    warehouse = f"sqlite:///{tmp / 'warehouse.db'}"
+    migrate(get_engine(warehouse))
     # A finished run: its report file and row. A running one: scans in every state, no report.
     report = tmp / "reports" / "report.html"
     report.parent.mkdir()
@@ -80,12 +96,7 @@ def server(airflow_db, tmp_path_factory):
         seed_scan(warehouse, f"to-send-{i}", ScanState.PENDING, run_id=SUBMITTING_RUN)
     for i in range(12):
         seed_scan(warehouse, f"sent-{i}", ScanState.SUBMITTED, run_id=SUBMITTING_RUN)
-    port = free_port()
-    command = [sys.executable, "-m", "airflow", "api-server", "--port", str(port), "--workers", "1"]
-    with server_process(
-        command, port=port, health_path="/copyleaks-webhook/health", env=env,
-        log_path=tmp / "api-server.log", timeout=90,
-    ) as base:  # fmt: skip
+    with ui_api_server(tmp, warehouse) as base:
         yield base, warehouse
 
 
