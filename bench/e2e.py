@@ -14,6 +14,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -130,6 +131,7 @@ def run_dag(deployed: Deployment, dag_id: str, workdir: Path) -> dict:
     log = workdir / f"{dag_id}.log"
     airflow(["db", "migrate"], deployed.env, log)
     logical = (DAY + timedelta(days=1)).isoformat()
+    started_at = datetime.now(UTC)
     elapsed, peak_rss_kib = airflow(["dags", "test", dag_id, logical], deployed.env, log)
     with sqlite3.connect(workdir / "airflow" / "airflow.db") as meta:
         (run_id, state) = meta.execute(
@@ -142,6 +144,11 @@ def run_dag(deployed: Deployment, dag_id: str, workdir: Path) -> dict:
             "SELECT coalesce(sum(length(value)), 0) FROM xcom WHERE dag_id = ? AND run_id = ?",
             (dag_id, run_id),
         ).fetchone()[0]
+        spans = meta.execute(
+            "SELECT task_id, min(start_date), max(end_date) FROM task_instance"
+            " WHERE dag_id = ? AND run_id = ? GROUP BY task_id ORDER BY min(start_date)",
+            (dag_id, run_id),
+        ).fetchall()
     kept = RESULTS_DIR / "logs" / f"{dag_id}-{workdir.name}.log"
     kept.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(log, kept)
@@ -159,7 +166,27 @@ def run_dag(deployed: Deployment, dag_id: str, workdir: Path) -> dict:
         "xcom_bytes": xcom_bytes,
         "peak_rss_mib": round(peak_rss_kib / 1024),
         "deferred": "running trigger in line" in log.read_text(),
+        "phases_s": _phases(spans, started_at, elapsed),
     }
+
+
+def _phases(spans: list[tuple], started_at: datetime, elapsed: float) -> dict[str, float]:
+    """Seconds per task (first start to last end, mapped tries together) and the time around them:
+    ``startup`` before the first task, ``gaps`` between tasks, ``shutdown`` after the last."""
+    phases: dict[str, float] = {}
+    previous_end = started_at
+    gaps = 0.0
+    for task_id, start, end in spans:
+        start, end = (datetime.fromisoformat(v).replace(tzinfo=UTC) for v in (start, end))
+        if task_id == spans[0][0]:
+            phases["startup"] = round((start - started_at).total_seconds(), 1)
+        else:
+            gaps += max((start - previous_end).total_seconds(), 0.0)
+        phases[task_id] = round((end - start).total_seconds(), 1)
+        previous_end = max(previous_end, end)
+    phases["gaps"] = round(gaps, 1)
+    phases["shutdown"] = round(elapsed - (previous_end - started_at).total_seconds(), 1)
+    return phases
 
 
 def run_floor(deployed: Deployment, count: int) -> dict:
@@ -282,25 +309,36 @@ def main(
     naive_count: int = 1_000,
     backend: str = "sqlite",
     on_cluster: bool = True,
+    repeats: int = 3,
 ) -> dict:
+    """Each size runs ``repeats`` times (floor, then DAG): the figure is the median ratio, and each run."""
     figures: dict = {}
     targets = []
     for count in sizes:
-        measured = compare_with_floor(count, backend)
-        dag, floor = measured["dag"], measured["floor"]
-        figures[f"{count} images, floor script"] = f"{floor['elapsed_s']} s"
-        figures[f"{count} images, DAG"] = (
-            f"{dag['wall_s']} s = {dag['ratio_to_floor']} x floor; state {dag['state']}, "
-            f"{dag['results']} results, {dag['task_instances']} task instances, "
-            f"{dag['xcom_bytes']} XCom bytes, peak RSS {dag['peak_rss_mib']} MiB, "
-            f"wait deferred: {dag['deferred']}"
+        runs = [compare_with_floor(count, backend) for _ in range(repeats)]
+        ratios = [run["dag"]["ratio_to_floor"] for run in runs]
+        median = statistics.median(ratios)
+        for i, measured in enumerate(runs, 1):
+            dag, floor = measured["dag"], measured["floor"]
+            figures[f"{count} images, run {i}"] = (
+                f"DAG {dag['wall_s']} s vs floor {floor['elapsed_s']} s = {dag['ratio_to_floor']} x floor; "
+                f"state {dag['state']}, {dag['results']} results, {dag['task_instances']} task instances, "
+                f"{dag['xcom_bytes']} XCom bytes, peak RSS {dag['peak_rss_mib']} MiB, "
+                f"wait deferred: {dag['deferred']}; phases (s): {dag['phases_s']}"
+            )
+        figures[f"{count} images, median DAG / floor of {repeats}"] = f"{median} x"
+        complete = all(
+            run["dag"]["state"] == "success"
+            and run["dag"]["results"] == run["dag"]["completed_scans"] == count
+            for run in runs
         )
-        complete = dag["state"] == "success" and dag["results"] == dag["completed_scans"] == count
-        targets.append((f"{count}: every image has its result", complete))
+        targets.append((f"{count}: every image has its result, every run", complete))
         if count >= 10_000:
-            targets.append((f"{count}: DAG <= 1.5 x floor", dag["ratio_to_floor"] <= 1.5))
-            targets.append((f"{count}: no worker slot held while waiting (deferred)", dag["deferred"]))
+            targets.append((f"{count}: median DAG <= 1.25 x floor", median <= 1.25))
+            deferred = all(run["dag"]["deferred"] for run in runs)
+            targets.append((f"{count}: no worker slot held while waiting (deferred)", deferred))
         if count == 10_000:  # the footprint targets are per 10,000-image run (more images, more batches)
+            dag = runs[0]["dag"]
             targets.append((f"{count}: <= 30 task instances", dag["task_instances"] <= 30))
             targets.append((f"{count}: XCom < 10 KB", dag["xcom_bytes"] < 10_000))
     if naive_count:
