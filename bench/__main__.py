@@ -1,7 +1,7 @@
 """``./run bench [name ...] [--quick]``: run the benchmarks and print their figures.
 
-Names: ingest, submit, e2e, catalog, account (default: all). ``--quick`` runs small sizes (a smoke run);
-``--large`` adds the 100,000-image end-to-end run on PostgreSQL. Figures are also saved as JSON
+Names: ingest, submit, e2e, catalog, account, report (default: all). ``--quick`` runs small sizes (a
+smoke run); ``--large`` adds the 100,000-image end-to-end run on PostgreSQL. Figures are also saved as JSON
 under var/bench/. PostgreSQL figures need IMAGE_AUDIT_BENCH_POSTGRES_URL (or the tests' URL); the
 naive-DAG comparison on the local Celery cluster also needs IMAGE_AUDIT_BENCH_REDIS_URL.
 """
@@ -11,19 +11,18 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import account_rate, catalog, e2e, ingest, submit
+from bench import account_rate, catalog, e2e, ingest, report, submit
 from bench.common import machine, postgres_admin_url
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="./run bench", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "names", nargs="*", choices=["ingest", "submit", "e2e", "catalog", "account", []], default=[]
-    )
+    names = ["ingest", "submit", "e2e", "catalog", "account", "report"]
+    parser.add_argument("names", nargs="*", choices=[*names, []], default=[])
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the benchmarks run")
     parser.add_argument("--large", action="store_true", help="also 100,000 images end to end on PostgreSQL")
     args = parser.parse_args()
-    names = args.names or ["ingest", "submit", "e2e", "catalog", "account"]
+    names = args.names or names
     print("Machine:", ", ".join(f"{k} {v}" for k, v in machine().items()))
     started = time.monotonic()
     for name in names:
@@ -33,15 +32,17 @@ def main() -> None:
             submit.main(count=500 if args.quick else 10_000, rounds=1 if args.quick else 2)
         elif name == "e2e":
             sizes = (100,) if args.quick else (1_000, 10_000)
-            e2e.main(sizes=sizes, naive_count=50 if args.quick else 1_000)
+            e2e.main(sizes=sizes, naive_count=50 if args.quick else 1_000, repeats=1 if args.quick else 3)
             if args.large:
                 if not postgres_admin_url():
                     raise SystemExit("--large needs IMAGE_AUDIT_BENCH_POSTGRES_URL")
-                e2e.main(sizes=(100_000,), naive_count=0, backend="postgres")
+                e2e.main(sizes=(100_000,), naive_count=0, backend="postgres", repeats=1)
         elif name == "account":
             account_rate.main(per_process=50 if args.quick else 250)
         elif name == "catalog":
             catalog.main(sizes=(10_000, 100_000) if args.quick else (100_000, 1_000_000))
+        elif name == "report":
+            report.main(count=10_000 if args.quick else 100_000)
     print(f"\nBenchmarks done in {time.monotonic() - started:.0f} s.")
 
 

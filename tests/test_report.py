@@ -15,7 +15,8 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from copyleaks_provider.models import decode_rle_mask
-from image_audit.reporting import RunReport, Thresholds, build_run_report
+from image_audit.reporting import RunReport, Thresholds, build_run_report, exports
+from image_audit.reporting import report as report_module
 from image_audit.reporting.backlog import backlog_summary, describe_backlog
 from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url
 from image_audit.reporting.overlays import TINT_ALPHA, TINT_COLOR, overlay_thumbnail, scale_mask, tint
@@ -343,6 +344,118 @@ def test_redact_url_drops_credentials_and_query():
         "https://cdn.example.com:8443/a/b.png"
     )
     assert redact_url(None) is None
+
+
+def test_plain_urls_are_redacted_as_urlsplit_does():
+    urls = [
+        "https://cdn.example.com/catalog/img-1.jpg?sig=abc",
+        "https://cdn.example.com/a/b.png#frag?x",
+        "https://cdn.example.com",
+        "https://cdn.example.com?x=1",
+        "https://cdn.example.com//double/slash.png",
+        "http://Cdn.Example.com/Upper.png?x",  # a host urlsplit lower-cases
+        "HTTPS://cdn.example.com/a.png",
+        "https://user:pw@cdn.example.com:8443/a.png?X-Amz-Signature=abc",
+        "https://cdn.example.com:0/a.png",
+        "https://[::1]:8080/a.png",
+        " https://cdn.example.com/lead.png",
+        "https://cdn.example.com/tab\there.png",
+        "https://cdn.example.com/space here.png?q",
+        "ftp://files.example.com/pic.jpg",
+        "not a url",
+        "",
+        None,
+    ]
+    assert exports._redact_urls(urls) == [redact_url(url) for url in urls]
+
+
+def test_mask_pixels_sum_each_masks_lengths():
+    masks = [None, "[]", "[5]", "[1, 2, 3]", "[1,2,3]", None, "[ 7 ]", "[100000, 1]"]
+    assert exports.mask_pixels(masks) == [None, 0, 5, 6, 6, None, 7, 100001]
+    assert exports.mask_pixels(masks, batch=2) == exports.mask_pixels(masks)
+    # anything but a plain array of integers goes through json, as the database summed it
+    assert exports.mask_pixels(["[1, 2]", "[1.5, 2]", "[-1, 4]"]) == [3, 3.5, 3]
+    assert exports.mask_pixels([None, None]) == [None, None]
+
+
+def _export_chunk(rows: list[dict]) -> dict[str, list]:
+    """Rows as ``aggregates.iter_image_rows`` gives them (SQLite's timestamps as text)."""
+    defaults = {
+        "image_id": "img",
+        "scan_id": "s",
+        "attempt": 1,
+        "attempts": 1,
+        "state": "completed",
+        "verdict": "human",
+        "ai": 0.0,
+        "human": 1.0,
+        "mask_lengths": "[]",
+        "width": 50,
+        "height": 40,
+        "model": "ai-image-1-ultra-01-09-2025",
+        "source": "shop",
+        "file_name": "a.png",
+        "url": "https://cdn.example.com/a.png?sig=1",
+        "ingested_at": "2026-11-20 23:30:00.000000",
+        "ingest_day": "2026-11-20",
+        "submitted_at": "2026-11-22 01:00:00.250000",
+        "received_at": "2026-11-22 01:05:00",
+        "actual_credits": 1,
+        "expected_credits": 1,
+        "sandbox": False,
+        "issued_by": None,
+        "app_or_device": None,
+        "last_error": None,
+        "run_id": R2,
+    }
+    full = [defaults | row for row in rows]
+    return {name: [row[name] for row in full] for name in defaults}
+
+
+def test_export_csv_is_what_pandas_wrote(tmp_path):
+    """The CSV is written by Arrow (or ``csv`` when a value needs quoting) yet reads byte for byte as
+    ``DataFrame.to_csv`` of the same rows wrote it before."""
+    failed = {"state": "failed", "verdict": None, "ai": None, "human": None, "mask_lengths": None}
+    no_result = {"width": None, "height": None, "received_at": None, "actual_credits": None}
+    plain = _export_chunk(
+        [
+            {"scan_id": "s1", "ai": 1.0, "human": 0.0, "mask_lengths": "[2000]", "sandbox": True},
+            {"scan_id": "s2", "ai": 0.1 + 0.2, "human": 1e-05, "mask_lengths": "[1, 2, 3]", "issued_by": "C"},
+            {"scan_id": "s3", **failed, **no_result, "last_error": "gone"},
+            {"scan_id": "s4", "url": "https://u:p@Host.example.com:8443/x.png?sig=2", "source": None},
+        ]
+    )
+    quoted = _export_chunk(
+        [
+            {"scan_id": "s5", "last_error": 'bad, "quoted"\nreason', "file_name": "a,b.png"},
+            {"scan_id": "s6", "ai": 0.5, "mask_lengths": "[1.5, 2]", "url": None},
+        ]
+    )
+    csv_file, parquet_file = tmp_path / "r.csv", tmp_path / "r.parquet"
+    assert exports.write_exports([plain, quoted], csv_file, parquet_file) == 6
+    frame = pd.read_parquet(parquet_file)
+    assert list(frame.columns) == EXPORT_COLUMNS
+    assert frame["mask_area"].tolist()[:2] == [1.0, 6 / 2000] and math.isnan(frame["mask_area"][2])
+    assert frame["url"].tolist()[3] == "https://host.example.com:8443/x.png"
+    for column in ("attempt", "attempts", "width", "height", "actual_credits", "expected_credits"):
+        frame[column] = frame[column].astype("Int64")
+    frame["sandbox"] = frame["sandbox"].astype("boolean")
+    expected = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
+    assert csv_file.read_text() == expected
+
+
+def test_only_the_masks_shown_are_decoded(sqlite_warehouse_url, tmp_path, monkeypatch):
+    engine = get_engine(sqlite_warehouse_url)
+    insert_scans(engine, r2_scans())
+    decoded = []
+
+    def decode(starts, lengths, height, width):
+        decoded.append((len(starts), height, width))
+        return decode_rle_mask(starts, lengths, height, width)
+
+    monkeypatch.setattr(report_module, "decode_rle_mask", decode)
+    report = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path, top_n=3, fetch_image=_Fetcher())
+    assert len(decoded) == 3 and report.summary["completed"] == 10
 
 
 def test_run_without_results_and_explicit_interval(sqlite_warehouse_url, tmp_path):

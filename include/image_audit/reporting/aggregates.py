@@ -2,21 +2,33 @@
 
 An image can have several scans in a run (a timed-out attempt, then a new one; a catalog row rejected as a
 duplicate of a valid one). :func:`resolved_images` keeps one row per image: its latest completed scan,
-else its latest scan that was not a rejection, else its rejection. Masks are never read here, only their
-area (summed inside the database); the few masks a report draws are read by :func:`load_masks`.
+else its latest scan that was not a rejection, else its rejection. A report resolves them once, into a
+temporary table (:func:`materialized_images`) that every other query reads.
+
+Masks are never decoded here. Their area is summed inside the database only where a verdict needs it
+(below ``partly_ai``) and for the thumbnails' candidates; the export sums the lengths itself
+(``exports.mask_pixels``); the few masks a report draws are read by :func:`load_masks`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
 from sqlalchemy import (
+    Column,
     Connection,
     Float,
+    FromClause,
+    Index,
     Integer,
+    MetaData,
     Select,
+    String,
+    Table,
+    Text,
     and_,
     case,
     cast,
@@ -24,6 +36,9 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    text,
+    type_coerce,
+    union_all,
 )
 
 from image_audit.reporting.verdicts import Thresholds, Verdict, verdict_sql
@@ -96,6 +111,8 @@ def _histogram_bin(ai, dialect: str):
 
 
 def _ranked(scope: Scope):
+    """The scope's scans, each with its rank among its image's scans (1: the one the report shows) and
+    the image's attempts; it carries the few scan columns the images need (no join back)."""
     s = audit_scans.c
     image_key = case(
         (func.trim(s.image_id) == "", s.scan_id), else_=s.image_id
@@ -105,7 +122,11 @@ def _ranked(scope: Scope):
     )
     return (
         select(
-            s.scan_id.label("ranked_scan_id"),
+            s.scan_id,
+            s.image_id,
+            s.state,
+            s.source,
+            s.ingested_at,
             func.row_number()
             .over(
                 partition_by=image_key,
@@ -121,62 +142,88 @@ def _ranked(scope: Scope):
     )
 
 
-def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
-    """One row per image of ``scope`` (see the module docstring), with its verdict and mask area."""
-    ranked = _ranked(scope)
-    s, r = audit_scans.c, audit_results.c
-    completed = and_(s.state == ScanState.COMPLETED.value, r.scan_id.is_not(None))
+def _mask_area(dialect: str):
+    """Share of the image's pixels the mask marks as AI (``NULL`` without a result)."""
+    r = audit_results.c
     pixels = cast(r.width, Float) * r.height
-    mask_area = case(
+    return case(
         (and_(r.scan_id.is_not(None), pixels > 0), cast(_mask_pixels(dialect), Float) / pixels), else_=None
     )
+
+
+def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
+    """One row per image of ``scope`` (see the module docstring) with its verdict: the columns of
+    :data:`report_images`.
+
+    The verdict reads the mask only below ``thresholds.partly_ai`` (``CASE`` evaluates lazily).
+    """
+    ranked = _ranked(scope)
+    s, r = ranked.c, audit_results.c
+    completed = and_(s.state == ScanState.COMPLETED.value, r.scan_id.is_not(None))
     query = (
         select(
-            s.image_id,
             s.scan_id,
-            s.attempt,
-            ranked.c.attempts,
+            s.image_id,
+            s.attempts,
             s.state,
-            verdict_sql(completed, r.ai, mask_area, thresholds).label("verdict"),
+            verdict_sql(completed, r.ai, _mask_area(dialect), thresholds).label("verdict"),
             r.ai,
-            r.human,
-            mask_area.label("mask_area"),
-            r.width,
-            r.height,
-            s.model,
             s.source,
-            s.file_name,
-            s.url,
-            s.ingested_at,
             _utc_day(s.ingested_at, dialect).label("ingest_day"),
-            s.submitted_at,
-            r.received_at,
-            r.actual_credits,
-            s.expected_credits,
-            s.sandbox,
-            r.image_metadata,
-            s.last_error,
-            s.run_id,
         )
-        .select_from(
-            ranked.join(audit_scans, s.scan_id == ranked.c.ranked_scan_id).outerjoin(
-                audit_results, r.scan_id == s.scan_id
-            )
-        )
-        .where(ranked.c.rank == 1)
+        .select_from(ranked.outerjoin(audit_results, r.scan_id == s.scan_id))
+        .where(s.rank == 1)
     )
     return query.subquery("images")
+
+
+# --- the report's images, resolved once -----------------------------------------------------------
+
+#: The images of a report's scope with their verdicts, resolved once per report into a temporary table
+#: of its connection: the aggregates, the thumbnails, the issues and the export read it rather than
+#: each ranking the scans and reading the masks again (seconds each at 100,000 images).
+report_images = Table(
+    "image_audit_report_images",
+    MetaData(),
+    Column("scan_id", String(36), nullable=False),
+    Column("image_id", String(255), nullable=False),
+    Column("attempts", Integer),
+    Column("state", String(16), nullable=False),
+    Column("verdict", String(16)),
+    Column("ai", Float),
+    Column("source", String(255)),
+    Column("ingest_day", String(16)),
+    # the export's order: read in it, the wide rows the export joins are never sorted
+    Index("ix_image_audit_report_images_order", "image_id", "scan_id"),
+    prefixes=["TEMPORARY"],
+)
+
+
+@contextmanager
+def materialized_images(conn: Connection, scope: Scope, thresholds: Thresholds) -> Iterator[Table]:
+    """:data:`report_images` filled with ``scope``'s images, for the length of the block.
+
+    Created inside the connection's transaction: a failure rolls it back with the transaction.
+    """
+    images = resolved_images(scope, thresholds, conn.dialect.name)
+    names = [column.name for column in report_images.columns]
+    report_images.create(conn)
+    conn.execute(report_images.insert().from_select(names, select(*[images.c[name] for name in names])))
+    if conn.dialect.name == "postgresql":  # a temporary table has no statistics until analyzed
+        conn.execute(text(f"ANALYZE {report_images.name}"))
+    yield report_images
+    report_images.drop(conn)
 
 
 # --- aggregates ---------------------------------------------------------------------------------------
 
 
-def outcome_cube(conn: Connection, scope: Scope, thresholds: Thresholds) -> pd.DataFrame:
+def outcome_cube(conn: Connection, images: FromClause) -> pd.DataFrame:
     """Images per (state, verdict, source, ingest day), with the sum of their AI proportions.
 
-    Small whatever the run's size (states x verdicts x sources x days); every breakdown is cut from it.
+    ``images``: :data:`report_images`, or :func:`resolved_images` of another scope. Small whatever the
+    run's size (states x verdicts x sources x days); every breakdown is cut from it.
     """
-    images = resolved_images(scope, thresholds, conn.dialect.name)
     c = images.c
     query = select(
         c.state,
@@ -196,12 +243,11 @@ def outcome_cube(conn: Connection, scope: Scope, thresholds: Thresholds) -> pd.D
     return frame
 
 
-def ai_histogram(conn: Connection, scope: Scope, thresholds: Thresholds) -> dict[str, list[int]]:
+def ai_histogram(conn: Connection, images: FromClause) -> dict[str, list[int]]:
     """Completed images per AI-proportion bucket (``HISTOGRAM_BINS`` equal buckets over [0, 1]), per verdict.
 
     Per verdict because the mask rule can make an image under ``partly_ai`` partly AI.
     """
-    images = resolved_images(scope, thresholds, conn.dialect.name)
     bucket = _histogram_bin(images.c.ai, conn.dialect.name).label("bucket")
     query = (
         select(bucket, images.c.verdict, func.count())
@@ -235,26 +281,23 @@ def credits(conn: Connection, scope: Scope) -> dict:
     return {key: int(value or 0) for key, value in row.items()}
 
 
-def _issues(scope: Scope):
-    """Rejected rows (all of them), and images whose outcome is failed or timed out."""
-    ranked = _ranked(scope)
+def _issues(scope: Scope, images: FromClause):
+    """Rejected rows (all of them), and images whose outcome is failed or timed out: their scans."""
     s = audit_scans.c
-    condition = or_(
-        s.state == ScanState.REJECTED.value,
-        and_(ranked.c.rank == 1, s.state.in_([ScanState.FAILED.value, ScanState.TIMED_OUT.value])),
+    outcomes = select(images.c.scan_id).where(
+        images.c.state.in_([ScanState.FAILED.value, ScanState.TIMED_OUT.value])
     )
-    source = ranked.join(audit_scans, s.scan_id == ranked.c.ranked_scan_id)
-    return source, condition
+    rejected = select(s.scan_id).where(scope.where(), s.state == ScanState.REJECTED.value)
+    ids = union_all(outcomes, rejected).subquery("issue_ids")
+    return audit_scans.join(ids, ids.c.scan_id == s.scan_id)
 
 
-def issue_reasons(conn: Connection, scope: Scope, limit: int = 25) -> pd.DataFrame:
+def issue_reasons(conn: Connection, scope: Scope, images: FromClause, limit: int = 25) -> pd.DataFrame:
     """The most frequent (state, reason) pairs among the issues."""
-    source, condition = _issues(scope)
     s = audit_scans.c
     query = (
         select(s.state, s.last_error, func.count().label("rows"))
-        .select_from(source)
-        .where(condition)
+        .select_from(_issues(scope, images))
         .group_by(s.state, s.last_error)
         .order_by(func.count().desc(), s.state, s.last_error)
         .limit(limit)
@@ -262,17 +305,18 @@ def issue_reasons(conn: Connection, scope: Scope, limit: int = 25) -> pd.DataFra
     return pd.DataFrame(conn.execute(query).all(), columns=["state", "reason", "rows"])
 
 
-def issue_rows(conn: Connection, scope: Scope, limit: int = 200) -> tuple[pd.DataFrame, int]:
+def issue_rows(
+    conn: Connection, scope: Scope, images: FromClause, limit: int = 200
+) -> tuple[pd.DataFrame, int]:
     """Up to ``limit`` issue rows (failed and timed out first), and how many there are in all."""
-    source, condition = _issues(scope)
+    source = _issues(scope, images)
     s = audit_scans.c
-    total = conn.execute(select(func.count()).select_from(source).where(condition)).scalar_one()
+    total = conn.execute(select(func.count()).select_from(source)).scalar_one()
     order = case((s.state == ScanState.FAILED.value, 0), (s.state == ScanState.TIMED_OUT.value, 1), else_=2)
     columns = [s.state, s.image_id, s.scan_id, s.attempt, s.source, s.file_name, s.url, s.ingested_at]
     query = (
         select(*columns, s.last_error.label("reason"))
         .select_from(source)
-        .where(condition)
         .order_by(order, s.image_id, s.scan_id)
         .limit(limit)
     )
@@ -280,27 +324,43 @@ def issue_rows(conn: Connection, scope: Scope, limit: int = 200) -> tuple[pd.Dat
     return pd.DataFrame(result.all(), columns=list(result.keys())), int(total)
 
 
-def most_ai_images(conn: Connection, scope: Scope, thresholds: Thresholds, limit: int) -> pd.DataFrame:
-    """The ``limit`` completed images with the highest AI proportion (no masks)."""
-    images = resolved_images(scope, thresholds, conn.dialect.name)
-    c = images.c
+def most_ai_images(conn: Connection, images: FromClause, limit: int) -> pd.DataFrame:
+    """The ``limit`` completed images with the highest AI proportion (no masks).
+
+    The mask area only breaks ties, so it is read for the candidates alone: the images whose AI
+    proportion reaches the ``limit``-th highest (and any without one).
+    """
+    c, s, r = images.c, audit_scans.c, audit_results.c
+    completed = c.state == ScanState.COMPLETED.value
+    threshold = (
+        select(c.ai)
+        .where(completed, c.ai.is_not(None))
+        .order_by(c.ai.desc())
+        .limit(1)
+        .offset(limit - 1)
+        .scalar_subquery()
+    )
+    mask_area = _mask_area(conn.dialect.name)
     query: Select = (
         select(
             c.image_id,
             c.scan_id,
             c.ai,
-            c.mask_area,
+            mask_area.label("mask_area"),
             c.verdict,
-            c.width,
-            c.height,
-            c.source,
-            c.file_name,
-            c.url,
-            c.ingested_at,
-            c.model,
+            r.width,
+            r.height,
+            s.source,
+            s.file_name,
+            s.url,
+            s.ingested_at,
+            s.model,
         )
-        .where(c.state == ScanState.COMPLETED.value)
-        .order_by(c.ai.desc(), c.mask_area.desc(), c.image_id)
+        .select_from(
+            images.join(audit_scans, s.scan_id == c.scan_id).outerjoin(audit_results, r.scan_id == c.scan_id)
+        )
+        .where(completed, or_(c.ai.is_(None), threshold.is_(None), c.ai >= threshold))
+        .order_by(c.ai.desc(), mask_area.desc(), c.image_id)
         .limit(limit)
     )
     rows = conn.execute(query).mappings().all()
@@ -317,15 +377,61 @@ def load_masks(conn: Connection, scan_ids: Sequence[str]) -> dict[str, tuple[lis
 
 
 def iter_image_rows(
-    conn: Connection, scope: Scope, thresholds: Thresholds, chunk_size: int = 20_000
-) -> Iterator[pd.DataFrame]:
-    """Every image of the scope, in chunks (a server-side cursor on PostgreSQL)."""
-    images = resolved_images(scope, thresholds, conn.dialect.name)
-    query = select(images).order_by(images.c.image_id, images.c.scan_id)
-    result = conn.execution_options(stream_results=True, yield_per=chunk_size).execute(query)
-    columns = list(result.keys())
-    for part in result.partitions():
-        yield pd.DataFrame([tuple(row) for row in part], columns=columns)
+    conn: Connection, images: FromClause, chunk_size: int = 5_000
+) -> Iterator[dict[str, list]]:
+    """Every image of ``images`` (:data:`report_images`), in chunks of lists by column (a server-side
+    cursor on PostgreSQL).
+
+    As the export needs them: the mask's ``lengths`` as JSON text (``exports.mask_pixels`` sums them),
+    the metadata fields read by the database, SQLite's timestamps as their text.
+    """
+    c, s, r = images.c, audit_scans.c, audit_results.c
+    sqlite = conn.dialect.name != "postgresql"
+
+    def raw(column):  # SQLite's timestamps as their text: the export parses them all at once
+        return type_coerce(column, Text) if sqlite else column
+
+    columns = [
+        s.image_id,
+        s.scan_id,
+        s.attempt,
+        c.attempts,
+        s.state,
+        c.verdict,
+        r.ai,
+        r.human,
+        cast(r.mask_lengths, Text).label("mask_lengths"),
+        r.width,
+        r.height,
+        s.model,
+        s.source,
+        s.file_name,
+        s.url,
+        raw(s.ingested_at).label("ingested_at"),
+        c.ingest_day,
+        raw(s.submitted_at).label("submitted_at"),
+        raw(r.received_at).label("received_at"),
+        r.actual_credits,
+        s.expected_credits,
+        s.sandbox,
+        r.image_metadata["issuedBy"].as_string().label("issued_by"),
+        r.image_metadata["appOrDeviceUsed"].as_string().label("app_or_device"),
+        s.last_error,
+        s.run_id,
+    ]
+    query = (
+        select(*columns)
+        .select_from(
+            images.join(audit_scans, s.scan_id == c.scan_id).outerjoin(audit_results, r.scan_id == c.scan_id)
+        )
+        .order_by(c.image_id, c.scan_id)
+    )
+    # options of this statement: Connection.execution_options() would set them on the connection
+    result = conn.execute(query.execution_options(stream_results=True, yield_per=chunk_size))
+    names = list(result.keys())
+    with result:  # a consumer that stops early still closes the cursor (SQLite locks the table till then)
+        for part in result.partitions():
+            yield dict(zip(names, (list(values) for values in zip(*part, strict=True)), strict=True))
 
 
 def data_interval(conn: Connection, scope: Scope):

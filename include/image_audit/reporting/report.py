@@ -221,10 +221,11 @@ def _trend_frame(earlier: list[dict], summary: dict) -> pd.DataFrame:
 # --- thumbnails ---------------------------------------------------------------------------------------
 
 
-def _thumbnails(conn, scope, thresholds, top_n, fetch_image) -> list[_Thumbnail]:
-    top = aggregates.most_ai_images(conn, scope, thresholds, top_n) if top_n > 0 else pd.DataFrame()
+def _top_images(conn, images, top_n) -> tuple[list[_Thumbnail], dict]:
+    """The thumbnails' images and their masks (the only masks the report decodes)."""
+    top = aggregates.most_ai_images(conn, images, top_n) if top_n > 0 else pd.DataFrame()
     if top.empty:
-        return []
+        return [], {}
     masks = aggregates.load_masks(conn, top["scan_id"].tolist())
     items = [
         _Thumbnail(
@@ -241,6 +242,11 @@ def _thumbnails(conn, scope, thresholds, top_n, fetch_image) -> list[_Thumbnail]
         )
         for row in top.itertuples()
     ]
+    return items, masks
+
+
+def _draw_thumbnails(items: list[_Thumbnail], masks: dict, fetch_image) -> list[_Thumbnail]:
+    """Fetch each image and tint its mask over it (a placeholder when it cannot be fetched)."""
 
     def fetch(item: _Thumbnail) -> bytes | None:
         if not item.url:
@@ -277,6 +283,64 @@ def _upsert_report(conn: Connection, row: dict) -> None:
     conn.execute(statement.on_conflict_do_update(index_elements=["dag_id", "run_id"], set_=updates))
 
 
+# --- the HTML -----------------------------------------------------------------------------------------
+
+
+def _render(
+    *, scope, thresholds, interval, backlog, cube, histogram, credit, reasons, issues, issue_total,
+    thumbnails, top_n, earlier, rolling, files,
+) -> tuple[str, dict]:  # fmt: skip
+    """The report's HTML and its summary, from what the warehouse said (no database needed)."""
+    states = aggregates.state_counts(cube)
+    verdicts = aggregates.verdict_counts(cube)
+    by_source = aggregates.breakdown(cube, "source")
+    by_day = aggregates.breakdown(cube, "day")
+    summary = _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval)
+    summary["backlog_scans"] = backlog["scans"]
+    summary["backlog"] = backlog
+    if rolling:
+        summary["rolling"] = rolling
+    trend = _trend_frame(earlier, summary)
+
+    issues["url"] = issues["url"].map(redact_url)
+    ingested = pd.to_datetime(issues["ingested_at"], utc=True, format="ISO8601").dt.strftime("%Y-%m-%d %H:%M")
+    issues["ingested_at"] = ingested.astype(object).where(ingested.notna(), None)
+    context = {
+        "summary": summary,
+        "thresholds": thresholds,
+        "rules": thresholds.describe(),
+        "states": states,
+        "verdicts": verdicts,
+        "verdict_labels": {v.value: label for v, label in VERDICT_LABELS.items()},
+        "state_colors": charts.STATE_COLORS,
+        "verdict_colors": charts.VERDICT_COLORS,
+        "by_source": by_source,
+        "by_day": by_day,
+        "reasons": reasons,
+        "issues": issues,
+        "issue_total": issue_total,
+        "thumbnails": thumbnails,
+        "top_n": top_n,
+        "trend": trend,
+        "rolling": rolling,
+        "backlog": backlog,
+        "backlog_eta": describe_backlog(backlog),
+        "files": files,
+        "export_columns": EXPORT_COLUMNS,
+        "charts": {
+            "states": charts.counts_chart(states, charts.STATE_COLORS),
+            "verdicts": charts.counts_chart(
+                verdicts, charts.VERDICT_COLORS, {v.value: label for v, label in VERDICT_LABELS.items()}
+            ),
+            "histogram": charts.histogram_chart(histogram, thresholds),
+            "by_source": charts.verdict_breakdown_chart(by_source, "source") if len(by_source) else None,
+            "by_day": charts.verdict_breakdown_chart(by_day, "ingestion day") if len(by_day) else None,
+            "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
+        },
+    }
+    return render_report(context), summary
+
+
 # --- the report ---------------------------------------------------------------------------------------
 
 
@@ -304,6 +368,8 @@ def build_run_report(
     build of this run's report recorded, if any.
     ``out_dir`` (a local path, a URL or an ``ObjectStoragePath``) defaults to
     ``<IMAGE_AUDIT_REPORTS_URL>/<dag_id>/<run id made file-safe>`` (see ``image_audit.reporting.storage``).
+    The run's images are resolved once into a temporary table of the report's connection (on PostgreSQL
+    the warehouse role needs the TEMPORARY privilege, which every role has by default).
     """
     if out_dir is None:
         out_dir = reports_base() / dag_id / safe_run_id(run_id)
@@ -312,83 +378,64 @@ def build_run_report(
     scope = Scope.run(dag_id, run_id)
     fetch_image = fetch_image or http_fetcher()
 
-    with engine.connect() as conn:
+    # One connection resolves the run's images once (aggregates.materialized_images) for every
+    # aggregate and the export; it closes before the staged files are published (uploaded, for an
+    # object store). The export, most of the time at scale, streams on it in a thread of its own
+    # while the thumbnails, the charts and the HTML are drawn.
+    with (
+        staged(csv_path) as csv_file,
+        staged(parquet_path) as parquet_file,
+        engine.connect() as conn,
+        aggregates.materialized_images(conn, scope, thresholds) as images,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-export") as exporter,
+    ):
         interval = tuple(data_interval or aggregates.data_interval(conn, scope))
         if requests_per_second is None and window_minutes is None:
             requests_per_second, window_minutes = _stored_window(conn, dag_id, run_id)
         backlog = backlog_summary(backlog_by_reason(conn, dag_id), requests_per_second, window_minutes)
-        cube = aggregates.outcome_cube(conn, scope, thresholds)
-        histogram = aggregates.ai_histogram(conn, scope, thresholds)
+        cube = aggregates.outcome_cube(conn, images)
+        histogram = aggregates.ai_histogram(conn, images)
         credit = aggregates.credits(conn, scope)
-        reasons = aggregates.issue_reasons(conn, scope)
-        issues, issue_total = aggregates.issue_rows(conn, scope, ISSUE_ROWS_SHOWN)
-        thumbnails = _thumbnails(conn, scope, thresholds, top_n, fetch_image)
+        reasons = aggregates.issue_reasons(conn, scope, images)
+        issues, issue_total = aggregates.issue_rows(conn, scope, images, ISSUE_ROWS_SHOWN)
+        top, masks = _top_images(conn, images, top_n)
         until = interval[1] or datetime.now(UTC)
         earlier = _earlier_reports(conn, dag_id, run_id, until, rolling_runs - 1)
         rolling = None
         if earlier:
             rolling_scope = Scope(dag_id, (*[row["run_id"] for row in earlier], run_id))
-            rolling_cube = aggregates.outcome_cube(conn, rolling_scope, thresholds)
+            rolling_images = aggregates.resolved_images(rolling_scope, thresholds, conn.dialect.name)
+            rolling_cube = aggregates.outcome_cube(conn, rolling_images)
             rolling = {
                 "runs": len(rolling_scope.run_ids),
                 "states": aggregates.state_counts(rolling_cube),
                 "verdicts": aggregates.verdict_counts(rolling_cube),
             }
-    # the connection closes before the staged files are published (uploaded, for an object store)
-    with staged(csv_path) as csv_file, staged(parquet_path) as parquet_file, engine.connect() as conn:
-        rows = aggregates.iter_image_rows(conn, scope, thresholds)
-        exported = write_exports(rows, csv_file, parquet_file)
-
-    states = aggregates.state_counts(cube)
-    verdicts = aggregates.verdict_counts(cube)
-    by_source = aggregates.breakdown(cube, "source")
-    by_day = aggregates.breakdown(cube, "day")
-    summary = _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval)
-    summary["backlog_scans"] = backlog["scans"]
-    summary["backlog"] = backlog
-    if rolling:
-        summary["rolling"] = rolling
-    if exported != summary["images"]:  # a late webhook landed between the queries
+        # from here on the connection is the export's alone
+        export = exporter.submit(
+            write_exports, aggregates.iter_image_rows(conn, images), csv_file, parquet_file
+        )
+        thumbnails = _draw_thumbnails(top, masks, fetch_image)
+        html, summary = _render(
+            scope=scope,
+            thresholds=thresholds,
+            interval=interval,
+            backlog=backlog,
+            cube=cube,
+            histogram=histogram,
+            credit=credit,
+            reasons=reasons,
+            issues=issues,
+            issue_total=issue_total,
+            thumbnails=thumbnails,
+            top_n=top_n,
+            earlier=earlier,
+            rolling=rolling,
+            files={"csv": csv_path.name, "parquet": parquet_path.name},
+        )
+        exported = export.result()
+    if exported != summary["images"]:  # both read the same resolved images: never, unless a bug
         log.warning("Exported %d images, counted %d: results arrived meanwhile", exported, summary["images"])
-    trend = _trend_frame(earlier, summary)
-
-    issues["url"] = issues["url"].map(redact_url)
-    ingested = pd.to_datetime(issues["ingested_at"], utc=True, format="ISO8601").dt.strftime("%Y-%m-%d %H:%M")
-    issues["ingested_at"] = ingested.astype(object).where(ingested.notna(), None)
-    context = {
-        "summary": summary,
-        "thresholds": thresholds,
-        "rules": thresholds.describe(),
-        "states": states,
-        "verdicts": verdicts,
-        "verdict_labels": {v.value: label for v, label in VERDICT_LABELS.items()},
-        "state_colors": charts.STATE_COLORS,
-        "verdict_colors": charts.VERDICT_COLORS,
-        "by_source": by_source,
-        "by_day": by_day,
-        "reasons": reasons,
-        "issues": issues,
-        "issue_total": issue_total,
-        "thumbnails": thumbnails,
-        "top_n": top_n,
-        "trend": trend,
-        "rolling": rolling,
-        "backlog": backlog,
-        "backlog_eta": describe_backlog(backlog),
-        "files": {"csv": csv_path.name, "parquet": parquet_path.name},
-        "export_columns": EXPORT_COLUMNS,
-        "charts": {
-            "states": charts.counts_chart(states, charts.STATE_COLORS),
-            "verdicts": charts.counts_chart(
-                verdicts, charts.VERDICT_COLORS, {v.value: label for v, label in VERDICT_LABELS.items()}
-            ),
-            "histogram": charts.histogram_chart(histogram, thresholds),
-            "by_source": charts.verdict_breakdown_chart(by_source, "source") if len(by_source) else None,
-            "by_day": charts.verdict_breakdown_chart(by_day, "ingestion day") if len(by_day) else None,
-            "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
-        },
-    }
-    html = render_report(context)
     with staged(html_path) as html_file:
         html_file.write_text(html, encoding="utf-8")
     report = RunReport(dag_id, run_id, summary, html_path, csv_path, parquet_path)
