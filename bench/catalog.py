@@ -1,6 +1,7 @@
-"""5 (memory). Planning a run over a 1,000,000-row catalog: the planner streams the catalog in chunks
-and batches scans as it inserts them, so what grows with the catalog is only the interval's
-duplicate check (its image ids and URLs). Measured at two sizes side by side."""
+"""5 (memory). Planning a run over a 1,000,000-row catalog: the planning is set-based (SQL decides in
+the warehouse, Python streams only the rows' checks through), so its memory does not grow with the
+catalog, and a night's planning stays short. Measured at 10,000 rows and at the sizes asked, side by
+side."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from bench.common import report, run_json, warehouse
 from image_audit.warehouse.engine import get_engine
 from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 
-TARGET_RSS_MIB = 500
+TARGET_RSS_MIB = 200
+#: Planning time targets (seconds) by catalog size.
+TARGET_SECONDS = {10_000: 1, 1_000_000: 20}
 START = datetime(2026, 11, 20, tzinfo=UTC)
 
 
@@ -46,19 +49,23 @@ def main(sizes: tuple[int, ...] = (100_000, 1_000_000)) -> dict:
     figures: dict = {}
     targets = []
     with tempfile.TemporaryDirectory(prefix="bench-catalog-") as tmp:
-        for count in sizes:
+        for count in sorted({10_000, *sizes}):
             measured = plan_catalog(count, Path(tmp))
             figures[f"plan over {count} catalog rows"] = (
-                f"peak RSS {measured['peak_rss_mib']} MiB, {measured['seconds']} s, "
+                f"peak RSS {measured['peak_rss_mib']} MiB, {measured['seconds']} s "
+                f"({measured['cpu_seconds']} s of CPU), "
                 f"{measured['planned']} planned in {measured['batches']} batches"
             )
             if count >= 1_000_000:
                 targets.append(
                     (
-                        f"{count} rows: peak RSS < {TARGET_RSS_MIB} MB",
+                        f"{count} rows: peak RSS < {TARGET_RSS_MIB} MiB",
                         measured["peak_rss_mib"] < TARGET_RSS_MIB,
                     )
                 )
+            if count in TARGET_SECONDS:
+                limit = TARGET_SECONDS[count]
+                targets.append((f"{count} rows: planned in < {limit} s", measured["seconds"] < limit))
     return report("catalog", figures, targets)
 
 

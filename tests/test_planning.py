@@ -339,3 +339,26 @@ def test_a_team_catalog_with_its_own_names(engine):
     assert {s["file_name"] for s in _scans(engine)} == {"a1.png", "a2.webp"}
     with pytest.raises(ValueError, match="unknown catalog setting"):
         CatalogSpec.from_dict({"tabel": "x"})
+
+
+def test_the_first_valid_row_of_a_duplicate_set_wins(engine):
+    """A row is a duplicate of an accepted row before it (by trimmed id, else by URL); one that only
+    collides with rejected rows is accepted."""
+    at = DAY + timedelta(minutes=1)
+    rows = [
+        {"image_id": "a", "url": "https://h/1.jpg", "ingested_at": DAY},
+        {"image_id": "b", "url": "https://h/1.jpg", "ingested_at": at},  # same URL as a: rejected
+        {"image_id": " b", "url": "https://h/2.jpg", "ingested_at": at + timedelta(minutes=1)},  # b lost
+        {"image_id": "b ", "url": "https://h/3.jpg", "ingested_at": at + timedelta(minutes=2)},  # " b" won
+        {"image_id": "c", "url": "https://h/2.jpg", "ingested_at": at + timedelta(minutes=3)},
+    ]
+    _seed(engine, rows)
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL))
+    assert plan.planned == 2 and plan.rejected == 3
+    reasons = {s["image_id"]: s["last_error"] for s in _scans(engine, state="rejected")}
+    assert reasons == {
+        "b": "duplicate URL: same image as a",
+        "b ": "duplicate image id in this interval",
+        "c": "duplicate URL: same image as b",
+    }
+    assert {s["image_id"] for s in _scans(engine, state="pending")} == {"a", " b"}
