@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 from sqlalchemy import inspect, select, text
 
 import image_audit.warehouse.results as results_module
 from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
-from copyleaks_provider.models import WebhookBody
+from copyleaks_provider.models import WebhookBody, decode_rle_mask, encode_rle_mask
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.migrations import FIRST_REVISION, VERSION_TABLE, downgrade, head_revision
@@ -248,3 +249,32 @@ def test_the_writer_keeps_concurrent_failed_callbacks_once(warehouse_url):
     ) == len(ids)
     assert all(scan_row(warehouse_url, s)["state"] == "failed" for s in ids)
     assert len(failed_callbacks(warehouse_url)) == 2 * len(ids)
+
+
+def test_a_stored_result_carries_its_masks_ai_pixels(warehouse_url):
+    """``mask_pixels``, written with the result, is the decoded mask's count of AI pixels (the sum of
+    the RLE lengths): what the report reads instead of the mask."""
+    rng = np.random.default_rng(18)
+    masks = {
+        "empty": np.zeros((4, 8), dtype=bool),
+        "full": np.ones((4, 8), dtype=bool),
+        "runs": rng.random((37, 53)) < 0.3,  # many runs, across row ends
+    }
+    bodies = {}
+    for scan_id, mask in masks.items():
+        seed_scan(warehouse_url, scan_id)
+        starts, lengths = encode_rle_mask(mask)
+        height, width = mask.shape
+        body = result_body(scan_id, width=width, height=height, ai_pixels=0)
+        bodies[scan_id] = body | {"result": {"starts": starts, "lengths": lengths}}
+    outcomes = store(warehouse_url, [callback(s, body) for s, body in bodies.items()])
+    assert outcomes == [CallbackOutcome.STORED] * len(masks)
+    r = audit_results.c
+    with get_engine(warehouse_url).connect() as conn:
+        query = select(r.scan_id, r.mask_pixels, r.mask_starts, r.mask_lengths, r.height, r.width)
+        rows = {row.scan_id: row for row in conn.execute(query)}
+    for scan_id, mask in masks.items():
+        row = rows[scan_id]
+        decoded = decode_rle_mask(row.mask_starts, row.mask_lengths, row.height, row.width)
+        assert row.mask_pixels == int(decoded.sum()) == int(mask.sum()) == sum(row.mask_lengths)
+    assert (rows["empty"].mask_pixels, rows["full"].mask_pixels) == (0, 32)

@@ -4,6 +4,7 @@ check names the command to run, and the command line upgrades the configured war
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Column, Index, MetaData, String, Table, inspect, select, text
+from sqlalchemy import Column, ForeignKey, Index, MetaData, String, Table, inspect, select, text
 
 from image_audit.warehouse.engine import dispose_engines, get_engine
 from image_audit.warehouse.migrations import (
@@ -21,6 +22,7 @@ from image_audit.warehouse.migrations import (
     VERSION_TABLE,
     WarehouseNotCurrent,
     WarehouseSchemaError,
+    _script,
     current_revision,
     downgrade,
     head_revision,
@@ -52,6 +54,8 @@ DATA_TABLES = (
 #: What the second revision changes (everything else of the first revision is schema.py's).
 NEW_INDEX = ("ix_audit_scans_state_run", ("state", "dag_id", "run_id"))
 OLD_INDEX = ("ix_audit_scans_state", ("state",))
+#: What the third revision adds: each result's mask pixels, back-filled from its ``mask_lengths``.
+NEW_COLUMN = ("audit_results", "mask_pixels")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])
@@ -100,7 +104,17 @@ def legacy_metadata(*, without: tuple[str, ...] = ()) -> MetaData:
     """schema.py's tables as the releases before versioned migrations had them (their create_all)."""
     legacy = MetaData()
     for table in metadata.sorted_tables:
-        if table.name not in without:
+        if table.name in without:
+            continue
+        if table.name == NEW_COLUMN[0]:
+            columns = [
+                Column(c.name, c.type, *(ForeignKey(k.target_fullname) for k in c.foreign_keys),
+                       primary_key=c.primary_key, nullable=c.nullable)
+                for c in table.columns
+                if c.name != NEW_COLUMN[1]
+            ]  # fmt: skip
+            Table(table.name, legacy, *columns)
+        else:
             table.to_metadata(legacy)
     scans = legacy.tables["audit_scans"]
     (new,) = [index for index in scans.indexes if index.name == NEW_INDEX[0]]
@@ -180,15 +194,33 @@ def seed(url: str, *, failed_callbacks: bool = True) -> None:
 
 
 def snapshot(url: str) -> dict[str, list[tuple]]:
-    """Every row of every data table, in primary-key order (a table not there: no rows)."""
+    """Every row of every data table, in primary-key order (a table not there: no rows), in the columns
+    of the first revision (the new column is checked by :func:`mask_pixels`)."""
     present = set(inspect(get_engine(url)).get_table_names())
     with get_engine(url).connect() as conn:
         return {
-            table.name: [tuple(row) for row in conn.execute(select(table).order_by(*table.primary_key))]
+            table.name: [
+                tuple(row)
+                for row in conn.execute(
+                    select(*(c for c in table.columns if (table.name, c.name) != NEW_COLUMN)).order_by(
+                        *table.primary_key
+                    )
+                )
+            ]
             if table.name in present
             else []
             for table in DATA_TABLES
         }
+
+
+def mask_pixels(url: str) -> dict[str, int | None]:
+    """``audit_results.mask_pixels`` by scan id."""
+    with get_engine(url).connect() as conn:
+        return dict(conn.execute(select(audit_results.c.scan_id, audit_results.c.mask_pixels)).all())
+
+
+def column_names(url: str, table: str = "audit_results") -> set[str]:
+    return {column["name"] for column in inspect(get_engine(url)).get_columns(table)}
 
 
 def index_names(url: str, table: str = "audit_scans") -> set[str]:
@@ -237,6 +269,7 @@ def test_an_upgrade_from_the_first_revision_keeps_every_row(new_database):
     assert current_revision(engine) == head_revision()
     assert snapshot(url) == before
     assert NEW_INDEX[0] in index_names(url) and OLD_INDEX[0] not in index_names(url)
+    assert mask_pixels(url) == {"scan-0": 30, "scan-1": 30}  # back-filled: the sum of [10, 20]
     with engine.connect() as conn:
         result = conn.execute(select(audit_results).where(audit_results.c.scan_id == "scan-1")).one()
         scan = conn.execute(select(audit_scans).where(audit_scans.c.scan_id == "scan-3")).one()
@@ -251,9 +284,56 @@ def test_an_upgrade_from_the_first_revision_keeps_every_row(new_database):
     # And back (rolling back a release), and forth again: still every row.
     downgrade(engine, FIRST_REVISION)
     assert current_revision(engine) == FIRST_REVISION and OLD_INDEX[0] in index_names(url)
+    assert NEW_COLUMN[1] not in column_names(url)
     assert snapshot(url) == before
     migrate(engine)
     assert snapshot(url) == before and current_revision(engine) == head_revision()
+    assert mask_pixels(url) == {"scan-0": 30, "scan-1": 30}
+
+
+def test_the_upgrade_back_fills_each_results_mask_pixels_in_batches(new_database):
+    """The third revision sets ``mask_pixels`` (the sum of ``mask_lengths``) on the results already
+    stored, in SQL, batch by batch: every row whatever the batch boundaries, and only rows still NULL."""
+    url = new_database()
+    engine = get_engine(url)
+    upgrade(engine, "0002")
+    seed(url)
+    rng = random.Random(18)
+    lengths = {
+        "scan-0": [],
+        "scan-1": [7],
+        "scan-2": [1, 2, 3],
+        "scan-3": [rng.randint(1, 5_000) for _ in range(2_000)],
+        "scan-4": [640 * 480],
+        "scan-5": [rng.randint(1, 9) for _ in range(40)],
+    }
+    template = {"ai": 0.5, "human": 0.5, "model": "ai-image-1-ultra", "width": 640, "height": 480,
+                "received_at": T0, "raw_body": {}}  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(audit_results.delete())
+        conn.execute(
+            audit_results.insert(),
+            [
+                template | {"scan_id": s, "mask_starts": [0] * len(n), "mask_lengths": n}
+                for s, n in lengths.items()
+            ],
+        )  # inserted without the new column: as rows stored before it existed
+    expected = {scan_id: sum(n) for scan_id, n in lengths.items()}
+
+    migrate(engine)
+    assert mask_pixels(url) == expected
+
+    backfill = _script().get_revision("0003").module.backfill
+    with engine.begin() as conn:  # rows a back-fill has not reached, one already set: by batches of 2
+        conn.execute(audit_results.update().values(mask_pixels=None))
+        conn.execute(audit_results.update().where(audit_results.c.scan_id == "scan-3").values(mask_pixels=1))
+        assert backfill(conn, batch=2) == 5
+    assert mask_pixels(url) == expected | {"scan-3": 1}
+    for batch in (1, 5, 6, 100):
+        with engine.begin() as conn:
+            conn.execute(audit_results.update().values(mask_pixels=None))
+            assert backfill(conn, batch=batch) == 6
+        assert mask_pixels(url) == expected
 
 
 def test_upgrades_running_at_once_in_processes_upgrade_once(new_database):
@@ -453,7 +533,11 @@ def test_the_command_line_upgrades_a_warehouse_named_by_url(new_database):
     upgraded = _cli("upgrade", "--url", url)
     assert upgraded.returncode == 0, upgraded.stderr[-3000:]
     assert f"{FIRST_REVISION} -> {head_revision()} (head)" in upgraded.stdout
-    assert f"Running upgrade {FIRST_REVISION} -> {head_revision()}" in upgraded.stderr
+    steps = [(script.down_revision, script.revision) for script in _script().walk_revisions()][::-1]
+    assert steps[0][0] is None and steps[-1][1] == head_revision()
+    for down, up in steps[1:]:  # every revision after the first, in order
+        assert f"Running upgrade {down} -> {up}" in upgraded.stderr
+    assert mask_pixels(url) == {"scan-0": 30, "scan-1": 30}
     assert current_revision(engine) == head_revision() and snapshot(url) == before
 
     current = _cli("current", "--url", url)

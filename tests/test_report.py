@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
 
@@ -389,6 +390,7 @@ def _export_chunk(rows: list[dict]) -> dict[str, list]:
         "verdict": "human",
         "ai": 0.0,
         "human": 1.0,
+        "mask_pixels": None,
         "mask_lengths": "[]",
         "width": 50,
         "height": 40,
@@ -431,11 +433,18 @@ def test_export_csv_is_what_pandas_wrote(tmp_path):
             {"scan_id": "s6", "ai": 0.5, "mask_lengths": "[1.5, 2]", "url": None},
         ]
     )
+    stored = _export_chunk(  # rows whose mask_pixels was stored: their lengths are not read
+        [
+            {"scan_id": "s7", "mask_pixels": 1000, "mask_lengths": None},
+            {"scan_id": "s8", "mask_pixels": 0, "mask_lengths": None},
+        ]
+    )
     csv_file, parquet_file = tmp_path / "r.csv", tmp_path / "r.parquet"
-    assert exports.write_exports([plain, quoted], csv_file, parquet_file) == 6
+    assert exports.write_exports([plain, quoted, stored], csv_file, parquet_file) == 8
     frame = pd.read_parquet(parquet_file)
     assert list(frame.columns) == EXPORT_COLUMNS
     assert frame["mask_area"].tolist()[:2] == [1.0, 6 / 2000] and math.isnan(frame["mask_area"][2])
+    assert frame["mask_area"].tolist()[5:] == [3.5 / 2000, 0.5, 0.0]
     assert frame["url"].tolist()[3] == "https://host.example.com:8443/x.png"
     for column in ("attempt", "attempts", "width", "height", "actual_credits", "expected_credits"):
         frame[column] = frame[column].astype("Int64")
@@ -458,6 +467,57 @@ def test_only_the_masks_shown_are_decoded(sqlite_warehouse_url, tmp_path, monkey
     assert len(decoded) == 3 and report.summary["completed"] == 10
 
 
+def _report_files(report: RunReport) -> dict:
+    """What a report wrote, but its generation time: the summary, the CSV, the Parquet rows, the HTML."""
+    html = re.sub(r"generated [^<]* UTC", "generated (time) UTC", report.html_path.read_text())
+    summary = {key: value for key, value in report.summary.items() if key != "generated_at"}
+    return {
+        "summary": summary,
+        "csv": report.csv_path.read_text(),
+        "parquet": report.parquet_path.read_bytes(),
+        "html": html,
+    }
+
+
+def test_results_stored_without_mask_pixels_report_the_same(warehouse_url, tmp_path):
+    """Results stored before ``mask_pixels`` existed (NULL, not back-filled) have their masks summed
+    instead: the report, its exports and its thumbnails are those of the stored counts."""
+    engine = get_engine(warehouse_url)
+    _seed(engine)
+
+    def build(name: str) -> dict:
+        report = build_run_report(
+            engine, DAG_ID, R2, out_dir=tmp_path / name, rolling_runs=3, top_n=3, fetch_image=_Fetcher()
+        )
+        return _report_files(report)
+
+    stored = build("stored")
+    with engine.connect() as conn:
+        r = audit_results.c
+        pixels = dict(conn.execute(select(r.scan_id, r.mask_pixels)).all())
+        assert pixels and None not in pixels.values()
+    some = sorted(pixels)[::2]
+    with engine.begin() as conn:
+        conn.execute(update(audit_results).where(r.scan_id.in_(some)).values(mask_pixels=None))
+    assert build("some-null") == stored
+    with engine.begin() as conn:
+        conn.execute(update(audit_results).values(mask_pixels=None))
+    assert build("all-null") == stored
+    mask_area = pd.read_parquet(io.BytesIO(stored["parquet"]))["mask_area"]
+    assert mask_area.notna().sum() == stored["summary"]["completed"]
+
+    # A stored count is read instead of the mask: zero pixels stored, zero area reported.
+    with engine.begin() as conn:
+        conn.execute(update(audit_results).values(mask_pixels=0))
+    zeroed = build("zero")
+    frame = pd.read_parquet(io.BytesIO(zeroed["parquet"])).set_index("image_id")
+    assert frame["mask_area"].dropna().eq(0.0).all() and frame["mask_area"].notna().sum() == len(
+        mask_area.dropna()
+    )
+    assert frame.loc["f", "verdict"] == "human"  # its 5 % mask made it partly AI
+    assert zeroed["summary"]["verdicts"]["partly_ai"] == stored["summary"]["verdicts"]["partly_ai"] - 1
+
+
 def test_run_without_results_and_explicit_interval(sqlite_warehouse_url, tmp_path):
     engine = get_engine(sqlite_warehouse_url)
     insert_scans(engine, [s for s in r2_scans() if s.state in ("rejected", "failed")])
@@ -478,7 +538,7 @@ def test_a_mask_that_does_not_fit_never_fails_the_report(sqlite_warehouse_url, t
         conn.execute(
             audit_results.update()
             .where(audit_results.c.scan_id == "o-1-r2")
-            .values(mask_starts=[1999], mask_lengths=[5])
+            .values(mask_starts=[1999], mask_lengths=[5], mask_pixels=5)
         )
     report = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path, top_n=2, fetch_image=_Fetcher())
     assert report.html_path.read_text().count('class="thumbnail"') == 2

@@ -205,6 +205,7 @@ def insert_scans(
                     "developer_payload": "dp-secret-never-rendered",
                     "received_at": now + timedelta(minutes=5),
                     "raw_body": {"developerPayload": "dp-secret-never-rendered"},
+                    "mask_pixels": sum(lengths),  # as the receiver stores it
                 }
             )
     with engine.begin() as conn:

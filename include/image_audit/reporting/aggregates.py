@@ -5,9 +5,12 @@ duplicate of a valid one). :func:`resolved_images` keeps one row per image: its 
 else its latest scan that was not a rejection, else its rejection. A report resolves them once, into a
 temporary table (:func:`materialized_images`) that every other query reads.
 
-Masks are never decoded here. Their area is summed inside the database only where a verdict needs it
-(below ``partly_ai``) and for the thumbnails' candidates; the export sums the lengths itself
-(``exports.mask_pixels``); the few masks a report draws are read by :func:`load_masks`.
+Masks are never decoded here, nor read for their area: a result stores its mask's AI pixels
+(``audit_results.mask_pixels``, the sum of the lengths, written with the result). Only a result stored
+before that column existed and not back-filled (``mask_pixels`` NULL) has its lengths summed: in the
+database where a verdict needs its area (below ``partly_ai``) and for the thumbnails' candidates, by the
+export itself (``exports.mask_pixels``) otherwise. The few masks a report draws are read by
+:func:`load_masks`.
 """
 
 from __future__ import annotations
@@ -79,8 +82,9 @@ class Scope:
 # --- dialect-specific expressions -------------------------------------------------------------------
 
 
-def _mask_pixels(dialect: str):
-    """Number of AI pixels of ``audit_results.mask_lengths``: the sum of the JSON list, in the database."""
+def _summed_mask_pixels(dialect: str):
+    """Number of AI pixels of ``audit_results.mask_lengths``: the sum of the JSON list, in the database
+    (for the results stored without ``mask_pixels``)."""
     if dialect == "postgresql":
         sql = (
             "(SELECT COALESCE(SUM(value::bigint), 0) "
@@ -140,6 +144,13 @@ def _ranked(scope: Scope):
         .where(scope.where())
         .subquery("ranked")
     )
+
+
+def _mask_pixels(dialect: str):
+    """Number of AI pixels of the result's mask: the stored count, else (a result stored before it was)
+    the sum of ``mask_lengths``; ``CASE`` evaluates lazily, so only those rows read their mask."""
+    r = audit_results.c
+    return case((r.mask_pixels.is_not(None), r.mask_pixels), else_=_summed_mask_pixels(dialect))
 
 
 def _mask_area(dialect: str):
@@ -382,8 +393,9 @@ def iter_image_rows(
     """Every image of ``images`` (:data:`report_images`), in chunks of lists by column (a server-side
     cursor on PostgreSQL).
 
-    As the export needs them: the mask's ``lengths`` as JSON text (``exports.mask_pixels`` sums them),
-    the metadata fields read by the database, SQLite's timestamps as their text.
+    As the export needs them: the mask's stored ``mask_pixels``, and its ``lengths`` as JSON text only
+    where that is NULL (``exports.mask_pixels`` sums them), the metadata fields read by the database,
+    SQLite's timestamps as their text.
     """
     c, s, r = images.c, audit_scans.c, audit_results.c
     sqlite = conn.dialect.name != "postgresql"
@@ -400,7 +412,8 @@ def iter_image_rows(
         c.verdict,
         r.ai,
         r.human,
-        cast(r.mask_lengths, Text).label("mask_lengths"),
+        r.mask_pixels,
+        case((r.mask_pixels.is_(None), cast(r.mask_lengths, Text)), else_=None).label("mask_lengths"),
         r.width,
         r.height,
         s.model,

@@ -89,7 +89,8 @@ def _redact_urls(urls: list) -> list:
 
 
 def mask_pixels(masks: list, batch: int = 5_000) -> list[int | None]:
-    """AI pixels of each RLE mask given as its ``lengths`` JSON text (``None``: no result): their sum.
+    """AI pixels of each RLE mask given as its ``lengths`` JSON text (``None``: no result, or one whose
+    ``mask_pixels`` was stored): their sum.
 
     One vectorized parse of all the numbers per ``batch`` of masks (summing JSON arrays in the
     database costs seconds at 100,000 images); any text that is not a plain JSON array of integers
@@ -138,7 +139,10 @@ def _timestamps(values: list) -> pa.Array:
 def to_export_columns(chunk: dict[str, list]) -> dict[str, pa.Array]:
     """Warehouse rows (``aggregates.iter_image_rows``: lists by column) as the export's typed columns."""
     columns = dict(chunk)
-    pixels = mask_pixels(columns.pop("mask_lengths"))
+    stored, summed = columns.pop("mask_pixels"), mask_pixels(columns.pop("mask_lengths"))
+    pixels = [
+        count if count is not None else text_sum for count, text_sum in zip(stored, summed, strict=True)
+    ]
     columns["mask_area"] = [
         None if count is None or not (area := float(width) * height) > 0 else count / area
         for count, width, height in zip(pixels, columns["width"], columns["height"], strict=True)

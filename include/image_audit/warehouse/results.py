@@ -244,6 +244,7 @@ def _result_values(scan_id: str, body: WebhookBody, raw: dict[str, Any], now: da
         "height": shape.height,
         "mask_starts": body.result.starts,
         "mask_lengths": body.result.lengths,
+        "mask_pixels": sum(body.result.lengths),  # the report's mask area, without reading the mask
         "image_metadata": metadata.model_dump(by_alias=True, exclude_none=True) if metadata else None,
         "actual_credits": document.actual_credits if document is not None else None,
         "expected_credits": document.expected_credits if document is not None else None,

@@ -106,6 +106,10 @@ audit_results = Table(
     Column("developer_payload", Text),
     Column("received_at", TZ, nullable=False),
     Column("raw_body", JSON, nullable=False),
+    # Pixels the mask marks as AI (the sum of ``mask_lengths``), stored with the result so the report
+    # never reads the masks for their area. NULL only on rows stored before revision 0003 and not yet
+    # back-filled: readers then sum ``mask_lengths`` themselves.
+    Column("mask_pixels", Integer),
 )
 
 #: Every distinct error or unrecognised callback Copyleaks sent for a known scan, kept verbatim: the
