@@ -53,6 +53,7 @@ from sqlalchemy.exc import IntegrityError, ProgrammingError, SQLAlchemyError
 
 from copyleaks_provider.connections import sqlalchemy_url
 from copyleaks_provider.exceptions import CopyleaksAccountStateError, CopyleaksValidationError
+from copyleaks_provider.retries import outage_retrying
 from copyleaks_provider.settings import CopyleaksSettings
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ log = logging.getLogger(__name__)
 #: PostgreSQL's lock timeout).
 LOCK_WAIT_SECONDS = 120
 CONNECT_TIMEOUT_SECONDS = 10
+#: How long opening the account state rides out its database being unreachable (see account_state).
+OPEN_RETRY_SECONDS = 30.0
 
 metadata = MetaData()
 
@@ -211,10 +214,20 @@ _ENGINES_LOCK = threading.Lock()
 
 
 def account_state(settings: CopyleaksSettings) -> AccountState:
-    """The account state of ``settings``' account, in the database its connection names."""
-    with _unreachable_is_transient(_where(settings)):
-        engine = _engine(state_database_url(settings))
-    return AccountState(engine, settings)
+    """The account state of ``settings``' account, in the database its connection names.
+
+    Opening it (the first time in a process: its tables are checked) rides out an outage of that
+    database for up to ``OPEN_RETRY_SECONDS``, as each request's use of it does (the request's
+    retries): a task that starts during a few seconds' outage does not fail its try for it.
+    """
+    where = _where(settings)
+
+    def open_engine() -> Engine:
+        with _unreachable_is_transient(where):
+            return _engine(state_database_url(settings))
+
+    retrying = outage_retrying(CopyleaksAccountStateError, OPEN_RETRY_SECONDS, log)
+    return AccountState(retrying(open_engine), settings)
 
 
 def _where(settings: CopyleaksSettings) -> str:

@@ -13,7 +13,16 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-from tenacity import retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tenacity import (
+    Retrying,
+    before_sleep_log,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from copyleaks_provider.exceptions import (
     CopyleaksAuthError,
@@ -113,3 +122,18 @@ class RetryPolicy:
             retry_state.attempt_number,
             retry_state.next_action.sleep if retry_state.next_action else 0.0,
         )
+
+
+def outage_retrying(
+    errors: type[BaseException] | tuple[type[BaseException], ...], seconds: float, logger: logging.Logger
+) -> Retrying:
+    """A ``tenacity.Retrying`` that rides out an outage (of a database, say): it tries again 0.5 s, 1 s,
+    2 s ... 5 s apart while ``errors`` are raised, for up to ``seconds``, then re-raises the last one.
+    Only for actions that are safe to repeat."""
+    return Retrying(
+        retry=retry_if_exception_type(errors),
+        stop=stop_after_delay(seconds),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        before_sleep=before_sleep_log(logger, logging.WARNING),
+        reraise=True,
+    )

@@ -2,13 +2,34 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from sqlalchemy import Engine, bindparam, select, update
 
+from copyleaks_provider.retries import outage_retrying
 from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.results import UNAVAILABLE_ERRORS
 from image_audit.warehouse.schema import audit_scans
+
+log = logging.getLogger(__name__)
+
+#: How long the submit task's reads and writes ride out a warehouse outage (a network blip, a
+#: failover) before the error fails the task's try. Without it, a few seconds' outage failed every
+#: submit task that was recording answers or starting, and each waited 20-40 s for its Airflow retry
+#: (the chaos suite's warehouse cut).
+OUTAGE_RETRY_SECONDS = 30.0
+
+T = TypeVar("T")
+
+
+def _riding_out_outages(action: Callable[[], T]) -> T:
+    """``action()``, tried again (0.5 s, 1 s, 2 s ... 5 s apart) while the warehouse is unreachable, for
+    up to ``OUTAGE_RETRY_SECONDS``. Safe: each action is one read or one transaction of conditional
+    updates, so a retry after a commit whose answer was lost changes nothing."""
+    return outage_retrying(UNAVAILABLE_ERRORS, OUTAGE_RETRY_SECONDS, log)(action)
 
 
 def load_unsent_scans(engine: Engine, batch_id: str) -> list[dict]:
@@ -26,8 +47,12 @@ def load_unsent_scans(engine: Engine, batch_id: str) -> list[dict]:
         .where(audit_scans.c.batch_id == batch_id, audit_scans.c.state == ScanState.PENDING.value)
         .order_by(audit_scans.c.scan_id)
     )
-    with engine.connect() as conn:
-        return [dict(row) for row in conn.execute(query).mappings()]
+
+    def load() -> list[dict]:
+        with engine.connect() as conn:
+            return [dict(row) for row in conn.execute(query).mappings()]
+
+    return _riding_out_outages(load)
 
 
 def record_transitions(engine: Engine, changes: Iterable[tuple[str, ScanState, str | None]]) -> int:
@@ -60,8 +85,12 @@ def record_transitions(engine: Engine, changes: Iterable[tuple[str, ScanState, s
             updated_at=now,
         )
     )
-    with engine.begin() as conn:
-        conn.execute(statement, rows)
+
+    def write() -> None:
+        with engine.begin() as conn:
+            conn.execute(statement, rows)
+
+    _riding_out_outages(write)
     return len(rows)
 
 
@@ -70,9 +99,14 @@ def record_submit_error(engine: Engine, scan_ids: Iterable[str], error: str) -> 
     ids = list(scan_ids)
     if not ids:
         return
-    with engine.begin() as conn:
-        conn.execute(
-            update(audit_scans)
-            .where(audit_scans.c.scan_id.in_(ids), audit_scans.c.state == ScanState.PENDING.value)
-            .values(last_error=error, updated_at=datetime.now(UTC))
-        )
+    statement = (
+        update(audit_scans)
+        .where(audit_scans.c.scan_id.in_(ids), audit_scans.c.state == ScanState.PENDING.value)
+        .values(last_error=error, updated_at=datetime.now(UTC))
+    )
+
+    def write() -> None:
+        with engine.begin() as conn:
+            conn.execute(statement)
+
+    _riding_out_outages(write)
