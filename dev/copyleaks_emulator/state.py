@@ -20,6 +20,8 @@ COUNTERS = (
     "logins_refused",
     "unauthorized",
     "duplicate_submissions",
+    "scan_ids_accepted_twice",
+    "images_accepted_twice",
     "conflicts",
     "no_credits",
     "bad_requests",
@@ -66,6 +68,7 @@ class EmulatorState:
         #: access token -> (email, expiry). Kept across resets, so a client's cached token stays valid.
         self.tokens: dict[str, tuple[str, datetime]] = {}
         self.scans: dict[str, ScanKey] = {}
+        self._accepted_keys: set[ScanKey] = set()  # the images of ``scans``
         self.submissions: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()  # shared with the fault injector: cleared, never replaced
         self.credits = settings.credits
@@ -74,6 +77,7 @@ class EmulatorState:
     def reset(self) -> None:
         """Forget scans and counters and refill the credits (the worker pool must be idle)."""
         self.scans.clear()
+        self._accepted_keys.clear()
         self.submissions.clear()
         self.counters.clear()
         self.credits = self.settings.credits
@@ -123,6 +127,15 @@ class EmulatorState:
         return Admission.NEW
 
     def accept(self, scan_id: str, key: ScanKey) -> None:
+        """Register (and queue, charge) a new scan. Counted apart, as double submissions: the same scan
+        id accepted again (``scan_ids_accepted_twice``; a repeat answered idempotently is not one), and
+        an image accepted under a second scan id (``images_accepted_twice``: charged twice; a new
+        attempt after a timeout is one too, so only a suite without timeouts expects it at 0)."""
+        if scan_id in self.scans:
+            self.counters["scan_ids_accepted_twice"] += 1
+        if key in self._accepted_keys:
+            self.counters["images_accepted_twice"] += 1
+        self._accepted_keys.add(key)
         self.scans[scan_id] = key
         self.submissions[scan_id] += 1
 

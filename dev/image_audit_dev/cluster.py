@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
@@ -38,6 +39,34 @@ COMPONENTS = {
     "airflow-dag-processor": ["dag-processor"],
     "airflow-triggerer": ["triggerer"],
     "airflow-worker": ["celery", "worker", "--concurrency", "4"],
+}
+#: Airflow's recovery timers, shortened for the chaos suite (``LocalCluster(fast_recovery=True)``) so a
+#: killed component is noticed in seconds rather than minutes. Each is a documented Airflow setting;
+#: production keeps Airflow's defaults (those of compose), which are the same mechanisms, only slower.
+FAST_RECOVERY_ENV = {
+    # A task's supervisor heartbeats every 2 s (default 5); a task whose worker died is declared
+    # failed (and retried, with the DAG's retries) after 10 s without one (default 300 s), and the
+    # scheduler looks for such tasks every 2 s (default 10). 10 s is 5 missed heartbeats, sent by the
+    # supervisor (not the busy task process): a loaded 2-core machine does not miss that many.
+    "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "10",
+    "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+    # A restarted scheduler adopts (or resets) the task instances a dead one had queued once the dead
+    # one's heartbeat (every second, SCHEDULER_HEARTBEAT_SEC) is 10 s old (default 30), and looks for
+    # them every 5 s (default every 300 s: the first look at start-up comes before the dead scheduler
+    # has aged past the threshold).
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_THRESHOLD": "10",
+    "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "5",
+    # A restarted triggerer takes over the triggers of a dead one once the dead one's heartbeat (every
+    # second here, default 5) is 6 s old (default 30).
+    "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "1",
+    "AIRFLOW__TRIGGERER__TRIGGERER_HEALTH_CHECK_THRESHOLD": "6",
+    # A task left queued (its Celery message taken by a worker that died before starting it, or never
+    # sent by a scheduler that died) is queued again, or failed, by the scheduler after 90 s (default
+    # 600 s). Celery's own redelivery (visibility timeout, with acks_late) stays at Airflow's 24 h: a
+    # shorter one would redeliver tasks still running on a live worker, which is worse than waiting.
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "90",
+    "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "5",
 }
 
 
@@ -62,6 +91,12 @@ class LocalCluster:
     jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     #: Set last in every component's environment (e.g. reports in a bucket and its connection).
     extra_env: dict[str, str] = field(default_factory=dict)
+    #: Airflow's recovery timers shortened (:data:`FAST_RECOVERY_ENV`), for the chaos suite.
+    fast_recovery: bool = False
+    #: The warehouse as the components reach it (e.g. through a TCP proxy a test cuts); default
+    #: :attr:`warehouse_url`. The cluster itself (migrations) always uses :attr:`warehouse_url`.
+    component_warehouse_url: str | None = None
+    _spawned: set[str] = field(default_factory=set, repr=False)
 
     @property
     def api_url(self) -> str:
@@ -82,9 +117,15 @@ class LocalCluster:
     def warehouse_url(self) -> str:
         return self.database_url("warehouse")
 
+    @property
+    def metadata_url(self) -> str:
+        """Airflow's metadata database (``<name>_airflow``)."""
+        return self.database_url("airflow")
+
     def environment(self) -> dict[str, str]:
-        metadata = make_url(self.database_url("airflow")).set(drivername="postgresql+psycopg2")
+        metadata = make_url(self.metadata_url).set(drivername="postgresql+psycopg2")
         metadata_url = metadata.render_as_string(hide_password=False)
+        warehouse = self.component_warehouse_url or self.warehouse_url
         env = dev_environment()  # the emulator runs from dev/
         env.update(
             AIRFLOW_HOME=str(self.home / "airflow"),
@@ -103,12 +144,12 @@ class LocalCluster:
             AIRFLOW__CELERY__RESULT_BACKEND="db+" + metadata_url,
             AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC="1",
             AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="5",
-            AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=self.warehouse_url,
+            AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=warehouse,
             IMAGE_AUDIT_REPORTS_DIR=str(self.home / "reports"),
             IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS="true",  # the catalog's images are on the local emulator
             # The Copyleaks account's shared token and request budget live in the warehouse's
             # PostgreSQL, which every worker, the triggerer and the api-server reach.
-            AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE=self.warehouse_url,
+            AIRFLOW_CONN_COPYLEAKS_ACCOUNT_STATE=warehouse,
             AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(
                 {
                     "conn_type": "copyleaks",
@@ -125,6 +166,8 @@ class LocalCluster:
                 }
             ),
         )
+        if self.fast_recovery:
+            env.update(FAST_RECOVERY_ENV)
         env.update(self.extra_env)
         return env
 
@@ -143,11 +186,39 @@ class LocalCluster:
         emulator = ["--port", str(self.emulator_port), "--credits", str(self.emulator_credits)]
         emulator += ["--api-requests-per-second", str(self.account_requests_per_second)]
         self._spawn("emulator", [sys.executable, "-m", "copyleaks_emulator", *emulator], env)
-        for name, args in COMPONENTS.items():
-            extra = ["--port", str(self.api_port)] if name == "airflow-apiserver" else []
-            self._spawn(name, [sys.executable, "-m", "airflow", *args, *extra], env)
-        self._wait_healthy(timeout)
+        for name in COMPONENTS:
+            self.start_component(name, env)
+        self.wait_healthy(timeout)
         return self
+
+    def start_component(self, name: str, env: dict[str, str] | None = None) -> None:
+        """Start the Airflow component ``name`` (a key of :data:`COMPONENTS`), e.g. again after
+        :meth:`kill`; its output is appended to ``<home>/logs/<name>.log``."""
+        extra = ["--port", str(self.api_port)] if name == "airflow-apiserver" else []
+        command = [sys.executable, "-m", "airflow", *COMPONENTS[name], *extra]
+        self._spawn(name, command, env or self.environment())
+
+    def kill(self, name: str, signum: int = signal.SIGKILL, grace: float = 20) -> None:
+        """Send ``signum`` (default SIGKILL: its host died) to component ``name`` and every process it
+        started, then SIGKILL what is left after ``grace`` s. Every process: its group (the api-server's
+        workers, Celery's forks, the task supervisors) and the processes that left it (each task
+        runner leads a process group of its own, and would go on submitting as an orphan)."""
+        process = self.processes.pop(name)
+        try:
+            descendants = psutil.Process(process.pid).children(recursive=True)
+        except psutil.Error:
+            descendants = []
+        signal_group(process, signum)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(signum)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(grace)
+        signal_group(process, signal.SIGKILL)
+        for child in descendants:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        process.wait()
 
     def stop(self, grace: float = 20) -> None:
         """SIGTERM every process group started (children included), SIGKILL what outlives ``grace``."""
@@ -197,12 +268,16 @@ class LocalCluster:
         migrate(get_engine(self.warehouse_url))
 
     def _spawn(self, name: str, command: list[str], env: dict[str, str]) -> None:
-        log = (self.home / "logs" / f"{name}.log").open("w")
+        # A component started again (after kill) appends to its log; a new cluster starts it afresh.
+        log = (self.home / "logs" / f"{name}.log").open("a" if name in self._spawned else "w")
+        self._spawned.add(name)
         self.processes[name] = subprocess.Popen(
             command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def wait_healthy(self, timeout: float = 180) -> None:
+        """Until the api-server reports the metadatabase, scheduler, triggerer and dag-processor healthy
+        and the emulator answers (``RuntimeError`` if a component exited)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [name for name, p in self.processes.items() if p.poll() is not None]
@@ -267,7 +342,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=ROOT / "var" / "cluster")
     parser.add_argument("--api-port", type=int, default=8080)
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.postgres_url, args.redis_url, args.home, args.name, api_port=args.api_port)
+    cluster = LocalCluster(
+        postgres_url=args.postgres_url,
+        redis_url=args.redis_url,
+        home=args.home,
+        name=args.name,  # by keyword: the fourth field is dags_folder
+        api_port=args.api_port,
+    )
     # SIGTERM (docker stop, systemd, kill) unwinds like Ctrl-C, also while the cluster is starting.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with cluster:
