@@ -571,7 +571,8 @@ def test_sync_check_scan_id_rule_and_credits(start_emulator):
 # --- admin --------------------------------------------------------------------------------------------
 def test_state_reports_every_counter(emulator):
     state = emulator.state()
-    expected = {"submissions", "scans", "credits_remaining", "queue_depth", "in_flight", "logins", "faults"}
+    expected = {"submissions", "scans", "credits_remaining", "queue_depth", "in_flight", "scanning", "logins"}
+    expected.add("faults")
     expected |= {f"webhooks_{what}" for what in ("sent", "acknowledged", "failed", "dropped", "duplicated")}
     assert expected <= set(state)
     assert state["faults"]["webhook_max_tries"] == 5 and state["faults"]["reorder"] is False

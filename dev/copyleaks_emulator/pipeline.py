@@ -4,8 +4,8 @@ A worker fetches the image URL (with the submit's custom headers), decodes it in
 detection response (or the error body) and hands it to delivery. A failed scan sends Copyleaks'
 documented error webhook (``detector.error_body``) and, like Copyleaks, refunds the credit its submit
 charged (sandbox scans cost nothing, so nothing to refund). ``queue_depth`` counts jobs no
-worker has taken yet; ``in_flight`` counts jobs being scanned plus webhooks not yet acknowledged or
-given up, so "idle" means both are zero.
+worker has taken yet; ``scanning`` the jobs workers are scanning (never more than the pool); ``in_flight``
+counts jobs being scanned plus webhooks not yet acknowledged or given up, so "idle" means both are zero.
 """
 
 from __future__ import annotations
@@ -116,12 +116,15 @@ class ScanPipeline:
         while True:
             job = await self._queue.get()
             self.state.in_flight += 1
+            self.state.scanning += 1
             try:
                 body = await self._scan(job)
             except Exception:  # a worker must survive anything one job does
                 log.exception("scan %s failed inside the emulator", job.scan_id)
                 self.state.in_flight -= 1
                 continue
+            finally:
+                self.state.scanning -= 1
             self._dispatch(job, body)
 
     async def _scan(self, job: ScanJob) -> dict:

@@ -73,6 +73,7 @@ class EmulatorState:
         self.counters: Counter[str] = Counter()  # shared with the fault injector: cleared, never replaced
         self.credits = settings.credits
         self.in_flight = 0
+        self.scanning = 0  # jobs a worker is scanning now (at most the pool's size)
 
     def reset(self) -> None:
         """Forget scans and counters and refill the credits (the worker pool must be idle)."""
@@ -82,6 +83,7 @@ class EmulatorState:
         self.counters.clear()
         self.credits = self.settings.credits
         self.in_flight = 0
+        self.scanning = 0
 
     # --- identity ---------------------------------------------------------------------------------
     def login(self, email: str, key: str) -> dict[str, str] | None:
@@ -159,6 +161,7 @@ class EmulatorState:
             "credits_remaining": self.credits,
             "queue_depth": queue_depth,
             "in_flight": self.in_flight,
+            "scanning": self.scanning,
             **{name: self.counters[name] for name in COUNTERS},
             "faults": self.settings.faults(),
         }
