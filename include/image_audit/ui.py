@@ -70,17 +70,18 @@ def build_ui_app() -> FastAPI:
     @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=[can_read_runs])
     def run_page(dag_id: str, run_id: str) -> HTMLResponse:
         """The run's report, else its live progress (blocking I/O: FastAPI runs it in a thread)."""
-        engine = get_engine(warehouse_url())
-        with engine.connect() as conn:
+        with get_engine(warehouse_url()).connect() as conn:  # one connection for the page's reads
             html_path = conn.execute(
                 select(audit_reports.c.html_path).where(
                     audit_reports.c.dag_id == dag_id, audit_reports.c.run_id == run_id
                 )
             ).scalar()
+            if not html_path:
+                counts = count_scan_states_sync(conn, dag_id, run_id)
+                measured = recent_submission_rate_sync(conn, dag_id, run_id)
         if html_path:
             return _report(html_path)
-        counts = count_scan_states_sync(engine, dag_id, run_id)
-        return _progress(dag_id, run_id, counts, recent_submission_rate_sync(engine, dag_id, run_id))
+        return _progress(dag_id, run_id, counts, measured)
 
     return app
 
