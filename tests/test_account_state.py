@@ -213,3 +213,53 @@ async def test_many_concurrent_requests_try_a_blocked_login_once(start_emulator,
     assert all(isinstance(o.error, CopyleaksLoginBlockedError) for o in outcomes)
     state = emulator.state()
     assert state["login_429"] == 2 and state["api_requests"] == 0
+
+
+@pytest.mark.postgres
+@requires_postgres
+def test_a_reservation_that_comes_back_late_sends_nothing_late(postgres_databases, monkeypatch):
+    """The account state's database stalls while a request reserves its slot (here another session
+    holds the budget row for 0.3 s; in a cluster, a cut connection). The slot it gets is the one for
+    the moment it asked, already past when the answer comes: sent then, it would land on top of the
+    slots others took meanwhile, and every stalled process would send at once when the database
+    answers again. The request takes a fresh slot instead and sends within its lateness of it."""
+    import threading
+
+    from sqlalchemy import text
+
+    from copyleaks_provider.pacing import Pacer
+    from copyleaks_provider.settings import CopyleaksSettings
+
+    url = postgres_databases.create()
+    monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_STATE", url)
+    settings = CopyleaksSettings(
+        email="pace@example.com", api_key="pace-key", account_state_conn_id="copyleaks_state"
+    )
+    pacer = Pacer(account_state(settings), "api", 10.0)
+    pacer.take()  # creates the budget row; that slot goes unused
+    stall = 0.3
+    locked = threading.Event()
+
+    def hold_the_budget_row():
+        with pacer.state.engine.begin() as conn:  # a session of its own, from the pool
+            conn.execute(text("SELECT * FROM copyleaks_account_budget FOR UPDATE"))
+            locked.set()
+            time.sleep(stall)
+
+    holder = threading.Thread(target=hold_the_budget_row)
+    try:
+        holder.start()
+        assert locked.wait(timeout=30)
+        asked = time.time()
+        for _ in range(5):  # the clients' loop (CopyleaksHook._pace): a missed slot is given up
+            slot, send_by = pacer.take()
+            time.sleep(max(0.0, slot - time.time()))
+            sent = time.time()
+            if sent <= send_by:
+                break
+        holder.join()
+    finally:
+        postgres_databases.drop(url)
+    assert sent - asked >= stall  # it did wait for the database
+    assert slot >= asked + stall - pacer.lateness  # the slot it used was given after the stall
+    assert sent - slot <= pacer.lateness
