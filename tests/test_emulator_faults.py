@@ -164,7 +164,9 @@ def test_an_unreachable_webhook_is_retried_then_given_up(emulator, recorder):
 
 def test_the_worker_pool_is_bounded(start_emulator, recorder):
     emulator = start_emulator(workers=2)
-    recorder.slow_seconds = 0.15
+    # Each fetch takes 1 s, so the queue outlasts the six submissions even on a loaded machine (at
+    # 0.15 s a slow run of PUTs let the pool drain it before it was ever seen).
+    recorder.slow_seconds = 1.0
     headers = auth(emulator)
     for i in range(6):
         body = submit_body(emulator, recorder, url=recorder.image_url("slow", f"img-{i:05d}.jpg"))
