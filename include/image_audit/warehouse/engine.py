@@ -64,11 +64,20 @@ _ENGINES: dict[str, Engine] = {}
 def _engine_for(url: str) -> Engine:
     if url in _ENGINES:
         return _ENGINES[url]
-    engine = create_engine(sync_url(url), pool_pre_ping=True)
+    return _ENGINES.setdefault(url, create_warehouse_engine(url))
+
+
+def create_warehouse_engine(url: str, *, write_transactions: bool = False, **kwargs) -> Engine:
+    """A new sync engine for ``url`` (:func:`get_engine` keeps one per URL for the process).
+
+    ``write_transactions``: on SQLite every transaction takes the write lock when it begins (for an
+    engine whose transactions read then write, like the receiver's).
+    """
+    engine = create_engine(sync_url(url), pool_pre_ping=True, **kwargs)
     if not is_postgres(url):
         event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin)
-    return _ENGINES.setdefault(url, engine)
+        event.listen(engine, "begin", _sqlite_begin_immediate if write_transactions else _sqlite_begin)
+    return engine
 
 
 def _sqlite_begin(conn) -> None:

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -55,20 +55,30 @@ UNAVAILABLE_ERRORS = (
 
 
 async def store_callbacks(
-    engine: AsyncEngine | AsyncConnection, callbacks: Sequence[Callback]
+    engine: Engine | AsyncEngine | AsyncConnection, callbacks: Sequence[Callback]
 ) -> list[CallbackOutcome]:
     """Store ``callbacks`` in one transaction, durable (committed) when this returns; idempotent.
 
-    ``engine``: an engine (one transaction is opened and committed here) or a connection whose open
-    transaction the caller commits. Returns one outcome per callback, in order.
+    ``engine``: an engine (one transaction is opened and committed here; a sync one's in a worker
+    thread) or an async connection whose open transaction the caller commits. Returns one outcome per
+    callback, in order.
     """
+    if isinstance(engine, Engine):
+        return await asyncio.to_thread(_store_committed, engine, callbacks)
     if isinstance(engine, AsyncConnection):
-        return await _store(engine, callbacks)
+        return await engine.run_sync(_store, callbacks)
     async with engine.begin() as conn:
-        return await _store(conn, callbacks)
+        return await conn.run_sync(_store, callbacks)
 
 
-async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[CallbackOutcome]:
+def _store_committed(engine: Engine, callbacks: Sequence[Callback]) -> list[CallbackOutcome]:
+    with engine.begin() as conn:
+        return _store(conn, callbacks)
+
+
+def _store(conn: Connection, callbacks: Sequence[Callback]) -> list[CallbackOutcome]:
+    """The batch's statements, as sync code: run in a thread on a sync engine, or through ``run_sync``
+    on an async one."""
     now = datetime.now(UTC)
     postgres = conn.dialect.name == "postgresql"
     scan_ids = sorted({c.scan_id for c in callbacks})
@@ -79,7 +89,7 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
     )
     if postgres:  # SQLite: the receiver's engine opens every transaction with BEGIN IMMEDIATE
         query = query.with_for_update()
-    scans = {row.scan_id: row for row in await conn.execute(query)}
+    scans = {row.scan_id: row for row in conn.execute(query)}
     state = {scan_id: row.state for scan_id, row in scans.items()}
 
     outcomes: list[CallbackOutcome | None] = []
@@ -112,9 +122,9 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
             outcomes.append(None)  # stored or duplicate: the insert tells
 
     if kept:
-        await conn.execute(_INSERT_FAILED_CALLBACKS[postgres], list(kept.values()))
+        conn.execute(_INSERT_FAILED_CALLBACKS[postgres], list(kept.values()))
     if failures:
-        await conn.execute(
+        conn.execute(
             update(audit_scans)
             .where(audit_scans.c.scan_id == bindparam("failed_scan_id"))
             .values(state=ScanState.FAILED.value, completed_at=now, updated_at=now),
@@ -123,9 +133,9 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
     inserted: set[str] = set()
     if results:
         # executemany: one cached statement, sent as multi-row INSERTs ("insertmanyvalues").
-        inserted = set((await conn.execute(_INSERT_RESULTS[postgres], list(results.values()))).scalars())
+        inserted = set(conn.execute(_INSERT_RESULTS[postgres], list(results.values())).scalars())
         if inserted:
-            await conn.execute(
+            conn.execute(
                 update(audit_scans)
                 .where(audit_scans.c.scan_id.in_(sorted(inserted)))
                 .values(state=ScanState.COMPLETED.value, completed_at=now, updated_at=now, last_error=None)
@@ -134,7 +144,7 @@ async def _store(conn: AsyncConnection, callbacks: Sequence[Callback]) -> list[C
         changed = {*failures, *inserted}
         for dag_id, run_id in sorted({(scans[s].dag_id, scans[s].run_id) for s in changed}):
             payload = json.dumps({"dag_id": dag_id, "run_id": run_id})
-            await conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
+            conn.execute(select(func.pg_notify(NOTIFY_CHANNEL, payload)))
 
     return [
         outcome
@@ -154,7 +164,7 @@ class CallbackWriter:
     bad callback fails alone.
     """
 
-    def __init__(self, engine: AsyncEngine, *, writers: int, max_batch: int = 500) -> None:
+    def __init__(self, engine: Engine | AsyncEngine, *, writers: int, max_batch: int = 500) -> None:
         self._engine = engine
         self._writers = writers
         self._max_batch = max_batch
