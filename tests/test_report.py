@@ -8,6 +8,7 @@ import math
 import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from xml.etree import ElementTree
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ from tests.test_report_fixtures import (
 )
 
 R0 = "scheduled__2026-11-20T00:00:00+00:00"
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 class _Fetcher:
@@ -206,11 +208,26 @@ class _Assets(HTMLParser):
 
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
-        for name in ("src", "href", "srcset", "poster", "data"):
+        for name in ("src", "href", "xlink:href", "srcset", "poster", "data"):
             if attrs.get(name):
                 self.urls.append((tag, name, attrs[name]))
         if tag == "img":
             self.images.append(attrs)
+
+
+def svg_charts(html: str) -> dict[str, ElementTree.Element]:
+    """The report's inline SVG charts by id, parsed as XML (each must be well-formed)."""
+    blocks = re.findall(r'<svg class="chart".*?</svg>', html, flags=re.S)
+    charts = {}
+    for block in blocks:
+        element = ElementTree.fromstring(block)  # noqa: S314 (the report under test, not untrusted)
+        charts[element.get("id")] = element
+    assert len(charts) == len(blocks), "chart ids are unique"
+    return charts
+
+
+def _svg_text(element: ElementTree.Element, tag: str) -> list[str]:
+    return ["".join(e.itertext()) for e in element.iter(f"{SVG}{tag}")]
 
 
 def test_html_is_self_contained_and_holds_no_secrets(reports):
@@ -218,14 +235,26 @@ def test_html_is_self_contained_and_holds_no_secrets(reports):
     html = report.html_path.read_text()
     parser = _Assets()
     parser.feed(html)
-    assert parser.urls, "the report embeds its charts"
+    assert parser.urls, "the report embeds its thumbnails"
     assert all(value.startswith("data:image/") for _, _, value in parser.urls), parser.urls
     assert "url(" not in html.split("</style>")[0].split("<style>")[1]  # no CSS assets either
     assert "<script" not in html and "<link" not in html
-    charts = [i for i in parser.images if i.get("class") == "chart"]
     thumbnails = [i for i in parser.images if i.get("class") == "thumbnail"]
-    assert len(charts) == 6 and len(thumbnails) == 3
-    for image in charts + thumbnails:
+    assert len(thumbnails) == 3
+    charts = svg_charts(html)
+    assert set(charts) == {
+        f"chart-{key}" for key in ("states", "verdicts", "histogram", "by-source", "by-day", "trend")
+    }
+    for key, chart in charts.items():  # accessible: a role, a title and a description, referenced
+        assert chart.get("role") == "img"
+        assert chart.get("aria-labelledby") == f"{key}-title {key}-desc"
+        assert chart.find(f"{SVG}title").get("id") == f"{key}-title" and _svg_text(chart, "title")[0]
+        assert chart.find(f"{SVG}desc").get("id") == f"{key}-desc" and _svg_text(chart, "desc")[0]
+        assert float(chart.get("width")) > 100 and float(chart.get("height")) > 100
+        tags = {element.tag.removeprefix(SVG) for element in chart.iter()}
+        assert not {"use", "image", "foreignObject", "script", "style", "a"} & tags  # no SVG assets either
+        assert not any("href" in name for element in chart.iter() for name in element.attrib)
+    for image in thumbnails:
         payload = base64.b64decode(image["src"].split(",", 1)[1])
         with Image.open(io.BytesIO(payload)) as decoded:
             assert decoded.width > 0 and decoded.height > 0
@@ -367,7 +396,9 @@ def test_plain_urls_are_redacted_as_urlsplit_does():
         "",
         None,
     ]
-    assert exports._redact_urls(urls) == [redact_url(url) for url in urls]
+    assert exports._redacted_url_array(urls).to_pylist() == [redact_url(url) for url in urls]
+    plain = ["https://cdn.example.com/catalog/img-1.jpg?sig=abc", None, "https://cdn.example.com/a.png"]
+    assert exports._redacted_url_array(plain).to_pylist() == [redact_url(url) for url in plain]
 
 
 def test_mask_pixels_sum_each_masks_lengths():
@@ -451,6 +482,59 @@ def test_export_csv_is_what_pandas_wrote(tmp_path):
     frame["sandbox"] = frame["sandbox"].astype("boolean")
     expected = frame.to_csv(index=False, date_format="%Y-%m-%dT%H:%M:%S.%fZ")
     assert csv_file.read_text() == expected
+
+
+def _bars(chart: ElementTree.Element) -> list[tuple[str, float, float]]:
+    """Each bar of a chart: its tooltip, width and height."""
+    return [
+        ("".join(r.find(f"{SVG}title").itertext()), float(r.get("width")), float(r.get("height")))
+        for r in chart.iter(f"{SVG}rect")
+        if r.find(f"{SVG}title") is not None
+    ]
+
+
+def test_svg_charts_draw_the_reports_figures(reports):
+    """The inline charts show the summary's figures: one bar per count, lengths in proportion (to the
+    0.1 px the coordinates are written with)."""
+    _, report, _ = reports
+    summary = report.summary
+    charts = svg_charts(report.html_path.read_text())
+
+    states = {tip.split(": ")[0]: (int(tip.split(": ")[1]), w) for tip, w, _ in _bars(charts["chart-states"])}
+    assert {k: v[0] for k, v in states.items()} == {
+        k.replace("_", " "): n for k, n in EXPECTED["states"].items()
+    }
+    assert states["completed"][1] == pytest.approx(10 * states["failed"][1], rel=0.01)
+    assert states["pending"][1] == pytest.approx(states["failed"][1], rel=0.01)
+    verdicts = {tip: w for tip, w, _ in _bars(charts["chart-verdicts"])}
+    assert set(verdicts) == {"AI-generated: 4", "Partly AI: 4", "Human: 2"}
+    assert verdicts["Human: 2"] == pytest.approx(verdicts["AI-generated: 4"] / 2, rel=0.01)
+
+    buckets: dict[int, int] = {}
+    heights: dict[int, float] = {}
+    for tip, _, height in _bars(charts["chart-histogram"]):  # "AI proportion 95\u2013100%: AI-generated 3"
+        span, figure = tip.removeprefix("AI proportion ").split(": ")
+        index = int(span.split("\u2013")[0]) // 5
+        buckets[index] = buckets.get(index, 0) + int(figure.rsplit(" ", 1)[1])
+        heights[index] = heights.get(index, 0.0) + height
+    assert (
+        buckets == EXPECTED["histogram"] == {i: n for i, n in enumerate(summary["histogram"]["counts"]) if n}
+    )
+    assert heights[19] == pytest.approx(3 * heights[0], rel=0.01)
+    desc = _svg_text(charts["chart-histogram"], "desc")[0]
+    assert "partly AI ≥ 0.2" in desc and "AI-generated ≥ 0.9" in desc
+
+    per_source: dict[str, int] = {}
+    for tip, _, _ in _bars(charts["chart-by-source"]):  # "shop: Partly AI 2"
+        name, part = tip.rsplit(": ", 1)
+        per_source[name] = per_source.get(name, 0) + int(part.rsplit(" ", 1)[1])
+    assert per_source == {name: row["images"] for name, row in summary["by_source"].items()}
+    per_day = {tip.rsplit(": ", 1)[0] for tip, _, _ in _bars(charts["chart-by-day"])}
+    assert per_day == set(summary["by_day"])
+
+    points = ["".join(c.itertext()) for c in charts["chart-trend"].iter(f"{SVG}circle") if len(c)]
+    assert f"AI-generated {summary['ai_share'] * 100:.1f}%" in points[-1]  # the current run, last
+    assert any("AI-generated 25.0%" in point for point in points)  # R0's stored share
 
 
 def test_only_the_masks_shown_are_decoded(sqlite_warehouse_url, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""The demo-like report rendered by Debian's headless Chromium: charts and thumbnails drawn, not blank."""
+"""The demo-like report rendered by Debian's headless Chromium: SVG charts and thumbnails drawn, not blank."""
 
 from __future__ import annotations
 
@@ -64,10 +64,13 @@ class _Images(HTMLParser):
     def __init__(self):
         super().__init__()
         self.images: list[dict] = []
+        self.charts: list[dict] = []
 
     def handle_starttag(self, tag, attrs):
         if tag == "img":
             self.images.append(dict(attrs))
+        if tag == "svg":
+            self.charts.append(dict(attrs))
 
 
 @pytest.fixture(scope="module")
@@ -91,10 +94,13 @@ def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp
     assert report.uris["html_path"] == f"file://{html_file}"
     dom = _Images()
     dom.feed(dump_dom(html_file))
-    charts = [i for i in dom.images if i.get("class") == "chart"]
+    charts = [i for i in dom.charts if i.get("class") == "chart"]
     thumbnails = [i for i in dom.images if i.get("class") == "thumbnail"]
     assert len(charts) == 6 and len(thumbnails) == 12
-    for image in charts + thumbnails:
+    for chart in charts:  # inline SVG, parsed by the browser as such, with its accessible name
+        assert chart["role"] == "img" and chart["aria-labelledby"].endswith("-desc")
+        assert float(chart["width"]) > 50 and float(chart["height"]) > 50
+    for image in thumbnails:
         assert image["src"].startswith(("data:image/png;base64,", "data:image/jpeg;base64,"))
         with Image.open(io.BytesIO(base64.b64decode(image["src"].split(",", 1)[1]))) as decoded:
             assert decoded.width > 50 and decoded.height > 50

@@ -36,6 +36,7 @@ from sqlalchemy import (
     case,
     cast,
     func,
+    literal,
     literal_column,
     or_,
     select,
@@ -114,32 +115,66 @@ def _histogram_bin(ai, dialect: str):
 # --- the one-row-per-image subquery ----------------------------------------------------------------
 
 
-def _ranked(scope: Scope):
-    """The scope's scans, each with its rank among its image's scans (1: the one the report shows) and
-    the image's attempts; it carries the few scan columns the images need (no join back)."""
+def _image_key():
+    """What makes scans the same image: the image id (rows without one are each an image of their own)."""
     s = audit_scans.c
-    image_key = case(
-        (func.trim(s.image_id) == "", s.scan_id), else_=s.image_id
-    )  # rows without an id: each its own
-    preference = case(
-        (s.state == ScanState.COMPLETED.value, 0), (s.state != ScanState.REJECTED.value, 1), else_=2
-    )
+    return case((func.trim(s.image_id) == "", s.scan_id), else_=s.image_id)
+
+
+def _preference():
+    """0: a completed scan, 1: another that was sent or is waiting, 2: a rejection (the report shows
+    an image's lowest, then its latest attempt, last update, highest scan id)."""
+    s = audit_scans.c
+    return case((s.state == ScanState.COMPLETED.value, 0), (s.state != ScanState.REJECTED.value, 1), else_=2)
+
+
+def _ranked(scope: Scope, dialect: str):
+    """The scope's scans that the report shows, one per image (``rank`` 1), with the image's attempts;
+    it carries the few scan columns the images need (no join back).
+
+    PostgreSQL ranks them with a window function. SQLite's window functions cost more than the rest
+    of the resolution together, so there one ``GROUP BY`` picks each image's scan: the row holding
+    the ``max()`` of a text key that sorts as the window's order (SQLite takes the bare columns of an
+    aggregate query from the row holding its single ``max()``).
+    """
+    s = audit_scans.c
+    image_key = _image_key()
+    attempts = func.sum(case((s.state != ScanState.REJECTED.value, 1), else_=0))
+    columns = [s.scan_id, s.image_id, s.state, s.source, s.ingested_at]
+    if dialect != "postgresql":
+        # "2", "1", "0" (the preference, best highest), attempt zero-padded, updated_at's text, scan_id:
+        # char(1) separators sort below every character, so a shorter updated_at sorts first as in
+        # the column's own (text) order
+        separator = func.char(1)
+        choice = (
+            case(
+                (s.state == ScanState.COMPLETED.value, "2"),
+                (s.state != ScanState.REJECTED.value, "1"),
+                else_="0",
+            )
+            .op("||")(func.printf("%010d", s.attempt))
+            .op("||")(separator)
+            .op("||")(type_coerce(s.updated_at, String))
+            .op("||")(separator)
+            .op("||")(s.scan_id)
+        )
+        return (
+            select(
+                *columns,
+                literal(1).label("rank"),
+                attempts.label("attempts"),
+                func.max(choice).label("choice"),
+            )
+            .where(scope.where())
+            .group_by(image_key)
+            .subquery("ranked")
+        )
+    order = [_preference(), s.attempt.desc(), s.updated_at.desc(), s.scan_id.desc()]
     return (
         select(
-            s.scan_id,
-            s.image_id,
-            s.state,
-            s.source,
-            s.ingested_at,
-            func.row_number()
-            .over(
-                partition_by=image_key,
-                order_by=[preference, s.attempt.desc(), s.updated_at.desc(), s.scan_id.desc()],
-            )
-            .label("rank"),
-            func.sum(case((s.state != ScanState.REJECTED.value, 1), else_=0))
-            .over(partition_by=image_key)
-            .label("attempts"),
+            *columns,
+            func.row_number().over(partition_by=image_key, order_by=order).label("rank"),
+            attempts.over(partition_by=image_key).label("attempts"),
         )
         .where(scope.where())
         .subquery("ranked")
@@ -168,7 +203,7 @@ def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
 
     The verdict reads the mask only below ``thresholds.partly_ai`` (``CASE`` evaluates lazily).
     """
-    ranked = _ranked(scope)
+    ranked = _ranked(scope, dialect)
     s, r = ranked.c, audit_results.c
     completed = and_(s.state == ScanState.COMPLETED.value, r.scan_id.is_not(None))
     query = (

@@ -1,8 +1,9 @@
 """The per-image exports of a run: a CSV and a Parquet file with the same rows and columns.
 
-Rows are streamed from the warehouse in chunks and appended, so a run of any size exports in bounded
-memory; they go column by column through Arrow (100,000 rows in well under a second), and the CSV reads
-byte for byte as ``DataFrame.to_csv`` wrote it before. URLs are exported without credentials or query
+Rows are streamed from the warehouse in chunks (read ahead by a thread of their own) and appended, so a
+run of any size exports in bounded memory; they go column by column through Arrow (URLs, mask areas,
+timestamps and booleans by Arrow's compute functions), and the CSV reads byte for byte as
+``DataFrame.to_csv`` wrote it before. URLs are exported without credentials or query
 strings (a pre-signed URL's signature is a credential, and reports travel).
 """
 
@@ -11,10 +12,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -59,10 +61,11 @@ EXPORT_COLUMNS = EXPORT_SCHEMA.names
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
 #: Rows of each Parquet row group.
 ROW_GROUP_ROWS = 20_000
-#: A URL ``redact_url`` leaves as ``scheme://host/path``: lower-case scheme and host, no user info,
-#: no port; group 1 is the redacted URL (the query and fragment after it are dropped).
-_PLAIN_URL = re.compile(r"([a-z][a-z0-9+.-]*://[a-z0-9._~-]+(?:/[^?#\t\r\n]*)?)(?:[?#][^\t\r\n]*)?\Z")
 _LIST_TO_SPACES = bytes.maketrans(b"[],", b"   ")
+#: A URL ``redact_url`` leaves as ``scheme://host/path``: lower-case scheme and host, no user info,
+#: no port; group ``url`` is the redacted URL (the query and fragment after it are dropped). RE2
+#: syntax, for Arrow's ``pc.extract_regex`` (the whole text: ``\A`` to ``\z``).
+_PLAIN_URL_RE2 = r"\A(?P<url>[a-z][a-z0-9+.-]*://[a-z0-9._~-]+(?:/[^?#\t\r\n]*)?)(?:[?#][^\t\r\n]*)?\z"
 
 
 def redact_url(url: str | None) -> str | None:
@@ -77,15 +80,6 @@ def redact_url(url: str | None) -> str | None:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-def _redact_urls(urls: list) -> list:
-    """``redact_url`` of each URL; plain ones (``scheme://host/path?...``) by one regex, not urlsplit."""
-    out = []
-    for url in urls:
-        match = _PLAIN_URL.match(url) if isinstance(url, str) else None
-        out.append(match.group(1) if match else redact_url(url))
-    return out
 
 
 def mask_pixels(masks: list, batch: int = 5_000) -> list[int | None]:
@@ -139,23 +133,48 @@ def _timestamps(values: list) -> pa.Array:
 def to_export_columns(chunk: dict[str, list]) -> dict[str, pa.Array]:
     """Warehouse rows (``aggregates.iter_image_rows``: lists by column) as the export's typed columns."""
     columns = dict(chunk)
-    stored, summed = columns.pop("mask_pixels"), mask_pixels(columns.pop("mask_lengths"))
-    pixels = [
-        count if count is not None else text_sum for count, text_sum in zip(stored, summed, strict=True)
-    ]
-    columns["mask_area"] = [
-        None if count is None or not (area := float(width) * height) > 0 else count / area
-        for count, width, height in zip(pixels, columns["width"], columns["height"], strict=True)
-    ]
-    columns["url"] = _redact_urls(columns["url"])
+    stored, texts = columns.pop("mask_pixels"), columns.pop("mask_lengths")
+    if any(text is not None for text in texts):  # results stored without mask_pixels: sum their lengths
+        stored = [
+            count if count is not None else text_sum
+            for count, text_sum in zip(stored, mask_pixels(texts), strict=True)
+        ]
     arrays = {}
     for field in EXPORT_SCHEMA:
-        values = columns[field.name]
-        if pa.types.is_timestamp(field.type):
-            arrays[field.name] = _timestamps(values)
+        if field.name == "mask_area":
+            arrays["mask_area"] = _mask_area(stored, columns["width"], columns["height"])
+        elif field.name == "url":
+            arrays["url"] = _redacted_url_array(columns["url"])
+        elif pa.types.is_timestamp(field.type):
+            arrays[field.name] = _timestamps(columns[field.name])
         else:
-            arrays[field.name] = pa.array(values, type=field.type, from_pandas=True)
+            arrays[field.name] = pa.array(columns[field.name], type=field.type, from_pandas=True)
     return arrays
+
+
+def _mask_area(pixels: list, widths: list, heights: list) -> pa.Array:
+    """``pixels / (float(width) * height)``, null without pixels or a positive area (the same IEEE
+    operations as Python's, column by column)."""
+    area = pc.multiply(pa.array(widths, pa.float64()), pa.array(heights, pa.float64()))
+    ratio = pc.divide(pa.array(pixels, pa.float64()), area)
+    return pc.if_else(pc.fill_null(pc.greater(area, 0.0), False), ratio, pa.scalar(None, pa.float64()))
+
+
+def _redacted_url_array(urls: list) -> pa.Array:
+    """``redact_url`` of each URL: plain ones (``_PLAIN_URL_RE2``) by one vectorized regex, the rest
+    one by one."""
+    array = pa.array(urls, pa.string(), from_pandas=True)
+    plain = pc.extract_regex(array, _PLAIN_URL_RE2)
+    redacted = pc.struct_field(plain, [0])
+    unmatched = pc.and_(pc.is_null(redacted), pc.is_valid(array))
+    if pc.any(unmatched).as_py():
+        indices = pc.indices_nonzero(unmatched).to_pylist()
+        fixed = pa.array([redact_url(urls[i]) for i in indices], pa.string())
+        values = redacted.to_pylist()
+        for i, value in zip(indices, fixed.to_pylist(), strict=True):
+            values[i] = value
+        return pa.array(values, pa.string())
+    return redacted
 
 
 def _csv_timestamps(array: pa.Array) -> pa.Array:
@@ -168,22 +187,78 @@ def _csv_column(array: pa.Array) -> pa.Array:
     """A column as ``DataFrame.to_csv`` wrote it: floats by ``repr``, booleans as ``True``/``False``."""
     if pa.types.is_timestamp(array.type):
         return _csv_timestamps(array)
-    if pa.types.is_floating(array.type) or pa.types.is_boolean(array.type):
-        return pa.array([None if value is None else repr(value) for value in array.to_pylist()], pa.string())
+    if pa.types.is_boolean(array.type):
+        return pc.if_else(array, "True", "False")
+    if pa.types.is_floating(array.type):
+        values = array.to_pylist()
+        if array.null_count == 0:
+            return pa.array(list(map(float.__repr__, values)), pa.string())
+        return pa.array([None if value is None else repr(value) for value in values], pa.string())
     return array
 
 
-def _write_csv(arrays: dict[str, pa.Array], out: TextIO) -> None:
+def _write_csv(arrays: dict[str, pa.Array], out: BinaryIO) -> None:
     """Append the rows to the CSV: by Arrow (fast) unless a value needs quoting, then by ``csv``."""
     columns = [_csv_column(arrays[name]) for name in EXPORT_COLUMNS]
-    buffer = io.BytesIO()
     try:
         table = pa.Table.from_arrays(columns, names=EXPORT_COLUMNS)
+        buffer = io.BytesIO()
         pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
     except pa.ArrowInvalid:  # a comma, quote or line break in a value
-        csv.writer(out, lineterminator="\n").writerows(zip(*(c.to_pylist() for c in columns), strict=True))
+        text = io.StringIO(newline="")
+        csv.writer(text, lineterminator="\n").writerows(zip(*(c.to_pylist() for c in columns), strict=True))
+        out.write(text.getvalue().encode("utf-8"))
     else:
-        out.write(buffer.getvalue().decode("utf-8"))
+        out.write(buffer.getbuffer())
+
+
+def _prefetched(chunks: Iterable[dict[str, list]], depth: int = 2) -> Iterator[dict[str, list]]:
+    """``chunks``, read ahead by a thread of their own (at most ``depth`` waiting): the database's
+    driver fetches the next chunk (mostly without the GIL) while this one is converted and written.
+
+    The reader closes ``chunks`` (its cursor) in its own thread, also when the consumer stops early.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        iterator = iter(chunks)
+        try:
+            for chunk in iterator:
+                if not put((chunk, None)):
+                    break
+            else:
+                put((done, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((done, exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+
+    reader = threading.Thread(target=read, name="report-export-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            chunk, error = ready.get()
+            if error is not None:
+                raise error
+            if chunk is done:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        reader.join()
 
 
 def write_exports(chunks: Iterable[dict[str, list]], csv_file: Path, parquet_file: Path) -> int:
@@ -191,12 +266,13 @@ def write_exports(chunks: Iterable[dict[str, list]], csv_file: Path, parquet_fil
 
     The files are the report's staging files (``storage.staged``), published whole once this returns.
     Small chunks keep the memory flat; the Parquet file still gets row groups of ``ROW_GROUP_ROWS``.
+    The chunks are read ahead by a thread of their own (``_prefetched``).
     """
     rows = 0
     pending: list[pa.Table] = []
-    with pq.ParquetWriter(parquet_file, EXPORT_SCHEMA) as parquet, open(csv_file, "w", newline="") as csv_out:
-        csv.writer(csv_out, lineterminator="\n").writerow(EXPORT_COLUMNS)
-        for chunk in chunks:
+    with pq.ParquetWriter(parquet_file, EXPORT_SCHEMA) as parquet, open(csv_file, "wb") as csv_out:
+        csv_out.write((",".join(EXPORT_COLUMNS) + "\n").encode("utf-8"))
+        for chunk in _prefetched(chunks):
             arrays = to_export_columns(chunk)
             _write_csv(arrays, csv_out)
             pending.append(pa.Table.from_arrays(list(arrays.values()), schema=EXPORT_SCHEMA))

@@ -25,9 +25,12 @@ def tint(image: Image.Image, mask: np.ndarray, color=TINT_COLOR, alpha: float = 
     rgb = np.asarray(image.convert("RGB"))
     if mask.shape != rgb.shape[:2]:
         raise ValueError(f"mask {mask.shape} does not match the image {rgb.shape[:2]}")
+    # the blend of every possible value, per channel (the same float operations as blending each
+    # pixel, three times fewer): a lookup of 256 values for each tinted pixel's channel
+    levels = np.arange(256, dtype=np.float64)[:, None]
+    table = np.rint((1.0 - alpha) * levels + alpha * np.asarray(color, dtype=np.float64)).astype(np.uint8)
     out = rgb.copy()
-    blended = (1.0 - alpha) * rgb[mask].astype(np.float64) + alpha * np.asarray(color, dtype=np.float64)
-    out[mask] = np.rint(blended).astype(np.uint8)
+    out[mask] = table[rgb[mask], np.arange(3)]
     return Image.fromarray(out, "RGB")
 
 

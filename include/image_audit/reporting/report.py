@@ -8,7 +8,7 @@ import math
 import os
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -273,6 +273,59 @@ def _draw_thumbnails(items: list[_Thumbnail], masks: dict, fetch_image) -> list[
     return items
 
 
+# --- the resolved images: aggregates, then the export -------------------------------------------------
+
+
+@dataclass
+class _RunAggregates:
+    """What the report reads of its resolved images (besides the export)."""
+
+    cube: pd.DataFrame
+    histogram: dict
+    reasons: pd.DataFrame
+    issues: pd.DataFrame
+    issue_total: int
+    top: list[_Thumbnail]
+    masks: dict
+
+
+def _resolve_aggregate_export(
+    engine: Engine,
+    scope: Scope,
+    thresholds: Thresholds,
+    top_n: int,
+    aggregated: Future,
+    csv_file,
+    parquet_file,
+) -> int:
+    """On a connection of its own: resolve the scope's images once, set ``aggregated`` to their
+    aggregates, then write the export from them; the rows exported."""
+    try:
+        with engine.connect() as conn, aggregates.materialized_images(conn, scope, thresholds) as images:
+            try:
+                issues, issue_total = aggregates.issue_rows(conn, scope, images, ISSUE_ROWS_SHOWN)
+                top, masks = _top_images(conn, images, top_n)
+                aggregated.set_result(
+                    _RunAggregates(
+                        cube=aggregates.outcome_cube(conn, images),
+                        histogram=aggregates.ai_histogram(conn, images),
+                        reasons=aggregates.issue_reasons(conn, scope, images),
+                        issues=issues,
+                        issue_total=issue_total,
+                        top=top,
+                        masks=masks,
+                    )
+                )
+            except BaseException as exc:
+                aggregated.set_exception(exc)
+                raise
+            return write_exports(aggregates.iter_image_rows(conn, images), csv_file, parquet_file)
+    except BaseException as exc:
+        if not aggregated.done():  # failed resolving (or connecting): the report's thread waits for it
+            aggregated.set_exception(exc)
+        raise
+
+
 # --- warehouse row ------------------------------------------------------------------------------------
 
 
@@ -328,13 +381,23 @@ def _render(
         "files": files,
         "export_columns": EXPORT_COLUMNS,
         "charts": {
-            "states": charts.counts_chart(states, charts.STATE_COLORS),
+            "states": charts.counts_chart(
+                states, charts.STATE_COLORS, key="states", title="Images per scan state"
+            ),
             "verdicts": charts.counts_chart(
-                verdicts, charts.VERDICT_COLORS, {v.value: label for v, label in VERDICT_LABELS.items()}
+                verdicts,
+                charts.VERDICT_COLORS,
+                {v.value: label for v, label in VERDICT_LABELS.items()},
+                key="verdicts",
+                title="Verdicts of the completed images",
             ),
             "histogram": charts.histogram_chart(histogram, thresholds),
-            "by_source": charts.verdict_breakdown_chart(by_source, "source") if len(by_source) else None,
-            "by_day": charts.verdict_breakdown_chart(by_day, "ingestion day") if len(by_day) else None,
+            "by_source": charts.verdict_breakdown_chart(by_source, "source", key="by-source")
+            if len(by_source)
+            else None,
+            "by_day": charts.verdict_breakdown_chart(by_day, "ingestion day", key="by-day")
+            if len(by_day)
+            else None,
             "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
         },
     }
@@ -368,8 +431,9 @@ def build_run_report(
     build of this run's report recorded, if any.
     ``out_dir`` (a local path, a URL or an ``ObjectStoragePath``) defaults to
     ``<IMAGE_AUDIT_REPORTS_URL>/<dag_id>/<run id made file-safe>`` (see ``image_audit.reporting.storage``).
-    The run's images are resolved once into a temporary table of the report's connection (on PostgreSQL
-    the warehouse role needs the TEMPORARY privilege, which every role has by default).
+    The run's images are resolved once into a temporary table of one of the report's two connections
+    (on PostgreSQL the warehouse role needs the TEMPORARY privilege, which every role has by default);
+    the other reads, meanwhile, what needs no resolved image.
     """
     if out_dir is None:
         out_dir = reports_base() / dag_id / safe_run_id(run_id)
@@ -378,61 +442,64 @@ def build_run_report(
     scope = Scope.run(dag_id, run_id)
     fetch_image = fetch_image or http_fetcher()
 
-    # One connection resolves the run's images once (aggregates.materialized_images) for every
-    # aggregate and the export; it closes before the staged files are published (uploaded, for an
-    # object store). The export, most of the time at scale, streams on it in a thread of its own
-    # while the thumbnails, the charts and the HTML are drawn.
+    # One connection (the side thread's) resolves the run's images once
+    # (aggregates.materialized_images), reads every aggregate of them, hands those over, then streams
+    # the export on it. Meanwhile this thread reads what needs no resolved image (credits, the
+    # backlog, earlier reports) on a second connection, and then draws the thumbnails and the HTML
+    # beside the export. Both connections close before the staged files are published (uploaded, for
+    # an object store).
+    aggregated: Future = Future()
     with (
         staged(csv_path) as csv_file,
         staged(parquet_path) as parquet_file,
-        engine.connect() as conn,
-        aggregates.materialized_images(conn, scope, thresholds) as images,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="report-export") as exporter,
     ):
-        interval = tuple(data_interval or aggregates.data_interval(conn, scope))
-        if requests_per_second is None and window_minutes is None:
-            requests_per_second, window_minutes = _stored_window(conn, dag_id, run_id)
-        backlog = backlog_summary(backlog_by_reason(conn, dag_id), requests_per_second, window_minutes)
-        cube = aggregates.outcome_cube(conn, images)
-        histogram = aggregates.ai_histogram(conn, images)
-        credit = aggregates.credits(conn, scope)
-        reasons = aggregates.issue_reasons(conn, scope, images)
-        issues, issue_total = aggregates.issue_rows(conn, scope, images, ISSUE_ROWS_SHOWN)
-        top, masks = _top_images(conn, images, top_n)
-        until = interval[1] or datetime.now(UTC)
-        earlier = _earlier_reports(conn, dag_id, run_id, until, rolling_runs - 1)
-        rolling = None
-        if earlier:
-            rolling_scope = Scope(dag_id, (*[row["run_id"] for row in earlier], run_id))
-            rolling_images = aggregates.resolved_images(rolling_scope, thresholds, conn.dialect.name)
-            rolling_cube = aggregates.outcome_cube(conn, rolling_images)
-            rolling = {
-                "runs": len(rolling_scope.run_ids),
-                "states": aggregates.state_counts(rolling_cube),
-                "verdicts": aggregates.verdict_counts(rolling_cube),
-            }
-        # from here on the connection is the export's alone
         export = exporter.submit(
-            write_exports, aggregates.iter_image_rows(conn, images), csv_file, parquet_file
+            _resolve_aggregate_export, engine, scope, thresholds, top_n, aggregated, csv_file, parquet_file
         )
-        thumbnails = _draw_thumbnails(top, masks, fetch_image)
-        html, summary = _render(
-            scope=scope,
-            thresholds=thresholds,
-            interval=interval,
-            backlog=backlog,
-            cube=cube,
-            histogram=histogram,
-            credit=credit,
-            reasons=reasons,
-            issues=issues,
-            issue_total=issue_total,
-            thumbnails=thumbnails,
-            top_n=top_n,
-            earlier=earlier,
-            rolling=rolling,
-            files={"csv": csv_path.name, "parquet": parquet_path.name},
-        )
+        try:
+            with engine.connect() as conn:
+                interval = tuple(data_interval or aggregates.data_interval(conn, scope))
+                if requests_per_second is None and window_minutes is None:
+                    requests_per_second, window_minutes = _stored_window(conn, dag_id, run_id)
+                backlog = backlog_summary(
+                    backlog_by_reason(conn, dag_id), requests_per_second, window_minutes
+                )
+                credit = aggregates.credits(conn, scope)
+                until = interval[1] or datetime.now(UTC)
+                earlier = _earlier_reports(conn, dag_id, run_id, until, rolling_runs - 1)
+                rolling = None
+                if earlier:
+                    rolling_scope = Scope(dag_id, (*[row["run_id"] for row in earlier], run_id))
+                    rolling_images = aggregates.resolved_images(rolling_scope, thresholds, conn.dialect.name)
+                    rolling_cube = aggregates.outcome_cube(conn, rolling_images)
+                    rolling = {
+                        "runs": len(rolling_scope.run_ids),
+                        "states": aggregates.state_counts(rolling_cube),
+                        "verdicts": aggregates.verdict_counts(rolling_cube),
+                    }
+            run_aggregates = aggregated.result()
+            thumbnails = _draw_thumbnails(run_aggregates.top, run_aggregates.masks, fetch_image)
+            html, summary = _render(
+                scope=scope,
+                thresholds=thresholds,
+                interval=interval,
+                backlog=backlog,
+                cube=run_aggregates.cube,
+                histogram=run_aggregates.histogram,
+                credit=credit,
+                reasons=run_aggregates.reasons,
+                issues=run_aggregates.issues,
+                issue_total=run_aggregates.issue_total,
+                thumbnails=thumbnails,
+                top_n=top_n,
+                earlier=earlier,
+                rolling=rolling,
+                files={"csv": csv_path.name, "parquet": parquet_path.name},
+            )
+        except BaseException:
+            export.cancel()  # not started yet: never starts; else it ends, and nothing is published
+            raise
         exported = export.result()
     if exported != summary["images"]:  # both read the same resolved images: never, unless a bug
         log.warning("Exported %d images, counted %d: results arrived meanwhile", exported, summary["images"])
