@@ -98,9 +98,11 @@ class _EmulatorProcess:
 @requires_postgres
 def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_databases):
     """4 processes of 250 submissions each on PostgreSQL (the cluster's store): together they keep to
-    the account's budget in every second, and use at least 90% of it. The budget is raised from 10/s
-    to 40/s (an enterprise contract) so the test takes 25 s; the bench runs the same at 10/s."""
-    rate = 40
+    Copyleaks' documented budget of 10 requests/s in every second, and use at least 90% of it (about
+    105 s). At 40/s (25 s) four busy submitters and the emulator scanning 40 images a second on these 2
+    cores made the emulator stamp arrivals bunched: 41-42 in a second in half the runs, with the old
+    pacing as with the new, while the clients' own send times kept to 40."""
+    rate = 10
     url = postgres_databases.create()
     flags = ["--api-requests-per-second", str(rate), "--webhook-retry-base-seconds", "0.05"]
     try:
