@@ -179,10 +179,9 @@ class AccountState:
         conn.execute(dialect.insert(account_tokens).values(account=self.account).on_conflict_do_nothing())
 
     # --- budget -------------------------------------------------------------------------------------
-    def reserve(self, kind: str, count: int, interval: float, earliest: float | None = None) -> float:
+    def reserve(self, kind: str, count: int, interval: float) -> float:
         """Take the account's next ``count`` send slots of ``kind``, ``interval`` s apart; returns the
-        first one as epoch seconds (``earliest``, default now, or later when the budget is taken until
-        then).
+        first one as epoch seconds (now, or later when the budget is taken until then).
 
         Slots are absolute times: a caller sleeps until its slot by its own clock, so the round trip
         to the database does not shift it (hosts keep their clocks in sync, as Airflow requires).
@@ -197,8 +196,7 @@ class AccountState:
         )
         for _ in range(2):
             with _unreachable_is_transient(self.where), self.engine.begin() as conn:
-                now = time.time() if earliest is None else earliest
-                next_slot = conn.execute(statement, {"now": now}).scalar()
+                next_slot = conn.execute(statement, {"now": time.time()}).scalar()
                 if next_slot is not None:
                     return next_slot - span
                 dialect = postgresql if self._postgres else sqlite

@@ -19,8 +19,6 @@ from copyleaks_provider.settings import RATE_HEADROOM, CopyleaksSettings
 RESERVE_SECONDS = 0.025
 #: Slots a request may miss (its process held up past each) before it is sent anyway.
 MAX_MISSED_SLOTS = 20
-#: The most a reservation asks for slots ahead of now, to allow for its own round trip (see ``Pacer.take``).
-MAX_LEAD_SECONDS = 1.0
 
 
 class Pacer:
@@ -31,10 +29,7 @@ class Pacer:
     for the network's jitter; a request may use half of it by starting late. A slot missed by
     more (the process was held up: CPU, garbage collection, a busy event loop) is given up rather than
     used, since a late request lands right before the next process's punctual ones and crowds
-    Copyleaks' one-second window. That holds for a fresh reservation too: one that comes back late (the
-    database stalled: a cut connection, a lock) gives slots already past, so the request takes another;
-    the next reservation asks for slots that far ahead (``MAX_LEAD_SECONDS`` at most), so a slow
-    database costs waiting, never a burst of late requests when it answers again.
+    Copyleaks' one-second window.
     Not thread-safe: each client calls it under its own lock.
     """
 
@@ -44,7 +39,6 @@ class Pacer:
         self.block = max(1, int(per_second * RESERVE_SECONDS))
         self.lateness = (1 - RATE_HEADROOM) / 2
         self._slots: deque[float] = deque()
-        self._lead = 0.0  # seconds ahead of now the next reservation starts: its expected round trip
 
     def take_reserved(self) -> tuple[float, float] | None:
         """The next usable slot already reserved and the time to send by, if any (no database trip)."""
@@ -57,15 +51,13 @@ class Pacer:
         return slot, slot + self.lateness
 
     def take(self) -> tuple[float, float]:
-        """The next slot and the time to send by, reserving more when none is left. After a late
-        reservation that slot is already missed (its send-by time is past): the caller takes another."""
+        """The next usable slot and the time to send by, reserving more when none is left. A slot the
+        account gives ``now`` (its budget was idle) may be used once the round trip is back."""
         taken = self.take_reserved()
         if taken is None:
-            asked = time.time()
-            start = self.state.reserve(self.kind, self.block, self.interval, asked + self._lead)
-            self._lead = min(MAX_LEAD_SECONDS, 2 * (time.time() - asked))
-            self._slots.extend(start + i * self.interval for i in range(self.block))
-            taken = self.take_reserved() or (start, start + self.lateness)
+            start = self.state.reserve(self.kind, self.block, self.interval)  # a database round trip
+            self._slots.extend(start + i * self.interval for i in range(1, self.block))
+            taken = start, max(start, time.time()) + self.lateness
         return taken
 
 
