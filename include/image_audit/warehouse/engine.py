@@ -75,9 +75,14 @@ def create_warehouse_engine(url: str, *, write_transactions: bool = False, **kwa
     """
     engine = create_engine(sync_url(url), pool_pre_ping=True, **kwargs)
     if not is_postgres(url):
-        event.listen(engine, "connect", _sqlite_pragmas)
-        event.listen(engine, "begin", _sqlite_begin_immediate if write_transactions else _sqlite_begin)
+        _listen_sqlite(engine, write_transactions)
     return engine
+
+
+def _listen_sqlite(engine: Engine, write_transactions: bool) -> None:
+    """WAL, busy timeout and synchronous=NORMAL on connect; BEGIN (IMMEDIATE for write transactions)."""
+    event.listen(engine, "connect", _sqlite_pragmas)
+    event.listen(engine, "begin", _sqlite_begin_immediate if write_transactions else _sqlite_begin)
 
 
 def _sqlite_begin(conn) -> None:
@@ -101,7 +106,5 @@ def create_async_warehouse_engine(
     url = url or warehouse_url()
     engine = create_async_engine(async_url(url), pool_pre_ping=True, **kwargs)
     if not is_postgres(url):
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
-        begin = _sqlite_begin_immediate if write_transactions else _sqlite_begin
-        event.listen(engine.sync_engine, "begin", begin)
+        _listen_sqlite(engine.sync_engine, write_transactions)
     return engine
