@@ -302,7 +302,8 @@ class LocalCluster:
         while time.monotonic() < deadline:
             dead = [name for name, p in self.processes.items() if p.poll() is not None]
             if dead:
-                raise RuntimeError(f"{dead} exited; see {self.home / 'logs'}")
+                tails = "\n".join(f"--- {name}.log, last lines:\n{self._log_tail(name)}" for name in dead)
+                raise RuntimeError(f"{dead} exited; see {self.home / 'logs'}\n{tails}")
             try:
                 health = httpx.get(f"{self.api_url}/api/v2/monitor/health", timeout=2).json()
                 emulator = httpx.get(f"{self.emulator_url}/health", timeout=2).status_code == 200
@@ -320,7 +321,7 @@ class LocalCluster:
     ) -> str:
         """Trigger ``dag_id`` through Airflow's REST API once the dag-processor has parsed it."""
         deadline = time.monotonic() + timeout
-        while httpx.get(f"{self.api_url}/api/v2/dags/{dag_id}", timeout=5).status_code != 200:
+        while self._get(f"/api/v2/dags/{dag_id}") is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{dag_id} was not parsed within {timeout} s")
             time.sleep(1)
@@ -343,15 +344,26 @@ class LocalCluster:
         """The run's final state, polled through the REST API; ``while_running`` is called at each poll."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            state = httpx.get(f"{self.api_url}/api/v2/dags/{dag_id}/dagRuns/{run_id}", timeout=5).json()[
-                "state"
-            ]
-            if state in ("success", "failed"):
-                return state
+            run = self._get(f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+            if run is not None and run["state"] in ("success", "failed"):
+                return run["state"]
             if while_running is not None:
                 while_running()
             time.sleep(poll)
         raise TimeoutError(f"run {run_id} still running after {timeout} s")
+
+    def _get(self, path: str) -> dict | None:
+        """The api-server's JSON answer to ``GET path``, or ``None`` while it cannot give one (not
+        yet there, restarting, or too busy to answer in 10 s on a loaded machine): callers poll."""
+        try:
+            response = httpx.get(f"{self.api_url}{path}", timeout=10)
+        except httpx.TransportError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    def _log_tail(self, name: str, lines: int = 30) -> str:
+        log = self.home / "logs" / f"{name}.log"
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
 def main(argv: list[str] | None = None) -> int:
