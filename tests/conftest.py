@@ -207,3 +207,48 @@ class _Audit:
         with self.engine.connect() as conn:
             row = conn.execute(select(audit_reports).where(audit_reports.c.run_id == run_id)).mappings().one()
         return dict(row)
+
+
+# --- pytest-xdist (./run test): one worker per core ------------------------------------------------
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Tests go to the workers one by one, except the reliability suite, which runs whole and in order in
+    one worker: its secret scan comes last and looks through what that process's runs wrote. (xdist's
+    ``loadgroup`` would do this, but its marks are lost with pytest 9's computed node ids.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ReliabilitySuiteTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "tests/reliability" if nodeid.startswith("tests/reliability/") else nodeid
+
+    return ReliabilitySuiteTogether(config, log)
+
+
+# --- the reliability suite's figures: printed here, in the root conftest, because pytest-xdist's
+# controller loads only this one; the worker that ran the suite hands its figures over.
+def pytest_sessionfinish(session) -> None:
+    """In a pytest-xdist worker: hand the reliability figures to the controller, which prints them."""
+    if hasattr(session.config, "workeroutput"):
+        from tests.reliability.conftest import FIGURES
+
+        session.config.workeroutput["reliability_figures"] = dict(FIGURES)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist's controller: add up the figures of each worker."""
+    from tests.reliability.conftest import FIGURES
+
+    FIGURES.update(getattr(node, "workeroutput", {}).get("reliability_figures", {}))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    from tests.reliability.conftest import FIGURE_ORDER, FIGURES
+
+    if not FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for name in FIGURE_ORDER:
+        terminalreporter.write_line(f"{name.replace('_', ' ')}: {FIGURES[name]}")
+    for name in sorted(set(FIGURES) - set(FIGURE_ORDER)):
+        terminalreporter.write_line(f"  {name.replace('_', ' ')}: {FIGURES[name]}")

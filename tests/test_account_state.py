@@ -94,6 +94,7 @@ class _EmulatorProcess:
         return httpx.get(f"{self.url}/admin/state", timeout=10).raise_for_status().json()
 
 
+@pytest.mark.serial
 @pytest.mark.postgres
 @requires_postgres
 def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_databases):

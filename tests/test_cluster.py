@@ -26,6 +26,7 @@ from image_audit_dev.servers import free_port, server_process
 from tests.conftest import POSTGRES_URL, REDIS_URL
 
 pytestmark = [
+    pytest.mark.serial,
     pytest.mark.slow,
     pytest.mark.skipif(
         not (POSTGRES_URL and REDIS_URL),

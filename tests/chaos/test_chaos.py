@@ -24,6 +24,7 @@ from tests.conftest import POSTGRES_URL, REDIS_URL
 
 pytestmark = [
     pytest.mark.chaos,
+    pytest.mark.serial,
     pytest.mark.slow,
     pytest.mark.skipif(
         not (POSTGRES_URL and REDIS_URL),

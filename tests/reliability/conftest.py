@@ -1,7 +1,8 @@
 """Shared fixtures of the reliability suite, the invariants every fault scenario must keep, and its figures.
 
 The figures (faults injected, callbacks sent, results stored, lost, duplicates, double submissions,
-secret hits) are summed over the session and printed at the end of the pytest run.
+secret hits) are summed over the session and printed at the end of the pytest run (by the root
+conftest, which pytest-xdist's controller loads).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 
 from image_audit.warehouse.lifecycle import ScanState
 
-#: Figures summed over the session; printed by ``pytest_terminal_summary``.
+#: Figures summed over the session; printed by ``tests/conftest.py``'s ``pytest_terminal_summary``.
 FIGURES: Counter[str] = Counter()
 FIGURE_ORDER = (
     "faults_injected",
@@ -31,16 +32,6 @@ SECRETS_USED: set[str] = set()
 
 #: What an image may end in once the runs are over (``timed_out`` only between runs).
 FINAL_STATES = {ScanState.COMPLETED.value, ScanState.FAILED.value, ScanState.REJECTED.value}
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    if not FIGURES:
-        return
-    terminalreporter.section("reliability figures")
-    for name in FIGURE_ORDER:
-        terminalreporter.write_line(f"{name.replace('_', ' ')}: {FIGURES[name]}")
-    for name in sorted(set(FIGURES) - set(FIGURE_ORDER)):
-        terminalreporter.write_line(f"  {name.replace('_', ' ')}: {FIGURES[name]}")
 
 
 @pytest.fixture
@@ -158,5 +149,6 @@ def check_invariants(audit, *, extra_faults: int = 0) -> Outcome:
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:
-    """The secret scan runs last, so it sees every log and report the suite wrote."""
+    """The secret scan runs last, so it sees every log and report the suite wrote (with pytest-xdist
+    the suite runs in one worker: see ``pytest_xdist_make_scheduler`` in tests/conftest.py)."""
     items.sort(key=lambda item: item.path.name == "test_secret_scan.py")
