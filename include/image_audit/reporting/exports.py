@@ -147,6 +147,8 @@ def to_export_columns(chunk: dict[str, list]) -> dict[str, pa.Array]:
             arrays["url"] = _redacted_url_array(columns["url"])
         elif pa.types.is_timestamp(field.type):
             arrays[field.name] = _timestamps(columns[field.name])
+        elif pa.types.is_boolean(field.type):  # SQLite's 0/1, or the driver's booleans
+            arrays[field.name] = pc.cast(pa.array(columns[field.name], from_pandas=True), pa.bool_())
         else:
             arrays[field.name] = pa.array(columns[field.name], type=field.type, from_pandas=True)
     return arrays
