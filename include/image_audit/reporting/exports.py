@@ -14,7 +14,7 @@ import io
 import json
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -130,8 +130,9 @@ def _timestamps(values: list) -> pa.Array:
     return pc.cast(array, _UTC_MICROS)
 
 
-def to_export_columns(chunk: dict[str, list]) -> dict[str, pa.Array]:
-    """Warehouse rows (``aggregates.iter_image_rows``: lists by column) as the export's typed columns."""
+def to_export_columns(chunk: dict[str, Sequence]) -> dict[str, pa.Array]:
+    """Warehouse rows (``aggregates.iter_image_rows``: object arrays, or lists, by column) as the export's
+    typed columns."""
     columns = dict(chunk)
     stored, texts = columns.pop("mask_pixels"), columns.pop("mask_lengths")
     if any(text is not None for text in texts):  # results stored without mask_pixels: sum their lengths
@@ -214,7 +215,7 @@ def _write_csv(arrays: dict[str, pa.Array], out: BinaryIO) -> None:
         out.write(buffer.getbuffer())
 
 
-def _prefetched(chunks: Iterable[dict[str, list]], depth: int = 2) -> Iterator[dict[str, list]]:
+def _prefetched(chunks: Iterable[dict[str, Sequence]], depth: int = 2) -> Iterator[dict[str, Sequence]]:
     """``chunks``, read ahead by a thread of their own (at most ``depth`` waiting): the database's
     driver fetches the next chunk (mostly without the GIL) while this one is converted and written.
 
@@ -263,7 +264,7 @@ def _prefetched(chunks: Iterable[dict[str, list]], depth: int = 2) -> Iterator[d
         reader.join()
 
 
-def write_exports(chunks: Iterable[dict[str, list]], csv_file: Path, parquet_file: Path) -> int:
+def write_exports(chunks: Iterable[dict[str, Sequence]], csv_file: Path, parquet_file: Path) -> int:
     """Write every chunk to both local files; rows written.
 
     The files are the report's staging files (``storage.staged``), published whole once this returns.
