@@ -143,17 +143,12 @@ def _ranked(scope: Scope, dialect: str):
     attempts = func.sum(case((s.state != ScanState.REJECTED.value, 1), else_=0))
     columns = [s.scan_id, s.image_id, s.state, s.source, s.ingested_at]
     if dialect != "postgresql":
-        # "2", "1", "0" (the preference, best highest), attempt zero-padded, updated_at's text, scan_id:
-        # char(1) separators sort below every character, so a shorter updated_at sorts first as in
-        # the column's own (text) order
+        # the preference turned best-highest (2, 1, 0) and the attempt zero-padded, updated_at's text,
+        # scan_id: char(1) separators sort below every character, so a shorter updated_at sorts first
+        # as in the column's own (text) order
         separator = func.char(1)
         choice = (
-            case(
-                (s.state == ScanState.COMPLETED.value, "2"),
-                (s.state != ScanState.REJECTED.value, "1"),
-                else_="0",
-            )
-            .op("||")(func.printf("%010d", s.attempt))
+            func.printf("%d%010d", 2 - _preference(), s.attempt)
             .op("||")(separator)
             .op("||")(type_coerce(s.updated_at, String))
             .op("||")(separator)
