@@ -209,7 +209,7 @@ class _Audit:
         return dict(row)
 
 
-# --- pytest-xdist (./run test): one worker per core ------------------------------------------------
+# --- pytest-xdist (./run test): the workers' share of the tests ------------------------------------
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
     """Tests go to the workers one by one, except the reliability suite, which runs whole and in order in
