@@ -35,6 +35,9 @@ pytestmark = [
 #: Callbacks trail the submissions by 5 to 10 s (the emulator's webhook latency, reordered), so the run
 #: is deferred in wait_for_results while they still arrive.
 TRAILING_CALLBACKS = {"webhook_latency_ms": 5000, "reorder": True}
+#: Each callback comes 1 s after its scan: a batch half sent has callbacks due within the next second,
+#: so a fault of a few seconds injected then meets some (the scans accepted just before it).
+CALLBACKS_DUE_SOON = {"webhook_latency_ms": 1000}
 #: The emulator's first webhook retry comes 4 s after a refused try (then 8, 16, 32 s: about a minute).
 FIRST_RETRY_SECONDS = 4
 #: An upper bound on each recovery, far above what the fast timers give (so a noisy machine passes),
@@ -68,10 +71,10 @@ def _at(chaos: Chaos, name: str, moment: Callable[[Chaos, str], bool], what: str
     return scenario
 
 
-def _half_way_through_a_batch(chaos: Chaos, name: str) -> tuple[Scenario, set[str]]:
+def _half_way_through_a_batch(chaos: Chaos, name: str, **faults) -> tuple[Scenario, set[str]]:
     """Start the scenario's run and return once a submit task is half way through its batch (by the
     emulator's accepted submissions): the scenario and the batches half sent."""
-    scenario = chaos.start_scenario(name)
+    scenario = chaos.start_scenario(name, **faults)
     batch_scans = wait_for(lambda: chaos.batch_scans(scenario.run_id), "the run planned", timeout=180)
     half_sent = wait_for(
         lambda: chaos.batches_half_sent(batch_scans), "a batch half sent", timeout=180, interval=0.05
@@ -210,7 +213,7 @@ def test_warehouse_cut_while_submit_tasks_record_answers(chaos):
     submit task is half way through its batch, recording Copyleaks' answers. The task rides the outage
     out (its warehouse reads and writes are tried again, its requests wait for their send slots), so
     no task try is lost to it; callbacks refused meanwhile (503) are delivered again."""
-    scenario, cut = _half_way_through_a_batch(chaos, "6. warehouse cut while recording")
+    scenario, cut = _half_way_through_a_batch(chaos, "6. warehouse cut while recording", **CALLBACKS_DUE_SOON)
     before = chaos.emulator()
     scenario.fault()
     chaos.warehouse_proxy.cut()
