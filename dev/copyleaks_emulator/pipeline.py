@@ -14,6 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+import anyio
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
@@ -71,6 +72,9 @@ class ScanPipeline:
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=self.settings.workers * 2)
         self._client = httpx.AsyncClient(limits=limits, headers={"User-Agent": "copyleaks-emulator"})
+        # httpx loads anyio's asyncio backend on its first request: 60 ms of imports that would hold
+        # the event loop (and the account limits' arrival clock) during the first scan, not now.
+        await anyio.sleep(0)
         self._start_workers()
 
     async def stop(self) -> None:
