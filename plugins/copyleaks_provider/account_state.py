@@ -179,9 +179,10 @@ class AccountState:
         conn.execute(dialect.insert(account_tokens).values(account=self.account).on_conflict_do_nothing())
 
     # --- budget -------------------------------------------------------------------------------------
-    def reserve(self, kind: str, count: int, interval: float) -> float:
-        """Take the account's next ``count`` send slots of ``kind``, ``interval`` s apart; returns the
-        first one as epoch seconds (now, or later when the budget is taken until then).
+    def reserve(self, kind: str, count: int, interval: float, earliest: float) -> float:
+        """Take the account's next ``count`` send slots of ``kind``, ``interval`` s apart, none before
+        ``earliest``; returns the first one as epoch seconds (``earliest``, or later when the budget is
+        taken until then).
 
         Slots are absolute times: a caller sleeps until its slot by its own clock, so the round trip
         to the database does not shift it (hosts keep their clocks in sync, as Airflow requires).
@@ -191,12 +192,12 @@ class AccountState:
         statement = (
             update(account_budget)
             .where(account_budget.c.account == self.account, account_budget.c.kind == kind)
-            .values(next_slot=later(account_budget.c.next_slot, bindparam("now", type_=Float)) + span)
+            .values(next_slot=later(account_budget.c.next_slot, bindparam("earliest", type_=Float)) + span)
             .returning(account_budget.c.next_slot)
         )
         for _ in range(2):
             with _unreachable_is_transient(self.where), self.engine.begin() as conn:
-                next_slot = conn.execute(statement, {"now": time.time()}).scalar()
+                next_slot = conn.execute(statement, {"earliest": earliest}).scalar()
                 if next_slot is not None:
                     return next_slot - span
                 dialect = postgresql if self._postgres else sqlite

@@ -51,13 +51,15 @@ class Pacer:
         return slot, slot + self.lateness
 
     def take(self) -> tuple[float, float]:
-        """The next usable slot and the time to send by, reserving more when none is left. A slot the
-        account gives ``now`` (its budget was idle) may be used once the round trip is back."""
+        """The next usable slot and the time to send by, reserving more when none is left. An idle
+        budget gives its first slot ``lateness`` from now: the round trip to the store comes out of that,
+        not out of the slack of the second that follows."""
         taken = self.take_reserved()
         if taken is None:
-            start = self.state.reserve(self.kind, self.block, self.interval)  # a database round trip
+            earliest = time.time() + self.lateness
+            start = self.state.reserve(self.kind, self.block, self.interval, earliest)  # a database trip
             self._slots.extend(start + i * self.interval for i in range(1, self.block))
-            taken = start, max(start, time.time()) + self.lateness
+            taken = start, start + self.lateness
         return taken
 
 
