@@ -10,17 +10,35 @@ answered (epoch seconds) and the errors by type.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 from copyleaks_provider.hooks import CopyleaksHook
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The submitters' priority, and the catalog's image host's (:func:`image_host`): below the emulator's.
+#: The emulator stands in for a service on other machines; on a busy machine, a descheduled emulator
+#: would time a queue of requests as one burst (its event loop is the account limits' clock).
+NICENESS = 10
+
+
+@contextlib.contextmanager
+def image_host() -> Iterator[str]:
+    """The catalog's images (``<url>/samples/...``), served by an emulator process of their own at the
+    submitters' priority, as a catalog's CDN is not Copyleaks: generating a sample in the API emulator
+    held its event loop for 20-100 ms at a time, and requests arriving meanwhile were counted as one
+    burst."""
+    from bench.common import server_process  # the development tools: not on a submitter's path
+
+    with server_process(["copyleaks_emulator", "--log-level", "warning"], niceness=NICENESS) as url:
+        yield f"{url}/samples"
 
 
 async def submit(prefix: str, count: int, image_base: str) -> dict:
@@ -54,9 +72,7 @@ def start(processes: int, per_process: int, image_base: str, env: dict[str, str]
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            # Below the emulator's priority: it stands in for a service on other machines, and on a
-            # busy machine a descheduled emulator would time a queue of requests as one burst.
-            preexec_fn=lambda: os.nice(10),
+            preexec_fn=lambda: os.nice(NICENESS),
         )
         for n in range(processes)
     ]

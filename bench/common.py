@@ -65,10 +65,15 @@ def warehouse(backend: str, workdir: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def server_process(module_args: list[str], env: dict[str, str] | None = None) -> Iterator[str]:
-    """``python -m <module_args> --port P`` in its own process, until its /health answers; yields its URL."""
+def server_process(
+    module_args: list[str], env: dict[str, str] | None = None, niceness: int = 0
+) -> Iterator[str]:
+    """``python -m <module_args> --port P`` in its own process (at ``niceness``), until its /health
+    answers; yields its URL."""
     port = free_port()
     command = [sys.executable, "-m", *module_args, "--port", str(port)]
+    if niceness:
+        command = ["nice", "-n", str(niceness), *command]
     with servers.server_process(command, port=port, env={**os.environ, **(env or {})}) as base:
         yield base
 

@@ -60,9 +60,12 @@ def connection(emulator, sink: str, state_conn_id: str | None, **extra) -> str:
     return copyleaks_connection(emulator, sink, WEBHOOK_SECRET, account_state_conn_id=state_conn_id, **extra)
 
 
-def start_submitters(emulator, env: dict, conn: str, count: int, per_process: int) -> list[subprocess.Popen]:
+def start_submitters(
+    emulator, env: dict, conn: str, count: int, per_process: int, images: str | None = None
+) -> list[subprocess.Popen]:
+    """``count`` submitter processes; the images from ``images`` (default: the emulator's samples)."""
     env = {**env, "AIRFLOW_CONN_COPYLEAKS_DEFAULT": conn, "PYTHONPATH": str(ROOT)}
-    return account_submitter.start(count, per_process, f"{emulator.url}/samples", env)
+    return account_submitter.start(count, per_process, images or f"{emulator.url}/samples", env)
 
 
 def finish(processes: list[subprocess.Popen]) -> list[dict]:
@@ -108,11 +111,14 @@ def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_dat
     url = postgres_databases.create()
     flags = ["--api-requests-per-second", str(rate), "--webhook-retry-base-seconds", "0.05"]
     try:
-        with server_process(["copyleaks_emulator", "--log-level", "warning", *flags]) as emulator_url:
+        with (
+            server_process(["copyleaks_emulator", "--log-level", "warning", *flags]) as emulator_url,
+            account_submitter.image_host() as images,
+        ):
             emulator = _EmulatorProcess(emulator_url)
             env = {"AIRFLOW_CONN_COPYLEAKS_STATE": url}
             conn = connection(emulator, webhook_sink, "copyleaks_state", requests_per_second=rate)
-            outputs = finish(start_submitters(emulator, env, conn, 4, 250))
+            outputs = finish(start_submitters(emulator, env, conn, 4, 250, images))
             state = emulator.state()
     finally:
         postgres_databases.drop(url)
