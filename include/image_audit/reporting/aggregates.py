@@ -425,13 +425,18 @@ def iter_image_rows(
 
     As the export needs them: the mask's stored ``mask_pixels``, and its ``lengths`` as JSON text only
     where that is NULL (``exports.mask_pixels`` sums them), the metadata fields read by the database,
-    SQLite's timestamps as their text; values as the driver gives them (SQLite's booleans as 0/1).
+    timestamps as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``); values as the driver gives them (SQLite's
+    booleans as 0/1).
     """
     c, s, r = images.c, audit_scans.c, audit_results.c
-    sqlite = conn.dialect.name != "postgresql"
+    postgres = conn.dialect.name == "postgresql"
 
-    def raw(column):  # SQLite's timestamps as their text: the export parses them all at once
-        return type_coerce(column, Text) if sqlite else column
+    def raw(
+        column,
+    ):  # the export parses the text all at once (psycopg2's datetimes took 0.5 s per 100,000 rows)
+        if postgres:
+            return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
+        return type_coerce(column, Text)  # SQLite stores UTC wall time as this text
 
     columns = [
         s.image_id,

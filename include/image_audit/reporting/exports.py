@@ -119,7 +119,8 @@ def _json_sum(text: str):
 
 
 def _timestamps(values: list) -> pa.Array:
-    """Timestamps as the warehouse returns them (datetimes, or SQLite's UTC text) as UTC microseconds."""
+    """Timestamps as ``aggregates.iter_image_rows`` reads them (UTC text; datetimes too) as UTC
+    microseconds."""
     array = pa.array(values, from_pandas=True)
     if pa.types.is_string(array.type) or pa.types.is_null(array.type):
         try:  # SQLite's "YYYY-MM-DD HH:MM:SS[.ffffff]" (UTC wall time)
