@@ -23,16 +23,18 @@ from pathlib import Path
 from copyleaks_provider.hooks import CopyleaksHook
 
 ROOT = Path(__file__).resolve().parents[1]
-#: The submitters' priority, and the catalog's image host's (:func:`image_host`): below the emulator's.
+#: The catalog's image host's priority (:func:`image_host`): below the emulator's and the submitters'.
 #: The emulator stands in for a service on other machines; on a busy machine, a descheduled emulator
-#: would time a queue of requests as one burst (its event loop is the account limits' clock).
+#: would time a queue of requests as one burst (its event loop is the account limits' clock). The
+#: submitters run at the normal priority, as Airflow's task processes do: niced, they woke up to
+#: 20 ms past their send slots.
 NICENESS = 10
 
 
 @contextlib.contextmanager
 def image_host() -> Iterator[str]:
-    """The catalog's images (``<url>/samples/...``), served by an emulator process of their own at the
-    submitters' priority, as a catalog's CDN is not Copyleaks: generating a sample in the API emulator
+    """The catalog's images (``<url>/samples/...``), served by an emulator process of their own at a
+    lower priority, as a catalog's CDN is not Copyleaks: generating a sample in the API emulator
     held its event loop for 20-100 ms at a time, and requests arriving meanwhile were counted as one
     burst."""
     from bench.common import server_process  # the development tools: not on a submitter's path
@@ -72,7 +74,6 @@ def start(processes: int, per_process: int, image_base: str, env: dict[str, str]
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: os.nice(NICENESS),
         )
         for n in range(processes)
     ]
