@@ -61,11 +61,11 @@ def connection(emulator, sink: str, state_conn_id: str | None, **extra) -> str:
 
 
 def start_submitters(
-    emulator, env: dict, conn: str, count: int, per_process: int, images: str | None = None
+    emulator, env: dict, conn: str, count: int, per_process: int, images: str | None = None, **options
 ) -> list[subprocess.Popen]:
     """``count`` submitter processes; the images from ``images`` (default: the emulator's samples)."""
     env = {**env, "AIRFLOW_CONN_COPYLEAKS_DEFAULT": conn, "PYTHONPATH": str(ROOT)}
-    return account_submitter.start(count, per_process, images or f"{emulator.url}/samples", env)
+    return account_submitter.start(count, per_process, images or f"{emulator.url}/samples", env, **options)
 
 
 def finish(processes: list[subprocess.Popen]) -> list[dict]:
@@ -118,7 +118,8 @@ def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_dat
             emulator = _EmulatorProcess(emulator_url)
             env = {"AIRFLOW_CONN_COPYLEAKS_STATE": url}
             conn = connection(emulator, webhook_sink, "copyleaks_state", requests_per_second=rate)
-            outputs = finish(start_submitters(emulator, env, conn, 4, 250, images))
+            # alone on the machine (the serial session): at Airflow's task processes' priority
+            outputs = finish(start_submitters(emulator, env, conn, 4, 250, images, niceness=0))
             state = emulator.state()
     finally:
         postgres_databases.drop(url)
