@@ -7,6 +7,7 @@ it: the default SQLite file in the Airflow home (one machine) or a PostgreSQL co
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 import uuid
@@ -22,6 +23,8 @@ from bench.common import server_process
 from copyleaks_provider.account_state import account_state
 from copyleaks_provider.exceptions import CopyleaksLoginBlockedError
 from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.pacing import Pacer
+from copyleaks_provider.settings import RATE_HEADROOM
 from image_audit_dev.servers import BackgroundServer
 from tests.conftest import ROOT, requires_postgres
 from tests.emulator_fixtures import copyleaks_connection
@@ -224,3 +227,39 @@ async def test_many_concurrent_requests_try_a_blocked_login_once(start_emulator,
     assert all(isinstance(o.error, CopyleaksLoginBlockedError) for o in outcomes)
     state = emulator.state()
     assert state["login_429"] == 2 and state["api_requests"] == 0
+
+
+class _SlowBudget:
+    """The budget's arithmetic (``AccountState.reserve``: the next slot, none before ``earliest``)
+    behind a store ``delay`` seconds away, and idle between reservations when ``idle`` is set."""
+
+    def __init__(self, delay: float, idle: bool):
+        self.delay, self.idle, self.next_slot = delay, idle, 0.0
+
+    def reserve(self, kind: str, count: int, interval: float, earliest: float) -> float:
+        time.sleep(self.delay)
+        start = earliest if self.idle else max(self.next_slot, earliest)
+        self.next_slot = start + count * interval
+        return start
+
+
+def test_a_slow_store_still_gives_slots_its_answer_can_meet():
+    """An idle budget's slot is set as far ahead as the last reservation took (plus the allowed
+    lateness): behind a store 50 ms away, slots after the first are all still usable when the answer
+    comes, and none is earlier than that."""
+    pacer = Pacer(_SlowBudget(delay=0.05, idle=True), "api", per_second=10)
+    pacer.take()  # the first one learns the round trip
+    assert pacer.round_trip >= 0.05
+    for _ in range(5):
+        slot, send_by = pacer.take()
+        answered = time.time()
+        assert send_by == slot + pacer.lateness
+        assert slot <= answered + pacer.round_trip + pacer.lateness  # not later than it needs
+        assert answered <= send_by, "the slot was gone before its reservation came back"
+
+
+def test_a_busy_budget_spaces_slots_at_the_paced_interval():
+    pacer = Pacer(_SlowBudget(delay=0.0, idle=False), "api", per_second=10)
+    slots = [pacer.take()[0] for _ in range(5)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
+    assert gaps == pytest.approx([1 / (10 * RATE_HEADROOM)] * 4)

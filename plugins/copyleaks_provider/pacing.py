@@ -39,6 +39,8 @@ class Pacer:
         self.interval = 1.0 / (per_second * RATE_HEADROOM)
         self.block = max(1, int(per_second * RESERVE_SECONDS))
         self.lateness = (1 - RATE_HEADROOM) / 4
+        #: How long this process's last reservation took (the store's round trip, thread hop included).
+        self.round_trip = 0.0
         self._slots: deque[float] = deque()
 
     def take_reserved(self) -> tuple[float, float] | None:
@@ -52,13 +54,19 @@ class Pacer:
         return slot, slot + self.lateness
 
     def take(self) -> tuple[float, float]:
-        """The next usable slot and the time to send by, reserving more when none is left. An idle
-        budget gives its first slot ``lateness`` from now: the round trip to the store comes out of that,
-        not out of the slack of the second that follows."""
+        """The next usable slot and the time to send by, reserving more when none is left.
+
+        An idle budget gives its first slot no earlier than the answer can be back: now, plus the last
+        round trip to the store, plus ``lateness``. A slot in the past when the answer came would be
+        sent late into the slack of the second that follows; one set too close to now would be missed
+        by every reservation that is slower than ``lateness`` (a store across the network).
+        """
         taken = self.take_reserved()
         if taken is None:
-            earliest = time.time() + self.lateness
+            asked = time.time()
+            earliest = asked + self.round_trip + self.lateness
             start = self.state.reserve(self.kind, self.block, self.interval, earliest)  # a database trip
+            self.round_trip = time.time() - asked
             self._slots.extend(start + i * self.interval for i in range(1, self.block))
             taken = start, start + self.lateness
         return taken
