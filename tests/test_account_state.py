@@ -75,14 +75,18 @@ def finish(processes: list[subprocess.Popen]) -> list[dict]:
     return account_submitter.finish(processes, timeout=180)
 
 
-def test_processes_share_one_login(start_emulator, webhook_sink, state_store):
+def test_processes_share_one_login(webhook_sink, state_store):
     env, state_conn_id = state_store
-    emulator = start_emulator()  # Copyleaks' documented limits
-    processes = start_submitters(emulator, env, connection(emulator, webhook_sink, state_conn_id), 4, 5)
-    outputs = finish(processes)
+    # Copyleaks' documented limits, timed by an emulator process of its own: in this test's process
+    # (an xdist worker beside the suite's other tests) its arrival clock shared a busy GIL, and drew
+    # 1-2 API 429s in 20 requests in three CI runs of four on 2026-11-28.
+    with server_process(["copyleaks_emulator", "--log-level", "warning"]) as url:
+        emulator = _EmulatorProcess(url)
+        processes = start_submitters(emulator, env, connection(emulator, webhook_sink, state_conn_id), 4, 5)
+        outputs = finish(processes)
+        state = emulator.state()
     assert all(not o["errors"] for o in outputs), outputs
     assert sum(len(o["accepted"]) for o in outputs) == 20
-    state = emulator.state()
     assert state["logins"] == 1 and state["login_429"] == 0
     assert state["api_429"] == 0 and state["peak_requests_per_second"] <= 10
 
