@@ -119,16 +119,14 @@ def _json_sum(text: str):
 
 
 def _timestamps(values: list) -> pa.Array:
-    """Timestamps as ``aggregates.iter_image_rows`` reads them (UTC text; datetimes too) as UTC
-    microseconds."""
-    array = pa.array(values, from_pandas=True)
-    if pa.types.is_string(array.type) or pa.types.is_null(array.type):
-        try:  # SQLite's "YYYY-MM-DD HH:MM:SS[.ffffff]" (UTC wall time)
-            return pc.cast(pc.cast(array, pa.timestamp("us")), _UTC_MICROS)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            stamps = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601")
-            return pa.array(stamps.astype("datetime64[us, UTC]"), type=_UTC_MICROS, from_pandas=True)
-    return pc.cast(array, _UTC_MICROS)
+    """Timestamps as ``aggregates.iter_image_rows`` reads them on both databases (UTC text,
+    ``YYYY-MM-DD HH:MM:SS[.ffffff]``; else any ISO 8601) as UTC microseconds."""
+    array = pa.array(values, type=pa.string(), from_pandas=True)
+    try:
+        return pc.cast(pc.cast(array, pa.timestamp("us")), _UTC_MICROS)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        stamps = pd.to_datetime(pd.Series(values, dtype=object), utc=True, format="ISO8601")
+        return pa.array(stamps.astype("datetime64[us, UTC]"), type=_UTC_MICROS, from_pandas=True)
 
 
 def to_export_columns(chunk: dict[str, Sequence]) -> dict[str, pa.Array]:
