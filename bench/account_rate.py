@@ -75,9 +75,7 @@ def main(processes: int = 4, per_process: int = 250, rate: int = 10) -> dict:
             },
         }
         env["AIRFLOW_CONN_COPYLEAKS_DEFAULT"] = json.dumps(connection)
-        outputs = account_submitter.finish(
-            account_submitter.start(processes, per_process, images, env, niceness=0)
-        )
+        outputs = account_submitter.finish(account_submitter.start(processes, per_process, images, env))
         emulator = httpx.get(f"{api}/admin/state", timeout=10).json()
     accepted = sorted(t for output in outputs for t in output["accepted"])
     achieved = (len(accepted) - 1) / (accepted[-1] - accepted[0])

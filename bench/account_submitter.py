@@ -23,11 +23,8 @@ from pathlib import Path
 from copyleaks_provider.hooks import CopyleaksHook
 
 ROOT = Path(__file__).resolve().parents[1]
-#: Below the emulator's priority: the catalog's image host (:func:`image_host`) always, and the
-#: submitters unless they have the machine to themselves. The emulator stands in for a service on other
-#: machines; on a busy machine, a descheduled emulator times a queue of requests as one burst (its event
-#: loop is the account limits' clock): 2 API 429s in 20 requests, with the suite's other tests running
-#: beside normal-priority submitters.
+#: The catalog's image host (:func:`image_host`) runs below the emulator's priority, as a CDN on other
+#: machines would not take the emulator's CPU.
 NICENESS = 10
 
 
@@ -64,12 +61,10 @@ async def submit(prefix: str, count: int, image_base: str) -> dict:
     return {"accepted": accepted, "errors": dict(errors), "messages": messages[:3]}
 
 
-def start(
-    processes: int, per_process: int, image_base: str, env: dict[str, str], niceness: int = NICENESS
-) -> list[subprocess.Popen]:
-    """Start ``processes`` submitters of ``per_process`` images each, with ``env`` on top of ours, at
-    ``niceness``: 0 (Airflow's task processes' priority) where they and the emulator have the machine
-    to themselves; niced, they woke up to 20 ms past their send slots and missed more of them."""
+def start(processes: int, per_process: int, image_base: str, env: dict[str, str]) -> list[subprocess.Popen]:
+    """Start ``processes`` submitters of ``per_process`` images each, with ``env`` on top of ours, at the
+    normal priority, as Airflow runs its task processes (niced below busy neighbours, they woke up past
+    their send slots and missed them in a row)."""
     return [
         subprocess.Popen(
             [sys.executable, "-m", "bench.account_submitter", f"p{n}", str(per_process), image_base],
@@ -78,7 +73,6 @@ def start(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=(lambda: os.nice(niceness)) if niceness else None,
         )
         for n in range(processes)
     ]
