@@ -4,12 +4,13 @@ logins per 15 minutes then a 5-minute block, 900 sync checks per 15 minutes), ea
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from copyleaks_emulator import EmulatorSettings
-from tests.test_emulator import LOGIN, auth, check_json, put, submit_body
+from tests.test_emulator import LOGIN, SUBMIT, auth, check_json, put, submit_body
 
 
 @pytest.fixture
@@ -28,19 +29,25 @@ def test_the_defaults_are_copyleaks_documented_limits():
 def test_an_eleventh_api_request_within_a_second_is_refused_with_retry_after(emulator, recorder):
     headers = auth(emulator)
     body = submit_body(emulator, recorder, sandbox=True)
-    started = time.monotonic()
-    statuses = [put(emulator, f"burst-{i:02d}", body, headers=headers) for i in range(14)]
-    assert time.monotonic() - started < 1.0, "the burst must fit in one second for this test to mean anything"
-    codes = [r.status_code for r in statuses]
-    assert codes[:10] == [201] * 10
-    assert codes[10:] == [429] * 4
-    assert statuses[10].headers["Retry-After"] == "1"
+    # 14 at once on kept-alive connections: one after the other, each on a new connection, the burst
+    # outlasted a second beside the suite's busy workers (1.01 s in a CI run of 2026-11-28)
+    with httpx.Client(headers=headers) as client, ThreadPoolExecutor(max_workers=14) as pool:
+        started = time.monotonic()
+        statuses = list(pool.map(lambda i: burst_put(client, emulator, f"burst-{i:02d}", body), range(14)))
+        assert time.monotonic() - started < 1.0, "the burst must fit in one second to mean anything"
+    codes = sorted(r.status_code for r in statuses)
+    assert codes == [201] * 10 + [429] * 4
+    assert all(r.headers["Retry-After"] == "1" for r in statuses if r.status_code == 429)
     state = emulator.state()
     assert state["api_429"] == 4 and state["peak_requests_per_second"] == 14
     assert state["api_requests"] == 14 and state["scans"] == 10  # a refused request registers nothing
 
     time.sleep(1.05)  # the window has moved on: the budget is back
     assert put(emulator, "burst-later", body, headers=headers).status_code == 201
+
+
+def burst_put(client: httpx.Client, emulator, scan_id: str, body: dict) -> httpx.Response:
+    return client.put(f"{emulator.url}{SUBMIT.format(scan_id)}", json=body)
 
 
 def test_requests_paced_at_the_limit_are_all_accepted(emulator, recorder):
