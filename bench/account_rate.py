@@ -58,7 +58,7 @@ def main(processes: int = 4, per_process: int = 250, rate: int = 10) -> dict:
         tempfile.TemporaryDirectory(prefix="bench-account-") as workdir,
         state_connection(Path(workdir)) as (env, state_conn_id, store),
         server_process(["bench.bare_endpoint"]) as sink,
-        server_process(emulator_args) as api,
+        server_process(emulator_args, niceness=account_submitter.SERVICE_NICENESS) as api,
         account_submitter.image_host() as images,
     ):
         connection = {

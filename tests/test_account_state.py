@@ -82,7 +82,7 @@ def emulator_process() -> Iterator[_EmulatorProcess]:
     this test's process (an xdist worker beside the suite's other tests) its arrival clock shared a busy
     GIL, and drew 1-2 API 429s in 20 requests in three CI runs of four on 2026-11-28."""
     flags = ["--log-level", "warning", "--webhook-retry-base-seconds", "0.05"]
-    with server_process(["copyleaks_emulator", *flags]) as url:
+    with server_process(["copyleaks_emulator", *flags], niceness=account_submitter.SERVICE_NICENESS) as url:
         yield _EmulatorProcess(url)
 
 
@@ -130,7 +130,10 @@ def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_dat
     flags = ["--api-requests-per-second", str(rate), "--webhook-retry-base-seconds", "0.05"]
     try:
         with (
-            server_process(["copyleaks_emulator", "--log-level", "warning", *flags]) as emulator_url,
+            server_process(
+                ["copyleaks_emulator", "--log-level", "warning", *flags],
+                niceness=account_submitter.SERVICE_NICENESS,
+            ) as emulator_url,
             account_submitter.image_host() as images,
         ):
             emulator = _EmulatorProcess(emulator_url)
