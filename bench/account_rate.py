@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 
 from bench import account_submitter
 from bench.common import postgres_admin_url, report, server_process
+from image_audit_dev.servers import SERVICE_NICENESS
 
 EMAIL, API_KEY = "bench@image-audit.dev", "bench-api-key"
 TARGET_UTILISATION = 0.95
@@ -58,7 +59,7 @@ def main(processes: int = 4, per_process: int = 250, rate: int = 10) -> dict:
         tempfile.TemporaryDirectory(prefix="bench-account-") as workdir,
         state_connection(Path(workdir)) as (env, state_conn_id, store),
         server_process(["bench.bare_endpoint"]) as sink,
-        server_process(emulator_args, niceness=account_submitter.SERVICE_NICENESS) as api,
+        server_process(emulator_args, niceness=SERVICE_NICENESS) as api,
         account_submitter.image_host() as images,
     ):
         connection = {

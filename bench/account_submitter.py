@@ -26,12 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 #: The catalog's image host (:func:`image_host`) runs below the emulator's priority, as a CDN on other
 #: machines would not take the emulator's CPU.
 NICENESS = 10
-#: The API emulator's priority in the account tests and bench: above the processes it is timing, as
-#: Copyleaks' servers do not share our CPUs. Its event loop is the clock its limits count arrivals by;
-#: descheduled behind our own processes it stamped a queue of requests as one burst (a CI run of
-#: 2026-11-28 drew 11 requests in one second from clients paced at 9.6/s). Raising a priority needs
-#: root (CI's case); elsewhere ``nice`` says it cannot and runs it at the normal priority.
-SERVICE_NICENESS = -10
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from copyleaks_provider.exceptions import CopyleaksLoginBlockedError
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.pacing import Pacer
 from copyleaks_provider.settings import RATE_HEADROOM
-from image_audit_dev.servers import BackgroundServer
+from image_audit_dev.servers import SERVICE_NICENESS, BackgroundServer
 from tests.conftest import ROOT, requires_postgres
 from tests.emulator_fixtures import copyleaks_connection
 
@@ -82,7 +82,7 @@ def emulator_process() -> Iterator[_EmulatorProcess]:
     this test's process (an xdist worker beside the suite's other tests) its arrival clock shared a busy
     GIL, and drew 1-2 API 429s in 20 requests in three CI runs of four on 2026-11-28."""
     flags = ["--log-level", "warning", "--webhook-retry-base-seconds", "0.05"]
-    with server_process(["copyleaks_emulator", *flags], niceness=account_submitter.SERVICE_NICENESS) as url:
+    with server_process(["copyleaks_emulator", *flags], niceness=SERVICE_NICENESS) as url:
         yield _EmulatorProcess(url)
 
 
@@ -132,7 +132,7 @@ def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_dat
         with (
             server_process(
                 ["copyleaks_emulator", "--log-level", "warning", *flags],
-                niceness=account_submitter.SERVICE_NICENESS,
+                niceness=SERVICE_NICENESS,
             ) as emulator_url,
             account_submitter.image_host() as images,
         ):
