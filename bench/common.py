@@ -71,9 +71,7 @@ def server_process(
     """``python -m <module_args> --port P`` in its own process (at ``niceness``), until its /health
     answers; yields its URL."""
     port = free_port()
-    command = [sys.executable, "-m", *module_args, "--port", str(port)]
-    if niceness:
-        command = ["nice", "-n", str(niceness), *command]
+    command = servers.niced([sys.executable, "-m", *module_args, "--port", str(port)], niceness)
     with servers.server_process(command, port=port, env={**os.environ, **(env or {})}) as base:
         yield base
 

@@ -25,7 +25,7 @@ import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from image_audit_dev.servers import SERVICE_NICENESS, dev_environment, free_port, signal_group
+from image_audit_dev.servers import SERVICE_NICENESS, dev_environment, free_port, niced, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Any database on the server will do: the cluster creates its own ``<name>_airflow`` and
@@ -205,8 +205,8 @@ class LocalCluster:
         )
         emulator = ["--port", str(self.emulator_port), "--credits", str(self.emulator_credits)]
         emulator += ["--api-requests-per-second", str(self.account_requests_per_second)]
-        emulator_command = [sys.executable, "-m", "copyleaks_emulator", *emulator]
-        self._spawn("emulator", ["nice", "-n", str(SERVICE_NICENESS), *emulator_command], env)
+        command = [sys.executable, "-m", "copyleaks_emulator", *emulator]
+        self._spawn("emulator", niced(command, SERVICE_NICENESS), env)
         for name in COMPONENTS:
             self.start_component(name, env)
         self.wait_healthy(timeout)

@@ -32,6 +32,11 @@ DEV_DIR = Path(__file__).resolve().parents[1]
 SERVICE_NICENESS = -10
 
 
+def niced(command: list[str], niceness: int) -> list[str]:
+    """``command`` run by ``nice -n niceness`` (unchanged at 0)."""
+    return ["nice", "-n", str(niceness), *command] if niceness else command
+
+
 def dev_environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """``env`` (default: this process's) with dev/ first on PYTHONPATH, so a process started with it
     (``python -m copyleaks_emulator``) imports the development tools, which are never installed."""
