@@ -78,9 +78,10 @@ def finish(processes: list[subprocess.Popen]) -> list[dict]:
 
 @pytest.fixture
 def emulator_process() -> Iterator[_EmulatorProcess]:
-    """An emulator with Copyleaks' documented limits in a process of its own, as the rate test's: in
-    this test's process (an xdist worker beside the suite's other tests) its arrival clock shared a busy
-    GIL, and drew 1-2 API 429s in 20 requests in three CI runs of four on 2026-11-28."""
+    """An emulator with Copyleaks' documented limits (10 requests/s by default) in a process of its own,
+    above the priority of the submitters it times: in the test's process (an xdist worker beside the
+    suite's other tests) its arrival clock shared a busy GIL, and drew 1-2 API 429s in 20 requests in
+    three CI runs of four on 2026-11-28."""
     flags = ["--log-level", "warning", "--webhook-retry-base-seconds", "0.05"]
     with server_process(["copyleaks_emulator", *flags], niceness=SERVICE_NICENESS) as url:
         yield _EmulatorProcess(url)
@@ -118,29 +119,21 @@ class _EmulatorProcess:
 @pytest.mark.serial
 @pytest.mark.postgres
 @requires_postgres
-def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_databases):
+def test_parallel_submitters_share_the_account_budget(webhook_sink, postgres_databases, emulator_process):
     """4 processes of 250 submissions each on PostgreSQL (the cluster's store): together they keep to
     Copyleaks' documented budget of 10 requests/s in every second, and use at least 90% of it (about
     105 s). At 40/s (25 s) four busy submitters and the emulator scanning 40 images a second on these 2
     cores made the emulator stamp arrivals bunched: 41-42 in a second in half the runs, with the old
     pacing as with the new (an earlier session's instrumented run found the clients' own send times
     within 40)."""
-    rate = 10
+    rate = 10  # the emulator's default limit, as Copyleaks documents it
     url = postgres_databases.create()
-    flags = ["--api-requests-per-second", str(rate), "--webhook-retry-base-seconds", "0.05"]
     try:
-        with (
-            server_process(
-                ["copyleaks_emulator", "--log-level", "warning", *flags],
-                niceness=SERVICE_NICENESS,
-            ) as emulator_url,
-            account_submitter.image_host() as images,
-        ):
-            emulator = _EmulatorProcess(emulator_url)
+        with account_submitter.image_host() as images:
             env = {"AIRFLOW_CONN_COPYLEAKS_STATE": url}
-            conn = connection(emulator, webhook_sink, "copyleaks_state", requests_per_second=rate)
-            outputs = finish(start_submitters(emulator, env, conn, 4, 250, images))
-            state = emulator.state()
+            conn = connection(emulator_process, webhook_sink, "copyleaks_state", requests_per_second=rate)
+            outputs = finish(start_submitters(emulator_process, env, conn, 4, 250, images))
+            state = emulator_process.state()
     finally:
         postgres_databases.drop(url)
     accepted = sorted(t for o in outputs for t in o["accepted"])
