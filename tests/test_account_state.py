@@ -8,7 +8,9 @@ it: the default SQLite file in the Airflow home (one machine) or a PostgreSQL co
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -275,3 +277,35 @@ def test_a_busy_budget_spaces_slots_at_the_paced_interval():
     slots = [pacer.take()[0] for _ in range(5)]
     gaps = [later - earlier for earlier, later in itertools.pairwise(slots)]
     assert gaps == pytest.approx([1 / (10 * RATE_HEADROOM)] * 4)
+
+
+_FREEZE_PROBE = """
+import gc, json, sys
+from copyleaks_provider.pacing import pacers
+from copyleaks_provider.settings import CopyleaksSettings
+
+rate = int(sys.argv[1])
+settings = CopyleaksSettings(email="e", api_key="k", requests_per_second=rate, checks_per_15_minutes=rate)
+before = gc.get_freeze_count()
+pacers(settings, state=None)
+first = gc.get_freeze_count()
+[object() for _ in range(1000)], pacers(settings, state=None)
+print(json.dumps([before, first, gc.get_freeze_count()]))
+"""
+
+
+@pytest.mark.parametrize("rate", [10, 0])
+def test_a_paced_process_takes_its_start_up_heap_out_of_the_collectors_walk(rate):
+    """A process whose requests are paced freezes the objects alive when its pacers are made (once), so
+    no full collection walks them mid-run: one walk of a submit task's heap took 50-80 ms, past the
+    slack of a send slot. A process with no budget to keep (rate 0) leaves its collector alone."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _FREEZE_PROBE, str(rate)], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    before, first, again = json.loads(probe.stdout)
+    assert before == 0
+    if rate:
+        assert first > 10_000, "the provider's modules were not frozen"
+        assert again == first, "frozen a second time"
+    else:
+        assert first == again == 0
