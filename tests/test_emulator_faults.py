@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from copyleaks_provider.models import WebhookBody
+from tests.polling import wait_for
 from tests.test_emulator import auth, check_json, put, submit_body
 
 
@@ -32,14 +33,6 @@ def submit_many(emulator, recorder, n: int, prefix: str, first_image: int = 100)
         body = submit_body(emulator, recorder, f"img-{first_image + i:05d}.jpg")
         assert put(emulator, scan_id, body, headers=headers).status_code == 201
     return scan_ids
-
-
-def wait_for(predicate, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
-    return value
 
 
 # --- API faults -----------------------------------------------------------------------------------------
@@ -112,7 +105,8 @@ def test_delayed_webhooks_are_held_back(emulator, recorder):
     emulator.set_faults(p_delay_webhook=1.0, delay_webhook_ms=300)
     start = time.monotonic()
     put(emulator, "delay-1", submit_body(emulator, recorder))
-    assert wait_for(lambda: emulator.state()["in_flight"]) == 1  # held, not lost
+    # held, not lost
+    assert wait_for(lambda: emulator.state()["in_flight"], "a webhook in flight", 10, 0.01) == 1
     assert recorder.wait_for(1) and time.monotonic() - start >= 0.3
     assert emulator.wait_idle()["webhooks_delayed"] == 1
 
@@ -171,7 +165,7 @@ def test_the_worker_pool_is_bounded(start_emulator, recorder):
     for i in range(6):
         body = submit_body(emulator, recorder, url=recorder.image_url("slow", f"img-{i:05d}.jpg"))
         assert put(emulator, f"pool-{i}", body, headers=headers).status_code == 201  # answered at once
-    busy = wait_for(lambda: (s := emulator.state())["queue_depth"] and s)
+    busy = wait_for(lambda: (s := emulator.state())["queue_depth"] and s, "a queued scan", 10, 0.01)
     # Jobs being scanned, bounded by the pool (in_flight also counts webhooks still being delivered)
     assert busy["scanning"] <= 2
     assert len(recorder.wait_for(6)) == 6 and recorder.max_concurrent == 2

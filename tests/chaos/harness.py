@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from sqlalchemy import create_engine, func, select, text
@@ -20,6 +19,7 @@ from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_results, audit_scans
 from image_audit_dev.cluster import COMPONENTS, LocalCluster
 from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
+from tests.polling import wait_for
 from tests.reliability.tcp_proxy import TcpProxy
 
 DAG_ID = "image_catalog_audit"
@@ -37,7 +37,6 @@ MAX_API_429 = 5
 MAX_PEAK_REQUESTS_PER_SECOND = 12
 TERMINAL = {ScanState.COMPLETED.value, ScanState.FAILED.value, ScanState.REJECTED.value}
 
-T = TypeVar("T")
 
 #: The table's rows, one per scenario run (printed by ``tests/chaos/conftest.py``).
 ROWS: list[dict[str, Any]] = []
@@ -65,17 +64,6 @@ class Scenario:
     def recovery_seconds(self) -> float:
         assert self.fault_at is not None and self.recovered_at is not None, "fault or recovery not seen"
         return self.recovered_at - self.fault_at
-
-
-def wait_for(predicate: Callable[[], T], what: str, timeout: float = 120, interval: float = 0.1) -> T:
-    """``predicate()``'s first truthy value, polled every ``interval`` s; fails the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if value := predicate():
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not seen within {timeout} s: {what}")
-        time.sleep(interval)
 
 
 class Chaos:

@@ -19,8 +19,9 @@ from datetime import UTC, datetime
 import pytest
 
 from image_audit.warehouse.lifecycle import ScanState
-from tests.chaos.harness import IMAGES, Chaos, Scenario, wait_for
+from tests.chaos.harness import IMAGES, Chaos, Scenario
 from tests.conftest import POSTGRES_URL, REDIS_URL
+from tests.polling import wait_for
 
 pytestmark = [
     pytest.mark.chaos,

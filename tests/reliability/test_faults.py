@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.conftest import DAY, ROOT, requires_postgres, wired_audit
+from tests.polling import wait_for
 from tests.reliability.conftest import FIGURES, SECRETS_USED, check_invariants
 from tests.reliability.tcp_proxy import TcpProxy
 
@@ -41,15 +42,6 @@ def _in_background(action) -> threading.Thread:
     thread = threading.Thread(target=action, daemon=True)
     thread.start()
     return thread
-
-
-def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met in time")
 
 
 def test_api_and_webhook_faults_then_a_timed_out_run_and_the_next_run_finishing(audit):
@@ -82,7 +74,7 @@ def test_receiver_restarted_mid_run(audit):
     restarts = []
 
     def restart_during_callbacks():
-        _wait_for(lambda: audit.emulator.state()["in_flight"] > 0)
+        wait_for(lambda: audit.emulator.state()["in_flight"] > 0, "a scan in flight", 30, 0.05)
         audit.receiver.stop()
         restarts.append(audit.emulator.state()["in_flight"])
         time.sleep(1.5)
@@ -106,7 +98,7 @@ def test_warehouse_locked_for_seconds_during_callbacks(audit, warehouse_url):
     held = []
 
     def lock_the_warehouse():
-        _wait_for(lambda: audit.emulator.state()["in_flight"] > 0)
+        wait_for(lambda: audit.emulator.state()["in_flight"] > 0, "a scan in flight", 30, 0.05)
         conn = sqlite3.connect(make_url(warehouse_url).database, isolation_level=None, timeout=30)
         conn.execute("BEGIN EXCLUSIVE")
         held.append(audit.emulator.state()["in_flight"])
@@ -147,7 +139,7 @@ def test_postgres_warehouse_cut_during_callbacks(postgres_databases, emulator, a
             cut = []
 
             def cut_the_warehouse():
-                _wait_for(lambda: audit.emulator.state()["in_flight"] > 0)
+                wait_for(lambda: audit.emulator.state()["in_flight"] > 0, "a scan in flight", 30, 0.05)
                 proxy.cut()
                 cut.append(audit.emulator.state()["in_flight"])
                 time.sleep(3)
@@ -197,8 +189,9 @@ def test_submit_task_killed_mid_batch_then_retried(audit, warehouse_url):
         stderr=subprocess.DEVNULL,
     )
     try:
-        sent_before_kill = _wait_for(
+        sent_before_kill = wait_for(
             lambda: len(audit.emulator.state()["submissions"]) >= 5 and audit.emulator.state()["submissions"],
+            "5 submissions before the kill",
             timeout=60,
             interval=0.01,
         )
@@ -211,7 +204,7 @@ def test_submit_task_killed_mid_batch_then_retried(audit, warehouse_url):
     audit.emulator.set_faults(api_latency_ms=0)
     counts = submit_batch(plan.batch_ids[0])  # the task's retry
     assert counts["pending"] == 0
-    _wait_for(lambda: {s["state"] for s in audit.scans()} == {"completed"}, timeout=60, interval=0.2)
+    wait_for(lambda: {s["state"] for s in audit.scans()} == {"completed"}, "every scan completed", 60, 0.2)
 
     state = audit.emulator.state()
     assert len(state["submissions"]) == 30
