@@ -79,13 +79,20 @@ def start(processes: int, per_process: int, image_base: str, env: dict[str, str]
 
 
 def finish(running: list[subprocess.Popen], timeout: float | None = None) -> list[dict]:
-    """Wait for every submitter; what each printed (a failed one raises, with its stderr)."""
+    """Wait for every submitter; what each printed. A failed one (or one past ``timeout``) raises, with
+    its stderr, and the others are killed rather than left submitting to the next test's emulator."""
     outputs = []
-    for process in running:
-        out, err = process.communicate(timeout=timeout)
-        if process.returncode:
-            raise RuntimeError(f"a submitter failed: {err[-3000:]}")
-        outputs.append(json.loads(out.strip().splitlines()[-1]))
+    try:
+        for process in running:
+            out, err = process.communicate(timeout=timeout)
+            if process.returncode:
+                raise RuntimeError(f"a submitter failed: {err[-3000:]}")
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for process in running:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     return outputs
 
 
