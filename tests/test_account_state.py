@@ -289,7 +289,8 @@ settings = CopyleaksSettings(email="e", api_key="k", requests_per_second=rate, c
 before = gc.get_freeze_count()
 pacers(settings, state=None)
 first = gc.get_freeze_count()
-[object() for _ in range(1000)], pacers(settings, state=None)
+made_since = [[] for _ in range(1000)]  # tracked objects a second freeze would take
+pacers(settings, state=None)
 print(json.dumps([before, first, gc.get_freeze_count()]))
 """
 
