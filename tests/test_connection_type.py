@@ -49,6 +49,7 @@ def test_the_connection_form(providers):  # what the api-server's connection for
         "webhook_base_url",
         "webhook_secret",
         "previous_webhook_secrets",
+        "require_callback_payload",
         "max_concurrency",
         "requests_per_second",
         "checks_per_15_minutes",

@@ -27,7 +27,7 @@ from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.models import DetectionResponse
 from copyleaks_provider.settings import CopyleaksSettings
 from copyleaks_provider.validation import SubmitRequest
-from copyleaks_provider.webhook_auth import verify_webhook_token
+from copyleaks_provider.webhook_auth import verify_callback_payload, verify_webhook_token
 from image_audit_dev.servers import BackgroundServer, free_port
 from tests.hook_fake_server import CHECK, LOGIN, SUBMIT, FakeCopyleaks, expected_mask
 
@@ -309,7 +309,7 @@ def test_submit_sends_every_field_exactly(fake):
     assert fake.received(LOGIN)[0].body == {"email": hook.settings.email, "key": API_KEY}
 
 
-def test_submit_leaves_out_unset_optional_fields(fake):
+def test_submit_leaves_out_unset_optional_fields_and_binds_the_callback_to_the_submission(fake):
     hook = make_hook(fake.url)
     hook.submit_image(request_for(hook, 1))
     [received] = fake.received(SUBMIT)
@@ -319,7 +319,12 @@ def test_submit_leaves_out_unset_optional_fields(fake):
         "model": "ai-image-1-ultra",
         "webhooks": {"url": hook.webhook_url("scan-0001")},
         "sandbox": False,
+        "developerPayload": hook.callback_payload("scan-0001"),
     }
+    secret = hook.settings.webhook_secret.get_secret_value()
+    assert verify_callback_payload([secret], "scan-0001", received.body["developerPayload"])
+    assert not verify_callback_payload([secret], "scan-0002", received.body["developerPayload"])
+    assert received.body["developerPayload"] not in received.body["webhooks"]["url"]  # not the URL's token
 
 
 def test_scan_ids_are_escaped_in_the_path(fake):

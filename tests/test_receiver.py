@@ -4,7 +4,9 @@ durability (503 while the warehouse is down), NOTIFY, and emulator -> receiver -
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import threading
 from collections import Counter
@@ -17,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 import image_audit.warehouse.callback_sink as callback_sink_module
-from copyleaks_provider.callbacks import UNRECOGNISED_REASON
+from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from copyleaks_provider.hooks import CopyleaksHook
 from copyleaks_provider.models import (
     ImageInfo,
@@ -33,6 +35,7 @@ from copyleaks_provider.webhook_auth import webhook_token, webhook_url
 from image_audit.receiver import create_warehouse_receiver_app
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.results import CallbackWriter
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, audit_scans, migrate
 from image_audit_dev.servers import BackgroundServer, free_port
 from tests.conftest import requires_postgres
@@ -176,19 +179,101 @@ def test_unknown_scan_is_404(receiver, warehouse_url):
 
 
 @pytest.mark.parametrize(
-    ("body", "status"),
+    ("body", "problem"),
     [
-        (b"{not json", 400),
-        (b'{"summary": {"ai": NaN, "human": Infinity}}', 400),  # Python's parser takes them; JSON does not
-        (b"[" * 100_000 + b"]" * 100_000, 400),  # deeply nested
+        (b"{not json", "the body is not JSON"),
+        (b"\xff\xfe{", "the body is not JSON"),  # not UTF-8 either
+        (b'{"summary": {"ai": NaN, "human": Infinity}}', "NaN, which is not JSON"),  # Python takes them
+        (b'{"summary": {"ai": 1e400}}', "beyond the range of a 64-bit float"),  # would be Infinity
+        (b'{"n": ' + b"9" * 5000 + b"}", "the body is not JSON"),  # more digits than Python parses
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
-def test_malformed_bodies_are_refused_and_change_nothing(receiver, warehouse_url, body, status):
+def test_an_authentic_body_that_is_not_keepable_json_is_kept_as_its_bytes(
+    receiver, warehouse_url, body, problem
+):
+    """Authentic, so never refused: a 4xx would make Copyleaks retry, then drop it. Its bytes are kept
+    (base64) and the scan fails saying why; a retry of the same bytes is a duplicate."""
     seed_scan(warehouse_url, "scan-bad")
     response = post(receiver, "scan-bad", body)
-    assert response.status_code == status, response.text
-    assert scan_row(warehouse_url, "scan-bad")["state"] == "submitted" and result_count(warehouse_url) == 0
-    assert failed_callbacks(warehouse_url) == []
+    assert response.status_code == 200 and response.json() == {"status": "unrecognised_recorded"}
+    row = scan_row(warehouse_url, "scan-bad")
+    assert row["state"] == "failed" and problem in row["last_error"], row["last_error"]
+    [kept] = failed_callbacks(warehouse_url)
+    assert kept["kind"] == "unreadable" and base64.b64decode(kept["raw_body"]["base64"]) == body
+    assert kept["body_sha256"] == hashlib.sha256(body).hexdigest()
+    assert post(receiver, "scan-bad", body).json() == {"status": "duplicate"}
+    assert len(failed_callbacks(warehouse_url)) == 1 and result_count(warehouse_url) == 0
+    assert post(receiver, "scan-bad", result_body("scan-bad")).json() == {"status": "stored"}
+
+
+def with_value(body: dict, path: str, value) -> dict:
+    """``body`` with the value at the dotted ``path`` replaced."""
+    body = json.loads(json.dumps(body))
+    *parents, leaf = path.split(".")
+    node = body
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    return body
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "problem"),
+    [
+        ("imageInfo.shape", {"height": 45_000, "width": 60_000}, "maximum of 27000000 pixels"),
+        ("imageInfo.shape.width", 2**40, "imageInfo.shape.width"),
+        ("result", {"starts": [0], "lengths": [2_700_000_000]}, "outside"),
+        ("result", {"starts": [0, 0, 0], "lengths": [32, 32, 32]}, "more pixels than"),
+        ("scannedDocument.actualCredits", 2**31, "actualCredits"),
+        ("scannedDocument.expectedCredits", -1, "expectedCredits"),
+        ("model", "m" * 65, "model"),
+        ("model", "ai-image\x00", "NUL"),
+        ("developerPayload", "run\x001", "NUL"),
+        ("imageInfo.metadata.issuedBy", "camera\x00", "NUL"),
+        ("model", "ai-image-\ud800", "lone surrogates"),
+    ],
+)
+def test_out_of_range_values_are_kept_as_unrecognised_not_answered_5xx(
+    receiver, warehouse_url, path, value, problem
+):
+    """What no Copyleaks answer holds, and the warehouse's columns could not: kept verbatim, 200."""
+    seed_scan(warehouse_url, "scan-range")
+    body = with_value(result_body("scan-range"), path, value)
+    response = post(receiver, "scan-range", body)
+    assert response.status_code == 200 and response.json() == {"status": "unrecognised_recorded"}
+    row = scan_row(warehouse_url, "scan-range")
+    assert row["state"] == "failed" and problem in row["last_error"], row["last_error"]
+    [kept] = failed_callbacks(warehouse_url)
+    assert kept["kind"] == "unrecognised" and kept["raw_body"] == body
+    assert "\x00" not in row["last_error"] and result_count(warehouse_url) == 0
+
+
+async def test_values_the_database_refuses_are_kept_as_bytes_not_retried_for_ever(warehouse_url):
+    """The last line behind validation: a callback whose values the warehouse refuses (here a credit count
+    past any integer column, built without validation) is stored again as its raw bytes, alone."""
+    seed_scan(warehouse_url, "scan-refused")
+    seed_scan(warehouse_url, "scan-fine")
+    body = result_body("scan-refused")
+    odd = WebhookBody.model_validate(body).model_copy(
+        update={
+            "scanned_document": ScannedDocument.model_construct(scan_id="scan-refused", actual_credits=2**70)
+        }
+    )
+    raw_bytes = json.dumps(body).encode()
+    writer = CallbackWriter(get_engine(warehouse_url), writers=1)
+    try:
+        outcomes = await asyncio.gather(
+            writer.store(Callback("scan-refused", odd, body, raw_bytes=raw_bytes)),
+            writer.store(Callback("scan-fine", WebhookBody.model_validate(result_body("scan-fine")), {})),
+        )
+    finally:
+        await writer.close()
+    assert outcomes == [CallbackOutcome.UNRECOGNISED_RECORDED, CallbackOutcome.STORED]
+    row = scan_row(warehouse_url, "scan-refused")
+    assert row["state"] == "failed" and "the warehouse refused its values" in row["last_error"]
+    [kept] = failed_callbacks(warehouse_url)
+    assert kept["kind"] == "unreadable" and base64.b64decode(kept["raw_body"]["base64"]) == raw_bytes
 
 
 def test_a_body_for_another_scan_is_422_and_changes_nothing(receiver, warehouse_url):
@@ -408,8 +493,8 @@ def test_concurrent_duplicates_and_errors_store_exactly_one_result_per_scan(rece
     assert kept == {(i, status): 1 for i in scan_ids for status in (None, 1)}
 
 
-def test_json_nested_just_below_the_parser_limit_is_stored_or_refused_never_a_5xx(receiver, warehouse_url):
-    """Depths the parser accepts but the serialiser of raw_body may not: a 400, not a 503 retried for ever."""
+def test_json_nested_just_below_the_parser_limit_is_kept_never_a_4xx_or_5xx(receiver, warehouse_url):
+    """Depths the parser accepts but the serialiser of raw_body may not: kept (as bytes if need be)."""
     seed_scan(warehouse_url, "scan-deep")
     statuses = set()
     for depth in range(900, 1001, 4):
@@ -422,7 +507,7 @@ def test_json_nested_just_below_the_parser_limit_is_stored_or_refused_never_a_5x
             + "}"
         )
         statuses.add(post(receiver, "scan-deep", body.encode()).status_code)
-    assert statuses <= {200, 400} and 400 in statuses, statuses
+    assert statuses == {200}, statuses
     assert httpx.get(f"{receiver.url}/health").status_code == 200
 
 

@@ -33,17 +33,28 @@ class Callback:
     """One authenticated callback for ``scan_id`` (the id of its URL).
 
     ``body``: the validated body, or None when it was not recognised; then ``problem`` says why (no
-    values from the body). ``raw``: the body as received (any JSON value), for keeping verbatim.
+    values from the body). ``raw``: the body as parsed (any JSON value), for keeping verbatim.
+    ``raw_bytes``: the body as received. ``unreadable``: the body cannot be kept as JSON (not JSON,
+    nested too deeply, a number no float holds): only ``raw_bytes`` is kept.
     """
 
     scan_id: str
     body: WebhookBody | None
     raw: Any
     problem: str | None = None
+    raw_bytes: bytes | None = None
+    unreadable: bool = False
 
     def __post_init__(self) -> None:
         if self.body is None and not self.problem:
             raise ValueError("an unrecognised callback needs the problem found with it")
+        if self.unreadable and (self.raw_bytes is None or self.body is not None):
+            raise ValueError("an unreadable callback is kept as its raw bytes, with no body")
+
+    @classmethod
+    def of_unreadable(cls, scan_id: str, raw_bytes: bytes, problem: str) -> Callback:
+        """A callback whose body cannot be kept as JSON: kept as its bytes, failing its scan."""
+        return cls(scan_id, None, None, problem=problem, raw_bytes=raw_bytes, unreadable=True)
 
     @property
     def failure_reason(self) -> str | None:
@@ -55,10 +66,6 @@ class Callback:
 
 class CallbackSinkUnavailable(Exception):
     """The sink cannot store callbacks now (its database is away): the receiver answers 503."""
-
-
-class CallbackTooDeep(Exception):
-    """The body parsed but is nested too deeply to store: the receiver answers 400 (a retry won't help)."""
 
 
 class CallbackSink(Protocol):

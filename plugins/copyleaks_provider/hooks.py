@@ -44,7 +44,7 @@ from copyleaks_provider.tokens import (
     token_from,
 )
 from copyleaks_provider.validation import SubmitRequest, check_form, check_path, submit_path
-from copyleaks_provider.webhook_auth import webhook_url
+from copyleaks_provider.webhook_auth import callback_payload, webhook_url
 
 __all__ = ["CopyleaksHook"]
 
@@ -163,6 +163,11 @@ class CopyleaksHook(BaseHook):
             )
         return webhook_url(settings.webhook_base_url, settings.webhook_secret.get_secret_value(), scan_id)
 
+    def callback_payload(self, scan_id: str) -> str:
+        """The ``developerPayload`` a receiver that requires it checks (made with the webhook secret)."""
+        self.webhook_url(scan_id)  # the same settings are required, with the same message
+        return callback_payload(self.settings.webhook_secret.get_secret_value(), scan_id)
+
     def build_submit_request(
         self,
         scan_id: str,
@@ -175,7 +180,13 @@ class CopyleaksHook(BaseHook):
         sandbox: bool | None = None,
         developer_payload: str | None = None,
     ) -> SubmitRequest:
-        """A validated request whose webhook URL and sandbox default come from the connection."""
+        """A validated request whose webhook URL and sandbox default come from the connection.
+
+        ``developer_payload``: default: the callback payload that binds the webhook to this submission
+        (``webhook_auth.callback_payload``).
+        """
+        if developer_payload is None:
+            developer_payload = self.callback_payload(scan_id)
         return SubmitRequest(
             scan_id=validate_scan_id(scan_id),
             url=url,

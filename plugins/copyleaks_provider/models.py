@@ -8,6 +8,10 @@ A failed scan's webhook comes in two shapes, both accepted: Copyleaks' documente
 ``scannedDocument``; ``type`` is a string in Copyleaks' current pages, an integer in older summaries),
 and ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``. A webhook body need not carry
 ``scannedDocument``: the receiver takes the scan id from the authenticated callback URL.
+
+Every value is bounded by what Copyleaks can send (an image of at most :data:`MAX_IMAGE_PIXELS`, a mask
+inside it, credits and sizes within a 32-bit integer, finite proportions, text without NUL or lone
+surrogates), so a validated body always fits the warehouse's columns.
 """
 
 from __future__ import annotations
@@ -16,8 +20,29 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+#: Copyleaks' largest image: 6000x4500 = 27 megapixels (the limit is on the pixel count, any shape).
+MAX_IMAGE_PIXELS = 6000 * 4500
+#: Integers stored in the warehouse's 32-bit columns (credits).
+MAX_INT32 = 2**31 - 1
+
+
+def _storable_text(value: str) -> str:
+    """Text every database and file format can hold: no NUL (PostgreSQL's text refuses it) and no lone
+    surrogate (not encodable as UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+#: A string of the wire format that will be stored or shown.
+Text = Annotated[str, AfterValidator(_storable_text)]
 
 
 class _Wire(BaseModel):
@@ -51,14 +76,24 @@ class Summary(_Wire):
 
 
 class ImageShape(_Wire):
-    height: int = Field(gt=0)
-    width: int = Field(gt=0)
+    """The scanned image's size: at most :data:`MAX_IMAGE_PIXELS`, as Copyleaks accepts no bigger one."""
+
+    height: int = Field(gt=0, le=MAX_IMAGE_PIXELS)
+    width: int = Field(gt=0, le=MAX_IMAGE_PIXELS)
+
+    @model_validator(mode="after")
+    def _within_copyleaks_limit(self) -> ImageShape:
+        if self.height * self.width > MAX_IMAGE_PIXELS:
+            raise ValueError(f"imageInfo.shape is over Copyleaks' maximum of {MAX_IMAGE_PIXELS} pixels")
+        return self
 
 
 class ImageMetadata(_Wire):
-    issued_time: str | None = None
-    issued_by: str | None = None
-    app_or_device_used: str | None = None
+    """Provenance read from the image itself (EXIF, C2PA): written by whoever made the image."""
+
+    issued_time: Annotated[Text, Field(max_length=1000)] | None = None
+    issued_by: Annotated[Text, Field(max_length=1000)] | None = None
+    app_or_device_used: Annotated[Text, Field(max_length=1000)] | None = None
 
 
 class ImageInfo(_Wire):
@@ -67,9 +102,9 @@ class ImageInfo(_Wire):
 
 
 class ScannedDocument(_Wire):
-    scan_id: str = Field(min_length=1, max_length=36)
-    actual_credits: int | None = None
-    expected_credits: int | None = None
+    scan_id: Text = Field(min_length=1, max_length=36)
+    actual_credits: int | None = Field(default=None, ge=0, le=MAX_INT32)
+    expected_credits: int | None = Field(default=None, ge=0, le=MAX_INT32)
     creation_time: datetime | None = None
 
 
@@ -77,10 +112,10 @@ class ScanError(_Wire):
     """``error`` of a failed scan: ``code`` and ``message``, and in Copyleaks' documented shape also a
     machine-readable ``id`` (e.g. ``download_failed``) and a ``type`` (e.g. ``api_error``)."""
 
-    code: int
-    message: str = Field(max_length=4000)
-    id: str | None = Field(default=None, max_length=100)
-    type: int | Annotated[str, Field(max_length=100)] | None = None
+    code: int = Field(ge=-MAX_INT32, le=MAX_INT32)
+    message: Text = Field(max_length=4000)
+    id: Text | None = Field(default=None, max_length=100)
+    type: int | Annotated[Text, Field(max_length=100)] | None = None
 
     def reason(self) -> str:
         """One line for ``last_error``: ``Copyleaks error download_failed (code 5): <message>``."""
@@ -95,7 +130,7 @@ class ScanError(_Wire):
 class DetectionResponse(_Wire):
     """The answer of the sync check, and the body of a successful webhook."""
 
-    model: str
+    model: Text = Field(max_length=64)
     result: RleMask
     summary: Summary
     image_info: ImageInfo
@@ -121,10 +156,10 @@ class WebhookBody(_Wire):
     """
 
     scanned_document: ScannedDocument | None = None
-    developer_payload: str | None = None
+    developer_payload: Text | None = Field(default=None, max_length=4000)
     status: int | None = None
     error: ScanError | None = None
-    model: str | None = None
+    model: Text | None = Field(default=None, max_length=64)
     result: RleMask | None = None
     summary: Summary | None = None
     image_info: ImageInfo | None = None
@@ -165,10 +200,13 @@ class WebhookBody(_Wire):
 
 
 def check_rle_bounds(starts: list[int], lengths: list[int], size: int) -> None:
-    """Raise ``ValueError`` unless every run lies inside an image of ``size`` pixels."""
+    """Raise ``ValueError`` unless every run lies inside an image of ``size`` pixels and the runs mark
+    at most ``size`` pixels in all (so a mask's area is a share of its image)."""
     for start, length in zip(starts, lengths, strict=True):
         if start + length > size:
             raise ValueError(f"mask run {start}+{length} lies outside the {size}-pixel image")
+    if sum(lengths) > size:
+        raise ValueError(f"the mask's runs mark more pixels than the {size}-pixel image has")
 
 
 def decode_rle_mask(starts: list[int], lengths: list[int], height: int, width: int) -> np.ndarray:

@@ -88,7 +88,8 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
         else the default model.
     :param mask_type: ``heatmap`` or ``None``.
     :param sandbox: mock results, no credits; ``None``: each image's own, else the connection's.
-    :param developer_payload: echoed back in each webhook.
+    :param developer_payload: echoed back in each webhook; default: the callback payload that binds each
+        webhook to its submission (a receiver with ``require_callback_payload`` refuses any other).
     :param webhook_base_url: overrides the connection's public receiver URL.
     :param flush_every: outcomes handed to :meth:`record` at a time (bounds what a crash can forget).
 

@@ -52,6 +52,12 @@ def get_provider_info() -> dict:
                         "description": "Still accepted during a rotation (comma-separated)",
                         "schema": {"type": ["string", "null"], "format": "password"},
                     },
+                    "require_callback_payload": {
+                        "label": "Require the callback payload",
+                        "description": "Accept a callback only when it echoes the submission's "
+                        "developerPayload (check that Copyleaks echoes it on a sandbox scan first)",
+                        "schema": {"type": ["boolean", "null"], "default": False},
+                    },
                     "max_concurrency": {
                         "label": "Max concurrent requests per task",
                         "schema": {"type": ["integer", "null"], "default": 16},

@@ -9,15 +9,20 @@ stores it durably before the receiver answers 2xx, so Copyleaks' retries cover a
 Bodies: a detection result (model, result, summary, imageInfo) completes the scan; an error webhook,
 in Copyleaks' documented shape ``{"status": 1, "error": {"type", "id", "code", "message"}}`` (no
 ``scannedDocument``) or as ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``, fails it.
-An authenticated body this receiver does not recognise is never refused: a 4xx makes Copyleaks retry,
-then drop the callback for good. Any JSON value that is not a valid result or error (an object that
-fails validation, and also an array, string, number or null: JSON, so Copyleaks sent something) is
-handed to the sink as unrecognised (to keep verbatim), failing the scan with a reason saying so. The
-only body still refused is one whose ``scannedDocument.scanId`` names another scan (a callback
-replayed or sent to the wrong URL: 422).
+An authenticated body is never refused for what it holds: a 4xx makes Copyleaks retry, then drop the
+callback for good. Any JSON value that is not a valid result or error (an object that fails validation,
+values beyond what Copyleaks can send included, and also an array, string, number or null) is handed to
+the sink as unrecognised, to keep verbatim; a body that cannot be kept as JSON (not JSON, nested too
+deeply, a number no float holds) is handed over as its raw bytes. Either fails the scan with a reason
+saying so. The only body still refused is one whose ``scannedDocument.scanId`` names another scan (a
+callback replayed or sent to the wrong URL: 422).
+
+With ``require_callback_payload`` (the connection's setting), a callback must also echo the submission's
+``developerPayload`` (:func:`~copyleaks_provider.webhook_auth.callback_payload`), or it is refused (403):
+the URL alone, which may leak through a proxy's logs, is then not enough to post a result.
 
 Answers: 200 ``stored`` / ``duplicate`` / ``failed_recorded`` / ``unrecognised_recorded``; 401 no token,
-403 wrong token (both before the body is read: nothing written); 400 not JSON (or nested too deeply),
+403 wrong token (both before the body is read: nothing written) or a missing or wrong required payload,
 413 too large, 422 a body for another scan, 404 unknown scan (nothing written); 503 sink or secrets
 unavailable (retry later).
 """
@@ -27,26 +32,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from copyleaks_provider.callbacks import (
-    Callback,
-    CallbackOutcome,
-    CallbackSink,
-    CallbackSinkUnavailable,
-    CallbackTooDeep,
-)
+from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSink, CallbackSinkUnavailable
 from copyleaks_provider.models import WebhookBody
 from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
-from copyleaks_provider.webhook_auth import verify_webhook_token
+from copyleaks_provider.webhook_auth import verify_callback_payload, verify_webhook_token
 
 log = logging.getLogger(__name__)
 
@@ -65,41 +66,55 @@ class SecretsUnavailable(Exception):
     """No webhook secret can be read (connection missing, unreadable, or without ``webhook_secret``)."""
 
 
+@dataclass(frozen=True)
+class _CallbackAuth:
+    """What authenticates a callback: the accepted secrets, and whether its payload must echo the
+    submission's."""
+
+    secrets: list[str]
+    require_payload: bool
+
+
 class _WebhookSecrets:
     """The accepted webhook secrets: fixed, or read from a callable / the connection every ``ttl`` s.
 
     A failed re-read keeps the secrets last read (a flaky metadata database must not refuse callbacks),
-    and is retried after ``SECRETS_RETRY_SECONDS``.
+    and is retried after ``SECRETS_RETRY_SECONDS``. ``require_payload``: None: the connection's
+    ``require_callback_payload`` when the secrets come from it, else False.
     """
 
-    def __init__(self, source: SecretsSource | None, conn_id: str, ttl: float):
+    def __init__(self, source: SecretsSource | None, conn_id: str, ttl: float, require_payload: bool | None):
         self._source = source
         self._conn_id = conn_id
         self._ttl = ttl
-        self._cached: list[str] = []
+        self._require_payload = require_payload
+        self._cached = _CallbackAuth([], bool(require_payload))
         self._next_read = float("-inf")
         self._lock = asyncio.Lock()
 
-    def _read(self) -> list[str]:
+    def _read(self) -> _CallbackAuth:
         if callable(self._source):
-            return [s for s in self._source() if s]
+            return _CallbackAuth([s for s in self._source() if s], bool(self._require_payload))
         from airflow.sdk import BaseHook
 
-        connection = BaseHook.get_connection(self._conn_id)
-        return CopyleaksSettings.from_connection(connection).webhook_secrets
+        settings = CopyleaksSettings.from_connection(BaseHook.get_connection(self._conn_id))
+        required = self._require_payload
+        if required is None:
+            required = settings.require_callback_payload
+        return _CallbackAuth(settings.webhook_secrets, required)
 
-    async def get(self) -> list[str]:
+    async def get(self) -> _CallbackAuth:
         if self._source is not None and not callable(self._source):
-            secrets = [s for s in self._source if s]
+            auth = _CallbackAuth([s for s in self._source if s], bool(self._require_payload))
         else:
             if time.monotonic() >= self._next_read:
                 async with self._lock:
                     if time.monotonic() >= self._next_read:
                         await self._refresh()
-            secrets = self._cached
-        if not secrets:
+            auth = self._cached
+        if not auth.secrets:
             raise SecretsUnavailable(f"no webhook_secret in the {self._conn_id!r} connection")
-        return secrets
+        return auth
 
     async def _refresh(self) -> None:
         try:
@@ -111,7 +126,7 @@ class _WebhookSecrets:
                 "Cannot read the webhook secrets from the %r connection (%s)%s",
                 self._conn_id,
                 type(exc).__name__,
-                "; keeping the ones read before" if self._cached else "",
+                "; keeping the ones read before" if self._cached.secrets else "",
             )
 
 
@@ -189,19 +204,39 @@ def _not_an_object(raw: Any) -> str:
     return f"the body is {_JSON_TYPES.get(type(raw), 'null')}, not a JSON object"
 
 
+class _NotKeepableAsJson(ValueError):
+    """The body parses, but not into JSON a database keeps (the message says why)."""
+
+
 def _reject_constant(name: str) -> Any:
     """NaN and Infinity are not JSON (Python's parser accepts them; PostgreSQL's JSON does not)."""
-    raise ValueError(f"{name} is not JSON")
+    raise _NotKeepableAsJson(f"the body holds {name}, which is not JSON")
 
 
-def _parse(scan_id: str, raw: Any) -> Callback:
-    """The callback of an authenticated, parsed body: recognised (validated) or not."""
-    if not isinstance(raw, dict):
-        return Callback(scan_id, None, raw, problem=_not_an_object(raw))
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one no float holds (``1e400``) would be stored as Infinity."""
+    value = float(text)
+    if math.isinf(value):
+        raise _NotKeepableAsJson("the body holds a number beyond the range of a 64-bit float")
+    return value
+
+
+def _read_callback(scan_id: str, raw_bytes: bytes) -> Callback:
+    """The callback of an authenticated body: recognised (validated), unrecognised JSON, or unreadable."""
     try:
-        return Callback(scan_id, WebhookBody.model_validate(raw), raw)
+        raw = json.loads(raw_bytes, parse_constant=_reject_constant, parse_float=_finite_float)
+    except RecursionError:
+        return Callback.of_unreadable(scan_id, raw_bytes, "the body is JSON nested too deeply to keep")
+    except _NotKeepableAsJson as exc:
+        return Callback.of_unreadable(scan_id, raw_bytes, str(exc))
+    except ValueError:  # not JSON, not UTF-8, or an integer of more digits than Python parses
+        return Callback.of_unreadable(scan_id, raw_bytes, "the body is not JSON")
+    if not isinstance(raw, dict):
+        return Callback(scan_id, None, raw, problem=_not_an_object(raw), raw_bytes=raw_bytes)
+    try:
+        return Callback(scan_id, WebhookBody.model_validate(raw), raw, raw_bytes=raw_bytes)
     except ValidationError as exc:
-        return Callback(scan_id, None, raw, problem=_validation_summary(exc))
+        return Callback(scan_id, None, raw, problem=_validation_summary(exc), raw_bytes=raw_bytes)
 
 
 def _names_another_scan(scan_id: str, raw: Any) -> bool:
@@ -211,6 +246,12 @@ def _names_another_scan(scan_id: str, raw: Any) -> bool:
     return isinstance(named, str) and named != scan_id
 
 
+def _echoes_payload(callback: Callback, secrets: list[str]) -> bool:
+    """True when the body's ``developerPayload`` is the one the submission of its scan sent."""
+    payload = callback.raw.get("developerPayload") if isinstance(callback.raw, dict) else None
+    return isinstance(payload, str) and verify_callback_payload(secrets, callback.scan_id, payload)
+
+
 def create_receiver_app(
     sink: CallbackSink,
     *,
@@ -218,13 +259,16 @@ def create_receiver_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     conn_id: str = DEFAULT_CONN_ID,
     secrets_ttl_seconds: float = SECRETS_TTL_SECONDS,
+    require_callback_payload: bool | None = None,
 ) -> FastAPI:
     """The receiver app, storing into ``sink``; nothing is read until the first request.
 
     ``webhook_secrets``: a list (fixed), or a callable re-read every ``secrets_ttl_seconds``; default:
     the current and previous secrets of the Airflow connection ``conn_id``, re-read likewise.
+    ``require_callback_payload``: refuse callbacks that do not echo their submission's payload; None:
+    the connection's setting (False with secrets given here).
     """
-    secrets = _WebhookSecrets(webhook_secrets, conn_id, secrets_ttl_seconds)
+    secrets = _WebhookSecrets(webhook_secrets, conn_id, secrets_ttl_seconds, require_callback_payload)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -251,11 +295,11 @@ def create_receiver_app(
     @app.post("/callbacks/{scan_id:path}/{token}")
     async def callback(scan_id: str, token: str, request: Request) -> JSONResponse:
         try:
-            accepted = await secrets.get()
+            auth = await secrets.get()
         except SecretsUnavailable:
             log.warning("Callback for %s refused: no webhook secret configured", _shown(scan_id))
             return _problem(503, "the receiver is not configured yet; retry later")
-        if not verify_webhook_token(accepted, scan_id, token):
+        if not verify_webhook_token(auth.secrets, scan_id, token):
             log.info("Callback for %s refused: bad token", _shown(scan_id))
             return _problem(403, "invalid callback token")
 
@@ -264,28 +308,18 @@ def create_receiver_app(
         except _BodyTooLarge:
             log.info("Callback for %s refused: body over %d bytes", _shown(scan_id), max_body_bytes)
             return _problem(413, f"body larger than {max_body_bytes} bytes")
-        try:
-            raw: Any = json.loads(raw_bytes, parse_constant=_reject_constant)
-        except RecursionError:
-            log.info("Callback for %s refused: JSON nested too deeply", _shown(scan_id))
-            return _problem(400, "the body is nested too deeply")
-        except ValueError:
-            log.info("Callback for %s refused: not JSON", _shown(scan_id))
-            return _problem(400, "the body is not valid JSON")
-        if _names_another_scan(scan_id, raw):
+        callback = _read_callback(scan_id, raw_bytes)
+        if auth.require_payload and not _echoes_payload(callback, auth.secrets):
+            log.warning("Callback for %s refused: it does not echo its submission's payload", _shown(scan_id))
+            return _problem(403, "developerPayload is not this submission's")
+        if _names_another_scan(scan_id, callback.raw):
             log.info("Callback for %s refused: body is for another scan", _shown(scan_id))
             return _problem(422, "scannedDocument.scanId does not match the callback URL")
-        callback = _parse(scan_id, raw)
         if callback.body is None:
             log.warning("Callback for %s not recognised: %s", _shown(scan_id), callback.problem)
 
         try:
             outcome = await sink.store(callback)
-        except (CallbackTooDeep, RecursionError):
-            # Parsed, but too deep to store: the body's fault, so no 503 that Copyleaks would retry for
-            # ever. Nothing written.
-            log.info("Callback for %s refused: JSON nested too deeply to store", _shown(scan_id))
-            return _problem(400, "the body is nested too deeply")
         except (CallbackSinkUnavailable, OSError) as exc:
             # OSError covers refused connections and timeouts (TimeoutError is an OSError).
             log.warning("Callback for %s not stored, storage unavailable (%s)", _shown(scan_id), _cause(exc))

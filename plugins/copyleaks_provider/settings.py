@@ -35,6 +35,10 @@ class CopyleaksSettings(BaseModel):
     webhook_secret: SecretStr | None = None
     #: Secrets still accepted on arrival during a rotation's grace period.
     previous_webhook_secrets: tuple[SecretStr, ...] = ()
+    #: Refuse (403) a callback whose body does not echo the submission's ``developerPayload``
+    #: (``webhook_auth.callback_payload``): then a leaked callback URL alone cannot post a result. Off by
+    #: default: Copyleaks documents the echo for its error webhooks, not for image results.
+    require_callback_payload: bool = False
     max_concurrency: int = Field(default=16, ge=1, le=1000)
     #: The account's request budget (Copyleaks documents 10/s), shared by every task and worker of the
     #: deployment through the account state; 0 means no limit (an enterprise contract without one).

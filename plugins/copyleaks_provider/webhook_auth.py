@@ -2,6 +2,12 @@
 
 The receiver checks the token before it parses or stores anything. Several secrets may be valid at once
 (the current one first, then the previous ones during a rotation's grace period).
+
+A URL can leak (a proxy's access log, a support ticket), so a submission also sends a second HMAC of the
+scan id, under another label, as its ``developerPayload`` (:func:`callback_payload`): it travels only in
+request bodies. Copyleaks echoes the payload in its webhooks, so a receiver that requires it
+(``require_callback_payload`` on the connection) accepts a callback only from whoever saw the submission,
+not from whoever saw the URL.
 """
 
 from __future__ import annotations
@@ -12,12 +18,30 @@ from collections.abc import Iterable
 from urllib.parse import quote
 
 CALLBACK_PATH = "/callbacks/{scan_id}/{token}"
+#: How a callback payload starts (a payload the caller chose instead is anything else).
+CALLBACK_PAYLOAD_PREFIX = "ia-callback.v1."
 
 
 def webhook_token(secret: str, scan_id: str) -> str:
+    return _hmac(secret, scan_id.encode("utf-8"))
+
+
+def callback_payload(secret: str, scan_id: str) -> str:
+    """The ``developerPayload`` that binds ``scan_id``'s callback to its submission."""
+    return CALLBACK_PAYLOAD_PREFIX + _hmac(secret, b"developerPayload\x00" + scan_id.encode("utf-8"))
+
+
+def verify_callback_payload(secrets: Iterable[str], scan_id: str, payload: str | None) -> bool:
+    """True when ``payload`` is :func:`callback_payload` of ``scan_id`` with any of ``secrets``."""
+    return any(
+        hmac.compare_digest(callback_payload(secret, scan_id), payload or "") for secret in secrets if secret
+    )
+
+
+def _hmac(secret: str, message: bytes) -> str:
     if not secret:
         raise ValueError("the webhook secret is empty: set webhook_secret on the Copyleaks connection")
-    return hmac.new(secret.encode("utf-8"), scan_id.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
 def verify_webhook_token(secrets: Iterable[str], scan_id: str, token: str) -> bool:

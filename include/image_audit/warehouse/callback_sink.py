@@ -8,7 +8,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable, CallbackTooDeep
+from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url_async
 from image_audit.warehouse.engine import create_async_warehouse_engine, create_warehouse_engine, is_postgres
 from image_audit.warehouse.results import CallbackWriter
@@ -42,10 +42,7 @@ class WarehouseCallbackSink:
     async def store(self, callback: Callback) -> CallbackOutcome:
         try:
             return await (await self._callback_writer()).store(callback)
-        except SQLAlchemyError as exc:
-            # Too deep to serialise into raw_body (SQLAlchemy wraps the RecursionError): rolled back.
-            if isinstance(getattr(exc, "orig", None), RecursionError):
-                raise CallbackTooDeep from exc
+        except SQLAlchemyError as exc:  # values it refused were kept raw by the writer: it is away
             raise CallbackSinkUnavailable("the warehouse is unavailable") from exc
 
     async def check(self) -> None:

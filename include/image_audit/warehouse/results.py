@@ -10,7 +10,10 @@ rows are visible). Per-callback commits would cost one WAL flush each, and NOTIF
 Failed callbacks: an error webhook (either shape) or an authentic body the receiver does not
 recognise. Each distinct one of a known scan is kept verbatim in ``audit_failed_callbacks`` (keyed by
 scan id and the SHA-256 of the body's canonical JSON, ``ON CONFLICT DO NOTHING``), whatever the
-scan's state, so no authentic callback is lost; the scan's state follows the rules below.
+scan's state, so no authentic callback is lost; the scan's state follows the rules below. A body that
+cannot be kept as JSON (kind ``unreadable``) is kept as ``{"base64": <its bytes>}``, keyed by the
+SHA-256 of its bytes; so is a callback the database refuses for its values (a :func:`is_data_error`),
+which is stored again that way alone: only an unavailable warehouse makes the receiver answer 503.
 
 Ordering rules (callbacks may be duplicated, late or out of order, even within one batch):
 - a result always wins: it completes the scan whatever its state (``timed_out``, ``failed``, ...);
@@ -23,6 +26,7 @@ Ordering rules (callbacks may be duplicated, late or out of order, even within o
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -194,21 +198,36 @@ class CallbackWriter:
             batch = [await self._queue.get()]
             while len(batch) < self._max_batch and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-            await self._write(batch)
+            try:
+                await self._write(batch)
+            except Exception as exc:  # never a request left waiting, nor a writer gone
+                for _, future in batch:
+                    _settle(future, exception=exc)
 
     async def _write(self, batch: list[tuple[Callback, asyncio.Future]]) -> None:
         try:
             outcomes = await store_callbacks(self._engine, [callback for callback, _ in batch])
         except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, UNAVAILABLE_ERRORS):
+            if isinstance(exc, UNAVAILABLE_ERRORS):  # every callback of the batch: 503, sent again later
                 for _, future in batch:
                     _settle(future, exception=exc)
                 return
-            log.info(
-                "A batch of %d callbacks failed (%s); storing them one by one", len(batch), type(exc).__name__
-            )
-            for item in batch:
-                await self._write([item])
+            if len(batch) > 1:  # a bad callback fails alone
+                log.info(
+                    "A batch of %d callbacks failed (%s); storing them one by one",
+                    len(batch),
+                    type(exc).__name__,
+                )
+                for item in batch:
+                    await self._write([item])
+                return
+            [(callback, future)] = batch
+            if is_data_error(exc) and not callback.unreadable:
+                reason = type(exc).__name__
+                log.warning("The warehouse refused a callback's values (%s); keeping its raw bytes", reason)
+                await self._write([(as_unreadable(callback, exc), future)])
+                return
+            _settle(future, exception=exc)
             return
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             _settle(future, result=outcome)
@@ -224,6 +243,30 @@ def _settle(future: asyncio.Future, *, result: Any = None, exception: BaseExcept
         future.set_result(result)
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """True when the warehouse (or the driver, serialising) refused a statement's values, as opposed to
+    being unavailable: storing the same values again would fail again."""
+    if isinstance(exc, sa_exc.DataError):
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):  # the database answered, about something else
+        return False
+    if isinstance(exc, sa_exc.StatementError):  # raised before the database saw it: a value
+        return True
+    return isinstance(exc, ValueError | TypeError | ArithmeticError | RecursionError)
+
+
+def as_unreadable(callback: Callback, exc: BaseException) -> Callback:
+    """``callback`` to be kept as its raw bytes, the warehouse having refused its values."""
+    raw_bytes = callback.raw_bytes
+    problem = f"the warehouse refused its values ({type(exc).__name__})"
+    if raw_bytes is None:  # built in process (tests, notebooks): its JSON as Python writes it
+        try:
+            raw_bytes = json.dumps(callback.raw, allow_nan=True, default=str).encode()
+        except (ValueError, RecursionError):
+            raw_bytes, problem = b"", problem + "; its body could not be serialised either"
+    return Callback.of_unreadable(callback.scan_id, raw_bytes, problem)
+
+
 def body_sha256(raw: Any) -> str:
     """The digest of a body's canonical JSON (sorted keys, no spaces, ASCII): the same body sent twice,
     however it was spaced, has the same digest. ``RecursionError`` for a body nested too deeply."""
@@ -232,13 +275,19 @@ def body_sha256(raw: Any) -> str:
 
 
 def _failed_callback_values(callback: Callback, reason: str, now: datetime) -> dict[str, Any]:
+    if callback.unreadable:
+        digest = hashlib.sha256(callback.raw_bytes).hexdigest()
+        kind, raw = "unreadable", {"base64": base64.b64encode(callback.raw_bytes).decode("ascii")}
+    else:
+        digest, raw = body_sha256(callback.raw), callback.raw
+        kind = "error" if callback.body is not None else "unrecognised"
     return {
         "scan_id": callback.scan_id,
-        "body_sha256": body_sha256(callback.raw),
-        "kind": "error" if callback.body is not None else "unrecognised",
+        "body_sha256": digest,
+        "kind": kind,
         "reason": reason,
         "received_at": now,
-        "raw_body": callback.raw,
+        "raw_body": raw,
     }
 
 

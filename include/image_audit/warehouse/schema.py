@@ -122,10 +122,11 @@ audit_failed_callbacks = Table(
     metadata,
     Column("scan_id", String(36), ForeignKey("audit_scans.scan_id"), primary_key=True),
     Column("body_sha256", String(64), primary_key=True),
-    Column("kind", String(16), nullable=False),  # "error" or "unrecognised"
+    Column("kind", String(16), nullable=False),  # "error", "unrecognised" or "unreadable"
     Column("reason", Text, nullable=False),
     Column("received_at", TZ, nullable=False),
-    Column("raw_body", JSON, nullable=False),  # any JSON value (an unrecognised body may be a list)
+    # any JSON value (an unrecognised body may be a list); {"base64": ...}: an unreadable body's bytes
+    Column("raw_body", JSON, nullable=False),
 )
 
 audit_reports = Table(
