@@ -150,7 +150,13 @@ with DAG(
         log.info("Interval [%s, %s): %s", start, end, result.as_dict())
         return result.batch_ids
 
-    @task(outlets=[AUDIT_REPORT_ASSET], on_success_callback=AuditAlertNotifier())
+    # A report reads the warehouse and fetches a few catalog images (attacker-chosen hosts) under its
+    # own deadlines: minutes at most. Past 30, something hangs: fail (and retry) rather than hold a slot.
+    @task(
+        outlets=[AUDIT_REPORT_ASSET],
+        on_success_callback=AuditAlertNotifier(),
+        execution_timeout=timedelta(minutes=30),
+    )
     def report() -> dict:
         """Close the run in the warehouse and write the analysts' report."""
         from image_audit.lineage import record_report_outputs

@@ -9,6 +9,8 @@ import logging
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from copyleaks_provider.models import MAX_IMAGE_PIXELS
+
 log = logging.getLogger(__name__)
 
 #: Tint of AI pixels: red at 45 % opacity keeps the picture readable under it.
@@ -67,7 +69,8 @@ def overlay_thumbnail(
     """The thumbnail of an image with its mask tinted; ``(thumbnail, True)`` when the image itself was drawn.
 
     The mask's shape (Copyleaks' ``imageInfo.shape``) sets the geometry; an image fetched at another size
-    is stretched onto it. Undecodable bytes give a placeholder.
+    is stretched onto it. Undecodable bytes, and an image of more pixels than Copyleaks scans (a
+    decompression bomb: a few KB that decode to GBs), give a placeholder.
     """
     height, width = mask.shape
     size = thumbnail_size(width, height, longest)
@@ -75,6 +78,8 @@ def overlay_thumbnail(
     if image_bytes:
         try:
             with Image.open(io.BytesIO(image_bytes)) as opened:
+                if opened.width * opened.height > MAX_IMAGE_PIXELS:  # read from the header: nothing decoded
+                    raise Image.DecompressionBombError(f"{opened.width}x{opened.height} pixels")
                 picture = ImageOps.exif_transpose(opened).convert("RGB")
                 picture.thumbnail((max(size) * 2, max(size) * 2), Image.Resampling.BOX)
                 picture = picture.resize(size, Image.Resampling.LANCZOS)

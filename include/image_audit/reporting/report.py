@@ -8,23 +8,28 @@ import math
 import os
 import re
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import numpy as np
 import pandas as pd
 from airflow.sdk import ObjectStoragePath
 from sqlalchemy import Connection, Engine, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from copyleaks_provider.models import decode_rle_mask
+from copyleaks_provider.models import MAX_IMAGE_PIXELS, check_rle_bounds, decode_rle_mask
 from image_audit.reporting import aggregates, charts
 from image_audit.reporting.aggregates import HISTOGRAM_BINS, Scope
 from image_audit.reporting.backlog import backlog_by_reason, backlog_summary, describe_backlog
 from image_audit.reporting.exports import EXPORT_COLUMNS, redact_url, write_exports
 from image_audit.reporting.fetch import http_fetcher
-from image_audit.reporting.overlays import overlay_thumbnail, thumbnail_size, to_data_uri
+from image_audit.reporting.overlays import (
+    THUMBNAIL_SIZE,
+    overlay_thumbnail,
+    placeholder,
+    thumbnail_size,
+    to_data_uri,
+)
 from image_audit.reporting.render import render_report
 from image_audit.reporting.storage import as_storage_path, reports_base, staged, uri
 from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
@@ -39,6 +44,10 @@ ISSUE_ROWS_SHOWN = 200
 #: Sources and days kept in the stored summary (the HTML and the exports have them all).
 SUMMARY_GROUPS = 31
 FETCH_WORKERS = 4
+#: The time all of a report's thumbnails may take to fetch; an image not fetched by then is a placeholder.
+THUMBNAILS_FETCH_SECONDS = 60.0
+#: What the thumbnail of a stored result that cannot be drawn (shape, mask) says instead.
+INVALID_RESULT_TEXT = "result data invalid"
 
 
 @dataclass
@@ -77,6 +86,8 @@ class _Thumbnail:
     height: int
     data_uri: str = ""
     drawn: bool = False
+    #: The stored result cannot be drawn (a shape over Copyleaks' maximum, a mask outside its image).
+    result_invalid: bool = False
     display_size: tuple[int, int] = field(default=(0, 0))
 
 
@@ -245,29 +256,74 @@ def _top_images(conn, images, top_n) -> tuple[list[_Thumbnail], dict]:
     return items, masks
 
 
-def _draw_thumbnails(items: list[_Thumbnail], masks: dict, fetch_image) -> list[_Thumbnail]:
-    """Fetch each image and tint its mask over it (a placeholder when it cannot be fetched)."""
+def _invalid_result(item: _Thumbnail, runs: tuple[list[int], list[int]]) -> str | None:
+    """Why ``item``'s stored result cannot be drawn, None when it can: checked before anything is fetched
+    or decoded, as a result stored unvalidated may claim any shape and any run (decoding a 60000x45000
+    one would ask for 10 GiB)."""
+    width, height = item.width, item.height
+    if width <= 0 or height <= 0 or width * height > MAX_IMAGE_PIXELS:
+        return f"shape {width}x{height} is outside Copyleaks' 1 to {MAX_IMAGE_PIXELS} pixels"
+    starts, lengths = runs
+    try:
+        check_rle_bounds(starts, lengths, width * height)
+        if min(starts, default=0) < 0 or min(lengths, default=0) < 0:
+            return "the mask has a negative run"
+    except (TypeError, ValueError) as exc:
+        return f"the mask does not fit its image ({exc})"
+    return None
+
+
+def _fetch_images(items: list[_Thumbnail], fetch_image, deadline_seconds: float) -> dict[str, bytes]:
+    """The images of ``items`` fetched within ``deadline_seconds`` in all, by scan id (one without a URL,
+    that failed or was late is missing)."""
 
     def fetch(item: _Thumbnail) -> bytes | None:
-        if not item.url:
-            return None
         try:
             return fetch_image(item.url)
         except Exception as exc:  # a missing image never fails the report: it shows a placeholder
             log.warning("Could not fetch image %s for the report (%s)", item.image_id, type(exc).__name__)
             return None
 
-    with ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="report-fetch") as pool:
-        payloads = list(pool.map(fetch, items))
-    for item, payload in zip(items, payloads, strict=True):
-        starts, lengths = masks.get(item.scan_id, ([], []))
-        try:
-            mask = decode_rle_mask(starts, lengths, item.height, item.width)
-        except ValueError as exc:  # a mask that does not fit its image: show the picture untinted
-            log.warning("Mask of scan %s not drawn: %s", item.scan_id, exc)
-            mask = np.zeros((item.height, item.width), dtype=bool)
-        picture, item.drawn = overlay_thumbnail(payload, mask)
-        item.display_size = thumbnail_size(item.width, item.height)
+    pool = ThreadPoolExecutor(max_workers=FETCH_WORKERS, thread_name_prefix="report-fetch")
+    try:
+        futures = {item.scan_id: pool.submit(fetch, item) for item in items if item.url}
+        done, late = wait(futures.values(), timeout=deadline_seconds)
+    finally:
+        # fetches still running end by their own deadline, unwaited; those not started never start
+        pool.shutdown(wait=False, cancel_futures=True)
+    if late:
+        log.warning(
+            "%d images not fetched within the report's %s s: placeholders", len(late), deadline_seconds
+        )
+    return {scan_id: future.result() for scan_id, future in futures.items() if future in done}
+
+
+def _draw_thumbnails(
+    items: list[_Thumbnail], masks: dict, fetch_image, deadline_seconds: float = THUMBNAILS_FETCH_SECONDS
+) -> list[_Thumbnail]:
+    """Fetch each image and tint its mask over it: a placeholder when it is not fetched in time, one
+    saying so when its stored result cannot be drawn (one scan's data never fails the report)."""
+    for item in items:
+        problem = _invalid_result(item, masks.get(item.scan_id, ([], [])))
+        if problem is not None:
+            log.warning("Thumbnail of scan %s not drawn: %s", item.scan_id, problem)
+            item.result_invalid = True
+    images = _fetch_images([item for item in items if not item.result_invalid], fetch_image, deadline_seconds)
+    for item in items:
+        valid_shape = item.width > 0 and item.height > 0
+        item.display_size = thumbnail_size(item.width, item.height) if valid_shape else (THUMBNAIL_SIZE,) * 2
+        picture = None
+        if not item.result_invalid:
+            starts, lengths = masks.get(item.scan_id, ([], []))
+            try:
+                mask = decode_rle_mask(starts, lengths, item.height, item.width)
+            except (MemoryError, TypeError, ValueError) as exc:
+                log.warning("Thumbnail of scan %s not drawn: %s", item.scan_id, type(exc).__name__)
+                item.result_invalid = True
+            else:
+                picture, item.drawn = overlay_thumbnail(images.get(item.scan_id), mask)
+        if picture is None:
+            picture = placeholder(item.display_size, INVALID_RESULT_TEXT)
         item.data_uri = to_data_uri(picture)
         item.url = redact_url(item.url)
     return items
@@ -417,6 +473,7 @@ def build_run_report(
     rolling_runs: int = 10,
     top_n: int = 12,
     fetch_image: Callable[[str], bytes] | None = None,
+    fetch_deadline_seconds: float = THUMBNAILS_FETCH_SECONDS,
     data_interval: tuple[datetime, datetime] | None = None,
     requests_per_second: float | None = None,
     window_minutes: float | None = None,
@@ -424,7 +481,11 @@ def build_run_report(
     """Aggregate one run, write its HTML report, CSV and Parquet, and upsert its ``audit_reports`` row.
 
     Rebuilding a run's report replaces its files and row. ``fetch_image(url)`` gets the thumbnails' images
-    (default: an HTTP GET with a timeout); a failure shows a placeholder with the mask, never fails.
+    (default: :func:`~image_audit.reporting.fetch.http_fetcher`, a vetted HTTP GET with a deadline per
+    image); all of them get ``fetch_deadline_seconds``, and an image that fails or is not fetched by then
+    shows a placeholder with the mask: the report never fails for it. A stored result that cannot be
+    drawn (a shape over Copyleaks' maximum, a mask outside its image) is never decoded: its thumbnail says
+    so.
     ``data_interval`` defaults to the one the run's scans recorded (none for a run without scans).
     ``requests_per_second`` (the account's rate, 0: no limit) and ``window_minutes`` (the run's
     submission window, None: none) say when the DAG's backlog clears; both None: the values an earlier
@@ -479,7 +540,9 @@ def build_run_report(
                         "verdicts": aggregates.verdict_counts(rolling_cube),
                     }
             run_aggregates = aggregated.result()
-            thumbnails = _draw_thumbnails(run_aggregates.top, run_aggregates.masks, fetch_image)
+            thumbnails = _draw_thumbnails(
+                run_aggregates.top, run_aggregates.masks, fetch_image, fetch_deadline_seconds
+            )
             html, summary = _render(
                 scope=scope,
                 thresholds=thresholds,
