@@ -3,13 +3,16 @@
 Rows are streamed from the warehouse in chunks (read ahead by a thread of their own) and appended, so a
 run of any size exports in bounded memory; they go column by column through Arrow (URLs, mask areas,
 timestamps and booleans by Arrow's compute functions), and the CSV reads byte for byte as
-``DataFrame.to_csv`` wrote it before. URLs are exported without credentials or query
-strings (a pre-signed URL's signature is a credential, and reports travel).
+``DataFrame.to_csv`` wrote it before (but for the formulas below). URLs are exported without credentials
+or query strings (a pre-signed URL's signature is a credential, and reports travel).
+
+Catalog data comes from whoever uploaded the images. In the CSV a text cell a spreadsheet would run as a
+formula (first character ``= + - @``, tab, CR or NUL: OWASP's "CSV Injection") is prefixed with ``'`` and
+quoted, and so is any cell with a carriage return; the Parquet file (read typed) keeps the raw values.
 """
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import queue
@@ -66,6 +69,13 @@ _LIST_TO_SPACES = bytes.maketrans(b"[],", b"   ")
 #: no port; group ``url`` is the redacted URL (the query and fragment after it are dropped). RE2
 #: syntax, for Arrow's ``pc.extract_regex`` (the whole text: ``\A`` to ``\z``).
 _PLAIN_URL_RE2 = r"\A(?P<url>[a-z][a-z0-9+.-]*://[a-z0-9._~-]+(?:/[^?#\t\r\n]*)?)(?:[?#][^\t\r\n]*)?\z"
+#: The first characters that make a text cell a formula in a spreadsheet: OWASP's ``= + - @``, tab and
+#: carriage return (and NUL, ASVS 1.2.10).
+_FORMULA_STARTS = pa.array(list("=+-@\t\r\x00"), pa.string())
+#: A text cell the CSV quotes (beside formulas): one with a comma, quote or line break. RE2.
+_QUOTED_RE2 = r'[,"\n\r]'
+#: The export's text columns, whose cells may be formulas.
+_TEXT_COLUMNS = frozenset(field.name for field in EXPORT_SCHEMA if pa.types.is_string(field.type))
 
 
 def redact_url(url: str | None) -> str | None:
@@ -200,18 +210,46 @@ def _csv_column(array: pa.Array) -> pa.Array:
 
 
 def _write_csv(arrays: dict[str, pa.Array], out: BinaryIO) -> None:
-    """Append the rows to the CSV: by Arrow (fast) unless a value needs quoting, then by ``csv``."""
+    """Append the rows to the CSV: by Arrow's writer (fast) unless a cell needs quoting or is a formula,
+    then joined by Arrow compute with those cells fixed (``_csv_safe_text``)."""
     columns = [_csv_column(arrays[name]) for name in EXPORT_COLUMNS]
-    try:
-        table = pa.Table.from_arrays(columns, names=EXPORT_COLUMNS)
-        buffer = io.BytesIO()
-        pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
-    except pa.ArrowInvalid:  # a comma, quote or line break in a value
-        text = io.StringIO(newline="")
-        csv.writer(text, lineterminator="\n").writerows(zip(*(c.to_pylist() for c in columns), strict=True))
-        out.write(text.getvalue().encode("utf-8"))
-    else:
-        out.write(buffer.getbuffer())
+    formulas = [_formula_cells(arrays[name]) if name in _TEXT_COLUMNS else None for name in EXPORT_COLUMNS]
+    if not any(found is not None and pc.any(found).as_py() for found in formulas):
+        try:
+            table = pa.Table.from_arrays(columns, names=EXPORT_COLUMNS)
+            buffer = io.BytesIO()
+            pa_csv.write_csv(table, buffer, pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+        except pa.ArrowInvalid:  # a comma, quote or line break in a value
+            pass
+        else:
+            out.write(buffer.getbuffer())
+            return
+    cells = [
+        pc.cast(column, pa.string()) if found is None else _csv_safe_text(column, found)
+        for column, found in zip(columns, formulas, strict=True)
+    ]
+    lines = pc.binary_join_element_wise(*cells, ",", null_handling="replace")
+    if len(lines):
+        whole = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(lines)], pa.int32()), lines), "\n")
+        out.write(whole[0].as_buffer())
+        out.write(b"\n")
+
+
+def _formula_cells(column: pa.Array) -> pa.Array:
+    """Whether each text cell starts as a formula (false for a null one)."""
+    return pc.is_in(pc.utf8_slice_codeunits(column, 0, 1), value_set=_FORMULA_STARTS)
+
+
+def _csv_safe_text(column: pa.Array, formulas: pa.Array) -> pa.Array:
+    """A text column's cells as the CSV holds them: a formula prefixed with ``'``; it, and a cell with a
+    comma, quote or line break, quoted (RFC 4180: ``"`` doubled). Only the cells that need it are fixed."""
+    fixed = pc.or_(formulas, pc.fill_null(pc.match_substring_regex(column, _QUOTED_RE2), False))
+    if not pc.any(fixed).as_py():
+        return column
+    cells = pc.filter(column, fixed)
+    cells = pc.if_else(pc.filter(formulas, fixed), pc.binary_join_element_wise("'", cells, ""), cells)
+    quoted = pc.binary_join_element_wise('"', pc.replace_substring(cells, '"', '""'), '"', "")
+    return pc.replace_with_mask(column, fixed, quoted)
 
 
 def _prefetched(chunks: Iterable[dict[str, Sequence]], depth: int = 2) -> Iterator[dict[str, Sequence]]:
