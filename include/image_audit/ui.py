@@ -5,26 +5,40 @@ behind Airflow's own auth manager: the caller is the user of the UI's ``_token``
 token) and must be allowed to read the DAG's runs. It shows the run's HTML report once the report task
 has written it (the URI in ``audit_reports.html_path``), and until then a progress page from the
 warehouse that refreshes itself.
+
+The URI is data in the warehouse, not a request to read anything it names: the tab serves only a
+``report.html`` under the configured reports location (``storage.reports_base()``). Every page it serves
+carries a Content-Security-Policy that lets it load nothing (the report is self-contained) and lets only
+the Airflow UI, the same origin, frame it.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 from datetime import UTC, datetime, timedelta
 from html import escape
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import HTMLResponse
 from sqlalchemy import select
+from starlette.datastructures import MutableHeaders
 
 from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
-from image_audit.config import reports_conn_id, warehouse_url
+from image_audit.config import warehouse_url
 from image_audit.links import TAB_NAME, TAB_ROUTE
 from image_audit.submission_window import submission_minutes
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState as S
 from image_audit.warehouse.progress import count_scan_states_sync, recent_submission_rate_sync
 from image_audit.warehouse.schema import audit_reports
+
+if TYPE_CHECKING:
+    from airflow.sdk import ObjectStoragePath
+
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "/image-audit"
 REFRESH_SECONDS = 10
@@ -39,6 +53,17 @@ _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">{head}<tit
 <style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1f2933}}table{{border-collapse:collapse}}
 td,th{{padding:4px 16px 4px 0;text-align:left}}td.n{{text-align:right;font-variant-numeric:tabular-nums}}
 .muted{{color:#627d98}}</style></head><body><h2>{title}</h2>{body}</body></html>"""
+#: The headers of every response of the tab. Its pages are self-contained (the report: inline ``<style>``
+#: and style attributes, inline SVG charts, thumbnails as ``data:`` URIs, no script), so they may load
+#: nothing else, run no script, and be framed only by the Airflow UI (the same origin, the api-server).
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'self'"
+    ),
+    "X-Frame-Options": "SAMEORIGIN",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 class _BuiltAtFirstRequest:
@@ -55,6 +80,28 @@ class _BuiltAtFirstRequest:
         await self._app(scope, receive, send)
 
 
+class _SecurityHeaders:
+    """ASGI middleware: :data:`SECURITY_HEADERS` on every response of the app (its pages, its errors and
+    Airflow's refusals alike), unless the response set its own."""
+
+    def __init__(self, app):
+        self._app = app
+
+    async def __call__(self, scope: dict[str, Any], receive, send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self._app(scope, receive, send_with_headers)
+
+
 def create_ui_app() -> _BuiltAtFirstRequest:
     """The tab's app, for the plugin's ``fastapi_apps`` (mounted at :data:`URL_PREFIX`)."""
     return _BuiltAtFirstRequest(build_ui_app)
@@ -65,6 +112,7 @@ def build_ui_app() -> FastAPI:
     from airflow.api_fastapi.core_api.security import requires_access_dag
 
     app = FastAPI(title="Image audit UI", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(_SecurityHeaders)
     can_read_runs = Depends(requires_access_dag(method="GET", access_entity=DagAccessEntity.RUN))
 
     @app.get("/runs/{dag_id}/{run_id}", response_class=HTMLResponse, dependencies=[can_read_runs])
@@ -80,22 +128,67 @@ def build_ui_app() -> FastAPI:
                 counts = count_scan_states_sync(conn, dag_id, run_id)
                 measured = recent_submission_rate_sync(conn, dag_id, run_id)
         if html_path:
-            return _report(html_path)
+            return _report(dag_id, run_id, html_path)
         return _progress(dag_id, run_id, counts, measured)
 
     return app
 
 
-def _report(uri: str) -> HTMLResponse:
-    from airflow.sdk import ObjectStoragePath
+def _report(dag_id: str, run_id: str, uri: str) -> HTMLResponse:
+    """The run's report if ``uri`` is one (:func:`report_file`), else a refusal (403), logged."""
+    found = report_file(uri)
+    if found is None:
+        from image_audit.reporting.exports import redact_url
 
+        log.warning(
+            "Not serving the report of %s / %s: its recorded location %.300r is not a report under the "
+            "reports location",
+            dag_id,
+            run_id,
+            redact_url(uri) or uri,
+        )
+        body = "<p>The report recorded for this run is not under the reports location: it is not shown.</p>"
+        return HTMLResponse(_PAGE.format(head="", title="Audit report refused", body=body), 403)
     try:
-        text = ObjectStoragePath(uri, conn_id=reports_conn_id()).read_text(encoding="utf-8")
+        text = found.read_text(encoding="utf-8")
     except Exception as exc:  # shown to the user: the tab says what is wrong instead of a bare 500
         body = f"<p>The report is recorded at <code>{escape(uri)}</code> but could not be read "
         body += f"({escape(type(exc).__name__)}).</p>"
         return HTMLResponse(_PAGE.format(head="", title="Audit report unavailable", body=body), 502)
     return HTMLResponse(text, headers={"Cache-Control": "no-store"})
+
+
+def report_file(uri: str) -> Path | ObjectStoragePath | None:
+    """The file of a report URI (``audit_reports.html_path``), read from the configured reports location:
+    ``None`` unless it names a ``report.html`` under ``storage.reports_base()``.
+
+    Local paths are compared resolved (``..`` and symlinks), so no link or traversal leads out; on an
+    object store the URI must be the base's protocol and path, no ``..``, ``.`` or empty segment, and the
+    object is read through the base (its connection, not one the URI names).
+    """
+    from image_audit.reporting.report import HTML_NAME
+    from image_audit.reporting.storage import LOCAL_PROTOCOLS, is_local, reports_base
+
+    base = reports_base()
+    scheme, sep, path = uri.partition("://")
+    if not sep:  # a bare path
+        scheme, path = "", uri
+    scheme = scheme.lower()
+    if is_local(base):
+        if scheme not in LOCAL_PROTOCOLS or not path.startswith("/"):
+            return None
+        try:
+            root, found = Path(os.path.realpath(base.path)), Path(os.path.realpath(path))
+        except (OSError, ValueError):  # e.g. a NUL byte
+            return None
+        return found if found.name == HTML_NAME and found.is_relative_to(root) else None
+    prefix = base.path.rstrip("/") + "/"
+    if scheme != base.protocol or not path.startswith(prefix):
+        return None
+    parts = path.removeprefix(prefix).split("/")
+    if parts[-1] != HTML_NAME or any(part in ("", ".", "..") for part in parts):
+        return None
+    return base.joinpath(*parts)
 
 
 def _requests_per_second() -> float:
