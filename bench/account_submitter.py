@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The catalog's image host (:func:`image_host`) runs below the emulator's priority, as a CDN on other

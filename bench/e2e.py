@@ -3,7 +3,7 @@ naive DAG users write first; and the footprint of the run.
 
 Each contender gets a fresh emulator (its own process, zero injected latency) and the same N sample
 images. The DAG runs as users run it on one machine, ``airflow dags test``, in its own process, with
-the webhook receiver in another (``python -m image_audit.receiver``) on the same warehouse.
+the webhook receiver in another (``python -m image_audit.webhook``) on the same warehouse.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def deployment(backend: str, workdir: Path, dags_folder: Path = ROOT / "dags") -
             "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": url,
             "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
         }
-        with server_process(["image_audit.receiver"], receiver_env) as receiver:
+        with server_process(["image_audit.webhook"], receiver_env) as receiver:
             connection = {
                 "conn_type": "copyleaks",
                 "login": EMAIL,

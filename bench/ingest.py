@@ -1,7 +1,7 @@
 """4. Webhook ingest: durable callbacks per second and p50/p99 latency, on SQLite and PostgreSQL,
 against a bare FastAPI endpoint that writes nothing, with the same load generator, side by side.
 
-The receiver runs as a public edge runs it (``python -m image_audit.receiver``), the generator
+The receiver runs as a public edge runs it (``python -m image_audit.webhook``), the generator
 in a third process. Every 200 is checked afterwards: as many result rows as callbacks, none twice.
 """
 
@@ -67,7 +67,7 @@ def measure_receiver(backend: str, count: int, concurrency: int, workdir: Path) 
             "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": url,
             "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
         }
-        with server_process(["image_audit.receiver"], env) as base:
+        with server_process(["image_audit.webhook"], env) as base:
             figures = _load(base, secret, count, concurrency)
         with get_engine(url).connect() as conn:
             rows, distinct = conn.execute(

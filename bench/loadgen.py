@@ -17,7 +17,7 @@ import aiohttp
 
 from bench.callbacks import callback_bodies, scan_ids
 from bench.common import percentile
-from copyleaks_provider.webhook_auth import webhook_url
+from copyleaks_provider.webhooks.auth import webhook_url
 
 
 async def deliver(urls: list[str], bodies: list[bytes], concurrency: int, warmup: int = 0) -> dict:

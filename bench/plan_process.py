@@ -10,8 +10,8 @@ import resource
 import time
 from datetime import datetime
 
-from image_audit.catalog import CatalogSpec
 from image_audit.planning import PlanOptions, RunContext, plan_run
+from image_audit.planning.catalog import CatalogSpec
 from image_audit.warehouse.engine import get_engine
 
 

@@ -115,8 +115,8 @@ async def _deliver(url: str, rows: list[dict]) -> None:
     """The webhooks of the sent scans, stored by the receiver's code in batches of ``CHUNK``."""
     from copyleaks_emulator.detector import ImageRejected, decode, detect, error_body
     from copyleaks_emulator.samples import sample_image
-    from copyleaks_provider.callbacks import Callback
     from copyleaks_provider.models import WebhookBody
+    from copyleaks_provider.webhooks.callbacks import Callback
     from image_audit.warehouse.engine import create_async_warehouse_engine
     from image_audit.warehouse.results import store_callbacks
 

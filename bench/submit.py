@@ -18,8 +18,8 @@ import time
 import aiohttp
 
 from bench.common import EMULATOR_ARGS, report, run_json, server_process
-from copyleaks_provider.async_client import CopyleaksAsyncClient
-from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.hooks.async_client import CopyleaksAsyncClient
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.settings import CopyleaksSettings
 
 EMAIL, API_KEY = "bench@image-audit.dev", "bench-api-key"

@@ -10,7 +10,8 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
 - ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
-  Its files are its OpenLineage outputs (``image_audit.lineage``); ``submit_batch``'s are the warehouse's.
+  Its files are its OpenLineage outputs (``image_audit.reporting.lineage``); ``submit_batch``'s are the
+  warehouse's.
   It is a teardown: it runs even when a submit fails, and the run's state still shows that failure.
   Its success callback sends an alert when the run's figures cross the ``alert_*`` Params' thresholds.
 """
@@ -24,11 +25,11 @@ from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, 
 
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
-from image_audit.alerts import AuditAlertNotifier
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
-from image_audit.links import AuditReportLink
-from image_audit.operators import SubmitAuditBatchOperator
-from image_audit.wait_for_results import WaitForScanResultsOperator
+from image_audit.notifications.alerts import AuditAlertNotifier
+from image_audit.operators.submit import SubmitAuditBatchOperator
+from image_audit.operators.wait import WaitForScanResultsOperator
+from image_audit.ui.links import AuditReportLink
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,8 @@ with DAG(
             description="Submission window: plan only what the account's request rate submits in this "
             "many minutes; the rest waits for the next run (null: no window)",
         ),
-        # Alerts (image_audit.alerts): the report task e-mails alert_to when a figure is over its
-        # threshold; null: that check is off.
+        # Alerts (image_audit.notifications.alerts): the report task e-mails alert_to when a figure is over
+        # its threshold; null: that check is off.
         "alert_ai_share": Param(
             None, type=["null", "number"], minimum=0, maximum=1, description="Alert: AI-generated share over"
         ),
@@ -104,9 +105,9 @@ with DAG(
     @task
     def plan() -> list[str]:
         """Record this run's scans and rejections in the warehouse; return the batch ids to submit."""
-        from image_audit.catalog import CatalogSpec
         from image_audit.planning import PlanOptions, RunContext, plan_run
-        from image_audit.submission_window import submission_capacity
+        from image_audit.planning.catalog import CatalogSpec
+        from image_audit.planning.window import submission_capacity
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.migrations import require_current
 
@@ -159,8 +160,8 @@ with DAG(
     )
     def report() -> dict:
         """Close the run in the warehouse and write the analysts' report."""
-        from image_audit.lineage import record_report_outputs
         from image_audit.reporting import build_run_report
+        from image_audit.reporting.lineage import record_report_outputs
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
 

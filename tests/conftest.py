@@ -143,8 +143,8 @@ def wired_audit(warehouse_url: str, emulator, monkeypatch, *, receiver_warehouse
 
     ``receiver_warehouse_url``: the receiver's own way to the warehouse (e.g. through a TCP proxy).
     """
-    from image_audit.receiver import create_warehouse_receiver_app
     from image_audit.warehouse.engine import get_engine
+    from image_audit.webhook import create_warehouse_receiver_app
     from image_audit_dev.servers import BackgroundServer
     from tests.emulator_fixtures import copyleaks_connection
 

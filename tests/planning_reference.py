@@ -15,9 +15,10 @@ from sqlalchemy import Engine, and_, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.scan_ids import canonical_model, make_rejection_id, make_scan_id
-from image_audit.catalog import CatalogRow, CatalogSpec, file_name_of, read_catalog, rejection_reason
-from image_audit.planning import CREDITS_PER_IMAGE, PlanOptions, RunContext, RunPlan, finish
-from image_audit.submission_window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
+from image_audit.planning.catalog import CatalogRow, CatalogSpec, file_name_of, read_catalog, rejection_reason
+from image_audit.planning.plan import finish
+from image_audit.planning.types import CREDITS_PER_IMAGE, PlanOptions, RunContext, RunPlan
+from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_batches, audit_scans
 

@@ -1,6 +1,6 @@
 """``python -S tests/provider_alone.py IMAGE_URL RECEIVER_PORT``: the provider used on its own.
 
-Run without ``site`` and with only ``plugins/`` and the libraries on ``PYTHONPATH``: the venv's
+Run without ``site`` and with only ``providers/copyleaks/`` and the libraries on ``PYTHONPATH``: the venv's
 editable install of the pipeline is then not importable, as in a deployment that installed the
 provider alone. It serves the provider's receiver with an in-memory sink, submits one image through
 the hook (connection from ``AIRFLOW_CONN_COPYLEAKS_DEFAULT``), waits for its result and prints JSON.
@@ -16,15 +16,16 @@ import time
 
 import uvicorn
 
-from copyleaks_provider.callbacks import InMemoryCallbackSink
-from copyleaks_provider.hooks import CopyleaksHook
-from copyleaks_provider.receiver import create_receiver_app
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
+from copyleaks_provider.webhooks.callbacks import InMemoryCallbackSink
+from copyleaks_provider.webhooks.receiver import create_receiver_app
 
 
 def main(image_url: str, port: int) -> dict:
     sink = InMemoryCallbackSink()
     server = uvicorn.Server(uvicorn.Config(create_receiver_app(sink), port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    serving = threading.Thread(target=server.run, daemon=True)
+    serving.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -33,6 +34,7 @@ def main(image_url: str, port: int) -> dict:
     while "alone-1" not in sink.results and time.monotonic() < deadline:
         time.sleep(0.05)
     server.should_exit = True
+    serving.join(timeout=30)  # a daemon thread still running at interpreter exit can crash it
     result = sink.results.get("alone-1")
     return {
         "pipeline_importable": importlib.util.find_spec("image_audit") is not None,

@@ -23,10 +23,10 @@ from fastapi import FastAPI
 
 from bench import account_submitter
 from bench.common import server_process
-from copyleaks_provider.account_state import account_state
+from copyleaks_provider.account.pacing import Pacer
+from copyleaks_provider.account.state import account_state
 from copyleaks_provider.exceptions import CopyleaksLoginBlockedError
-from copyleaks_provider.hooks import CopyleaksHook
-from copyleaks_provider.pacing import Pacer
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.settings import RATE_HEADROOM
 from image_audit_dev.servers import SERVICE_NICENESS, BackgroundServer
 from tests.conftest import ROOT, requires_postgres
@@ -281,7 +281,7 @@ def test_a_busy_budget_spaces_slots_at_the_paced_interval():
 
 _FREEZE_PROBE = """
 import gc, json, sys
-from copyleaks_provider.pacing import pacers
+from copyleaks_provider.account.pacing import pacers
 from copyleaks_provider.settings import CopyleaksSettings
 
 rate = int(sys.argv[1])

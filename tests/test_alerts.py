@@ -19,7 +19,7 @@ from urllib.parse import quote
 import pytest
 from airflow.sdk import BaseNotifier
 
-from image_audit.alerts import AuditAlertNotifier
+from image_audit.notifications.alerts import AuditAlertNotifier
 from image_audit_dev.servers import free_port
 from tests.conftest import DAY
 

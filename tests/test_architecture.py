@@ -62,7 +62,9 @@ def test_the_provider_works_where_the_pipeline_is_not_installed(start_emulator, 
         "AIRFLOW_HOME": str(tmp_path / "airflow"),
         "AIRFLOW_CONN_COPYLEAKS_DEFAULT": connection,
         # No site: the venv's .pth files (the pipeline's editable install) are not read.
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), sysconfig.get_paths()["purelib"]]),
+        "PYTHONPATH": os.pathsep.join(
+            [str(ROOT / "providers" / "copyleaks"), sysconfig.get_paths()["purelib"]]
+        ),
     }
     completed = subprocess.run(
         [

@@ -10,8 +10,8 @@ import numpy as np
 from sqlalchemy import inspect, select, text
 
 import image_audit.warehouse.results as results_module
-from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from copyleaks_provider.models import WebhookBody, decode_rle_mask, encode_rle_mask
+from copyleaks_provider.webhooks.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.migrations import FIRST_REVISION, VERSION_TABLE, downgrade, head_revision

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from copyleaks_provider.receiver import WEBHOOK_URL_PREFIX
 from copyleaks_provider.settings import CopyleaksSettings
+from copyleaks_provider.webhooks.receiver import WEBHOOK_URL_PREFIX
 from image_audit_dev.cluster import COMPONENTS, LocalCluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,12 @@ def test_shared_settings_match_the_local_cluster(compose):
     )
     assert "/execution/" in env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]
     mounts = {v.split(":")[1] for v in common["volumes"] if v.startswith("./")}
-    assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/include"} <= mounts
+    assert {
+        "/opt/airflow/dags",
+        "/opt/airflow/plugins",
+        "/opt/airflow/include",
+        "/opt/airflow/providers/copyleaks",
+    } <= mounts
     init_sql = (ROOT / "compose" / "init-warehouse.sql").read_text()
     assert "CREATE DATABASE image_audit_warehouse" in init_sql
 
@@ -71,7 +76,8 @@ def test_the_image_is_airflow_332_with_the_project_installed():
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.startswith("# ") and "FROM apache/airflow:3.3.2-python3.11" in dockerfile
     assert "--require-hashes -r /opt/airflow/requirements.lock" in dockerfile
-    assert "pip install --no-cache-dir --no-deps -e /opt/airflow/plugins -e /opt/airflow" in dockerfile
+    install = "pip install --no-cache-dir --no-deps -e /opt/airflow/providers/copyleaks -e /opt/airflow"
+    assert install in dockerfile
 
 
 def test_the_mounted_code_is_the_code_that_runs(compose):
@@ -80,12 +86,12 @@ def test_the_mounted_code_is_the_code_that_runs(compose):
     not a copy in site-packages."""
     copies = _dockerfile_copies()
     mounts = dict(v.split(":")[:2] for v in compose["x-airflow-common"]["volumes"] if v.startswith("./"))
-    for folder in ("dags", "plugins", "include"):
+    for folder in ("dags", "plugins", "include", "providers/copyleaks"):
         assert copies[folder] == mounts[f"./{folder}"] == f"/opt/airflow/{folder}", folder
     # The pipeline's project file sits where its `include/` is the mounted one.
     assert copies["pyproject.toml"] == "/opt/airflow/pyproject.toml"
     assert 'where = ["include"]' in (ROOT / "pyproject.toml").read_text()
-    assert (ROOT / "plugins" / "pyproject.toml").exists()
+    assert (ROOT / "providers" / "copyleaks" / "pyproject.toml").exists()
     # Airflow's own folders are those paths (the image's defaults), and no service overrides them.
     for service in compose["services"].values():
         env = service.get("environment") or {}
@@ -154,7 +160,7 @@ def test_optional_services_stay_out_of_a_plain_up(compose):
         "flower": ["flower"],
     }
     receiver = services["copyleaks-receiver"]["entrypoint"]
-    assert receiver[:3] == ["python", "-m", "image_audit.receiver"] and "0.0.0.0" in receiver
+    assert receiver[:3] == ["python", "-m", "image_audit.webhook"] and "0.0.0.0" in receiver
     assert services["flower"]["command"] == "celery flower"
 
 

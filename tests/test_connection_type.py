@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from copyleaks_provider.hooks import CopyleaksHook
-from copyleaks_provider.provider_info import get_provider_info
+from copyleaks_provider.get_provider_info import get_provider_info
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_API_URL, DEFAULT_IDENTITY_URL
 from image_audit_dev.servers import BackgroundServer
 from tests.hook_fake_server import LOGIN, FakeCopyleaks
@@ -30,7 +30,7 @@ def test_airflow_finds_the_provider_and_its_hook(providers):
     assert info.version == "0.1.0"
     assert info.data["connection-types"] == get_provider_info()["connection-types"]
     hook = ProvidersManagerTaskRuntime().hooks["copyleaks"]
-    assert hook.hook_class_name == "copyleaks_provider.hooks.CopyleaksHook"
+    assert hook.hook_class_name == "copyleaks_provider.hooks.copyleaks.CopyleaksHook"
     assert hook.connection_id_attribute_name == "copyleaks_conn_id"
     assert hook.hook_name == "Copyleaks AI Image Detector"
     assert hook.connection_testable

@@ -23,11 +23,11 @@ from copyleaks_provider.exceptions import (
     CopyleaksServerError,
     CopyleaksValidationError,
 )
-from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.models import DetectionResponse
 from copyleaks_provider.settings import CopyleaksSettings
 from copyleaks_provider.validation import SubmitRequest
-from copyleaks_provider.webhook_auth import verify_callback_payload, verify_webhook_token
+from copyleaks_provider.webhooks.auth import verify_callback_payload, verify_webhook_token
 from image_audit_dev.servers import BackgroundServer, free_port
 from tests.hook_fake_server import CHECK, LOGIN, SUBMIT, FakeCopyleaks, expected_mask
 

@@ -78,7 +78,7 @@ def _datasets(event: dict, side: str) -> set[tuple[str, str]]:
 def test_the_submit_and_report_tasks_emit_their_datasets(audit, tmp_path):
     from sqlalchemy.engine import make_url
 
-    from image_audit.lineage import warehouse_namespace
+    from image_audit.reporting.lineage import warehouse_namespace
 
     audit.seed(8, bad_rows=False)
     run_id, events = _run_with_openlineage(tmp_path, DAY + timedelta(days=1))
@@ -112,8 +112,8 @@ def test_the_submit_and_report_tasks_emit_their_datasets(audit, tmp_path):
 
 
 def test_table_datasets_follow_the_openlineage_naming_and_carry_no_credential():
-    from image_audit.catalog import CatalogSpec
-    from image_audit.lineage import submit_datasets
+    from image_audit.planning.catalog import CatalogSpec
+    from image_audit.reporting.lineage import submit_datasets
 
     url = "postgresql+psycopg2://audit:s3cret@db.internal/warehouse?sslmode=require"
     inputs, outputs = submit_datasets(url, CatalogSpec(table="photos", schema="media"))

@@ -20,20 +20,20 @@ DEV_MODULES = ("demo", "cluster", "sample_catalog", "servers")
 
 
 def _build_wheels(tmp_path: Path) -> dict[str, list[str]]:
-    """The file names of each wheel the project builds (the root project's, and plugins/' when it has
-    a pyproject.toml), built offline with the installed setuptools from a copy of the tree that
+    """The file names of each wheel the project builds (the root project's and the provider's), built
+    offline with the installed setuptools from a copy of the tree that
     includes dev/ (so leaving it out is the packaging's doing, not the copy's)."""
     source = tmp_path / "source"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", "build")
     source.mkdir()
     shutil.copy2(ROOT / "pyproject.toml", source)
-    for folder in ("plugins", "include", "dev", "dags"):
+    for folder in ("providers", "plugins", "include", "dev", "dags"):
         shutil.copytree(ROOT / folder, source / folder, ignore=ignore)
-    projects = [path.parent for path in (source / "pyproject.toml", source / "plugins" / "pyproject.toml")]
+    projects = [source, source / "providers" / "copyleaks"]
     out = tmp_path / "wheels"
     completed = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-         "--quiet", "--wheel-dir", str(out), *(str(p) for p in projects if (p / "pyproject.toml").exists())],
+         "--quiet", "--wheel-dir", str(out), *(str(p) for p in projects)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_the_wheels_hold_the_pipeline_and_the_provider_and_no_development_tool(t
     assert top_level == {"copyleaks_provider", "image_audit"}
     assert {
         "copyleaks_provider/__init__.py",
-        "copyleaks_provider/hooks.py",
+        "copyleaks_provider/hooks/copyleaks.py",
         "image_audit/__init__.py",
         "image_audit/warehouse/__init__.py",
         "image_audit/reporting/templates/report.html.j2",
@@ -73,7 +73,8 @@ def test_the_image_copies_only_the_installed_code():
         if line.startswith(("COPY", "ADD")):
             args = [a for a in line.split()[1:] if not a.startswith("--")]
             copied.update(source.rstrip("/") for source in args[:-1])
-    assert copied == {"requirements.lock", "pyproject.toml", "plugins", "include", "dags"}
+    installed = {"providers/copyleaks", "plugins", "include", "dags"}
+    assert copied == {"requirements.lock", "pyproject.toml", *installed}
 
 
 def test_only_the_compose_emulator_sees_dev_mounted_read_only():

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, update
 
 from copyleaks_provider.scan_ids import make_scan_id
-from image_audit.catalog import CatalogSpec, read_catalog
 from image_audit.planning import PlanOptions, RunContext, plan_run
-from image_audit.submission_window import submission_capacity, submission_minutes
+from image_audit.planning.catalog import CatalogSpec, read_catalog
+from image_audit.planning.window import submission_capacity, submission_minutes
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import release_unsubmitted

@@ -35,8 +35,8 @@ from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, select, 
 from copyleaks_provider.exceptions import CopyleaksValidationError
 from copyleaks_provider.validation import validate_file_name, validate_image_url
 from image_audit import planning
-from image_audit.catalog import CatalogSpec, row_rejection
 from image_audit.planning import PlanOptions, RunContext
+from image_audit.planning.catalog import CatalogSpec, row_rejection
 from image_audit.warehouse.engine import dispose_engines, get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import release_unsubmitted

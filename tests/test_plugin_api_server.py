@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from copyleaks_provider.webhook_auth import webhook_token, webhook_url
+from copyleaks_provider.webhooks.auth import webhook_token, webhook_url
 from image_audit_dev.servers import free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
 SECRET = "api-server-secret"
-PLUGIN_FILE = Path(__file__).resolve().parents[1] / "plugins" / "copyleaks_plugin.py"
+PLUGIN_FILE = Path(__file__).resolve().parents[1] / "plugins" / "image_audit_plugin.py"
 CONNECTION = {
     "conn_type": "copyleaks",
     "login": "a@b.c",
@@ -34,9 +34,9 @@ def test_the_plugin_mounts_the_receiver_without_touching_the_database_at_import(
     spec = importlib.util.spec_from_file_location("copyleaks_plugin_under_test", PLUGIN_FILE)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    plugin = module.CopyleaksPlugin
+    plugin = module.ImageAuditPlugin
     mounts = {mount["url_prefix"]: mount for mount in plugin.fastapi_apps}
-    assert plugin.name == "copyleaks" and set(mounts) == {"/copyleaks-webhook", "/image-audit"}
+    assert plugin.name == "image_audit" and set(mounts) == {"/copyleaks-webhook", "/image-audit"}
     mount = mounts["/copyleaks-webhook"]
     paths = {route.path for route in mount["app"].routes}
     assert {"/callbacks/{scan_id:path}/{token}", "/health"} <= paths

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from copyleaks_provider.callbacks import InMemoryCallbackSink
-from copyleaks_provider.operators import CopyleaksSubmitImagesOperator
-from copyleaks_provider.receiver import create_receiver_app
+from copyleaks_provider.operators.submit import CopyleaksSubmitImagesOperator
+from copyleaks_provider.webhooks.callbacks import InMemoryCallbackSink
+from copyleaks_provider.webhooks.receiver import create_receiver_app
 from image_audit_dev.servers import BackgroundServer
 from tests.emulator_fixtures import copyleaks_connection
 

@@ -19,8 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 import image_audit.warehouse.callback_sink as callback_sink_module
-from copyleaks_provider.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
-from copyleaks_provider.hooks import CopyleaksHook
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.models import (
     ImageInfo,
     ImageShape,
@@ -31,12 +30,13 @@ from copyleaks_provider.models import (
     encode_rle_mask,
 )
 from copyleaks_provider.scan_ids import validate_scan_id
-from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.receiver import create_warehouse_receiver_app
+from copyleaks_provider.webhooks.auth import webhook_token, webhook_url
+from copyleaks_provider.webhooks.callbacks import UNRECOGNISED_REASON, Callback, CallbackOutcome
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.results import CallbackWriter
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, audit_scans, migrate
+from image_audit.webhook import create_warehouse_receiver_app
 from image_audit_dev.servers import BackgroundServer, free_port
 from tests.conftest import requires_postgres
 

@@ -12,9 +12,9 @@ import time
 import httpx
 import pytest
 
-import copyleaks_provider.receiver as receiver_module
-from copyleaks_provider.webhook_auth import webhook_url
-from image_audit.receiver import create_warehouse_receiver_app
+import copyleaks_provider.webhooks.receiver as receiver_module
+from copyleaks_provider.webhooks.auth import webhook_url
+from image_audit.webhook import create_warehouse_receiver_app
 from image_audit_dev.servers import BackgroundServer, free_port, server_process
 from tests.test_receiver import result_body, scan_row, seed_scan
 
@@ -70,7 +70,7 @@ def test_a_failed_reread_keeps_the_last_secrets_and_never_logs_them(sqlite_wareh
             raise ValueError("metadata database down; it held secret-a")  # text must not reach the log
         return ["secret-a"]
 
-    caplog.set_level(logging.INFO, logger="image_audit.receiver")
+    caplog.set_level(logging.INFO, logger="image_audit.webhook")
     app = create_warehouse_receiver_app(
         warehouse_url=sqlite_warehouse_url, webhook_secrets=flaky_source, secrets_ttl_seconds=0
     )
@@ -92,7 +92,7 @@ def test_a_failed_reread_keeps_the_last_secrets_and_never_logs_them(sqlite_wareh
 
 @pytest.fixture
 def standalone_receiver(sqlite_warehouse_url, tmp_path):
-    """``python -m image_audit.receiver`` in its own process group, as a public edge runs it."""
+    """``python -m image_audit.webhook`` in its own process group, as a public edge runs it."""
     port = free_port()
     env = dict(os.environ, AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=sqlite_warehouse_url)
     env["AIRFLOW_CONN_COPYLEAKS_DEFAULT"] = json.dumps(
@@ -102,7 +102,7 @@ def standalone_receiver(sqlite_warehouse_url, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "image_audit.receiver",
+        "image_audit.webhook",
         "--host",
         "127.0.0.1",
         "--port",

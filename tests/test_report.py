@@ -17,6 +17,7 @@ from PIL import Image
 from sqlalchemy import func, select, update
 
 from copyleaks_provider.models import decode_rle_mask
+from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
 from image_audit.reporting import RunReport, Thresholds, build_run_report, exports
 from image_audit.reporting import report as report_module
 from image_audit.reporting.backlog import backlog_summary, describe_backlog
@@ -25,7 +26,6 @@ from image_audit.reporting.overlays import TINT_ALPHA, TINT_COLOR, overlay_thumb
 from image_audit.reporting.overlays import placeholder as make_placeholder
 from image_audit.reporting.report import safe_run_id
 from image_audit.reporting.verdicts import Verdict, verdict_of
-from image_audit.submission_window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_reports, audit_results, audit_scans
 from tests.test_report_fixtures import (

@@ -15,8 +15,8 @@ from fastapi import FastAPI, Response
 from PIL import Image
 
 from image_audit.reporting import build_run_report
-from image_audit.reporting.screenshot import ChromiumNotFoundError, dump_dom, find_chromium, screenshot
 from image_audit.warehouse.engine import get_engine
+from image_audit_dev.screenshot import ChromiumNotFoundError, dump_dom, find_chromium, screenshot
 from image_audit_dev.servers import BackgroundServer
 from tests.test_report_fixtures import DAG_ID, R2, demo_scans, image_png, insert_report_row, insert_scans
 

@@ -13,8 +13,8 @@ from airflow.sdk.exceptions import AirflowException, TaskDeferred
 from sqlalchemy import select
 
 from image_audit.config import warehouse_url
-from image_audit.triggers import ScanResultsTrigger
-from image_audit.wait_for_results import DEFER_GRACE, WaitForScanResultsOperator
+from image_audit.operators.wait import DEFER_GRACE, WaitForScanResultsOperator
+from image_audit.triggers.scan_results import ScanResultsTrigger
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_scans

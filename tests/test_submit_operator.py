@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import update
 
 from copyleaks_provider.scan_ids import DEFAULT_MODEL
-from image_audit.catalog import CatalogSpec
-from image_audit.operators import SubmitAuditBatchOperator
+from image_audit.operators.submit import SubmitAuditBatchOperator
 from image_audit.planning import PlanOptions, RunContext, plan_run
+from image_audit.planning.catalog import CatalogSpec
 from image_audit.warehouse.schema import audit_scans
 from image_audit_dev.sample_catalog import seed_catalog
 from tests.conftest import DAY

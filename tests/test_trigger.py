@@ -14,8 +14,8 @@ from airflow.sdk.serde import deserialize, serialize
 from airflow.triggers.shared_stream import SharedStreamManager
 from sqlalchemy import insert, text, update
 
-import image_audit.triggers as trigger_module
-from image_audit.triggers import ScanResultsTrigger
+import image_audit.triggers.scan_results as trigger_module
+from image_audit.triggers.scan_results import ScanResultsTrigger
 from image_audit.warehouse.engine import create_async_warehouse_engine, get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import count_scan_states, waiting_counts_by_run
@@ -161,7 +161,7 @@ def test_serialize_round_trips_through_airflow_serde_and_holds_no_url(monkeypatc
     )
     trigger = trigger_for("run-1", poll_interval=3)
     classpath, kwargs = trigger.serialize()
-    assert classpath == "image_audit.triggers.ScanResultsTrigger"
+    assert classpath == "image_audit.triggers.scan_results.ScanResultsTrigger"
     assert set(kwargs) == {"dag_id", "run_id", "deadline", "poll_interval", "warehouse_conn_id"}
     assert kwargs["warehouse_conn_id"] == "image_audit_warehouse"  # the id, never the URL
     encoded = serialize(kwargs)  # what the task sends with DeferTask and the triggerer decodes

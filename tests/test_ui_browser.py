@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import pytest
 
-from image_audit.reporting.screenshot import ChromiumNotFoundError, find_chromium
+from image_audit_dev.screenshot import ChromiumNotFoundError, find_chromium
 from tests.conftest import DAY
 from tests.test_ui_tab import PASSWORDS, ui_api_server
 

@@ -23,11 +23,11 @@ from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
-from copyleaks_provider.webhook_auth import webhook_url
+from copyleaks_provider.webhooks.auth import webhook_url
+from image_audit.planning.window import submission_minutes
 from image_audit.reporting.report import HTML_NAME, safe_run_id
 from image_audit.reporting.storage import uri
-from image_audit.submission_window import submission_minutes
-from image_audit.ui import EXTERNAL_VIEW, SECURITY_HEADERS, report_file
+from image_audit.ui.tab import EXTERNAL_VIEW, SECURITY_HEADERS, report_file
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_reports, audit_scans, migrate
@@ -243,7 +243,7 @@ def test_the_api_lists_the_tab(server):
     assert httpx.get(f"{base}/api/v2/plugins", timeout=30).status_code == 401
     response = httpx.get(f"{base}/api/v2/plugins", timeout=30, **bearer(base, "viewer"))
     assert response.status_code == 200, response.text
-    (plugin,) = [p for p in response.json()["plugins"] if p["name"] == "copyleaks"]
+    (plugin,) = [p for p in response.json()["plugins"] if p["name"] == "image_audit"]
     (view,) = plugin["external_views"]
     assert {k: view[k] for k in EXTERNAL_VIEW} == EXTERNAL_VIEW
     assert view["href"] == "/image-audit/runs/{DAG_ID}/{RUN_ID}" and view["destination"] == "dag_run"

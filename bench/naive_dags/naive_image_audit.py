@@ -24,7 +24,7 @@ with DAG(
 
     @task
     def list_images() -> list[dict]:
-        from image_audit.catalog import CatalogSpec, read_catalog
+        from image_audit.planning.catalog import CatalogSpec, read_catalog
         from image_audit.warehouse.engine import get_engine
 
         context = get_current_context()
@@ -34,7 +34,7 @@ with DAG(
 
     @task(retries=2, retry_delay=timedelta(seconds=5))
     def submit_image(image: dict) -> str:
-        from copyleaks_provider.hooks import CopyleaksHook
+        from copyleaks_provider.hooks.copyleaks import CopyleaksHook
         from copyleaks_provider.scan_ids import make_scan_id
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.schema import audit_scans

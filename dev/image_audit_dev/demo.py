@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     from sqlalchemy import select
 
     from copyleaks_emulator import EmulatorSettings, create_app
-    from image_audit.receiver import create_warehouse_receiver_app
     from image_audit.warehouse.engine import get_engine
     from image_audit.warehouse.schema import audit_reports, audit_scans, migrate
+    from image_audit.webhook import create_warehouse_receiver_app
     from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
     from image_audit_dev.servers import BackgroundServer
 

@@ -10,7 +10,7 @@ import sys
 
 
 def submit_batch(batch_id: str) -> dict[str, int]:
-    from image_audit.operators import SubmitAuditBatchOperator
+    from image_audit.operators.submit import SubmitAuditBatchOperator
 
     return SubmitAuditBatchOperator(task_id="submit_batch", batch_id=batch_id).execute({})
 

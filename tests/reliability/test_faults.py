@@ -166,8 +166,8 @@ def test_submit_task_killed_mid_batch_then_retried(audit, warehouse_url):
     answers that idempotently (or 409), so no image is scanned twice.
     """
     from copyleaks_provider.scan_ids import DEFAULT_MODEL
-    from image_audit.catalog import CatalogSpec
     from image_audit.planning import PlanOptions, RunContext, plan_run
+    from image_audit.planning.catalog import CatalogSpec
     from tests.reliability.submit_batch_process import submit_batch
 
     audit.seed(30, bad_rows=False)

@@ -1,6 +1,6 @@
 """Load: 10,000 callbacks at the receiver's maximum rate on PostgreSQL; every result stored exactly once.
 
-The receiver runs as in production (``python -m image_audit.receiver``, secrets from the
+The receiver runs as in production (``python -m image_audit.webhook``, secrets from the
 Copyleaks connection) in its own process; the load generator plays Copyleaks with high concurrency
 and, like Copyleaks, retries a delivery that did not get a 2xx. It is aiohttp, as the ingest
 benchmark's generator (``bench/loadgen.py``): httpx's pool at 128 connections cost the sender so much
@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import func, select
 
 from bench.ingest import seed_submitted
-from copyleaks_provider.webhook_auth import webhook_url
+from copyleaks_provider.webhooks.auth import webhook_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans, migrate
 from image_audit_dev.servers import free_port, server_process
@@ -51,7 +51,7 @@ def _receiver(warehouse: str, secret: str):
         "AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE": warehouse,
         "AIRFLOW_CONN_COPYLEAKS_DEFAULT": json.dumps(connection),
     }
-    command = [sys.executable, "-m", "image_audit.receiver", "--port", str(port)]
+    command = [sys.executable, "-m", "image_audit.webhook", "--port", str(port)]
     return server_process(command, port=port, env=env)
 
 

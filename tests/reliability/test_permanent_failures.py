@@ -88,8 +88,8 @@ def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(au
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from copyleaks_provider.scan_ids import DEFAULT_MODEL
-    from image_audit.catalog import CatalogSpec
     from image_audit.planning import PlanOptions, RunContext, plan_run
+    from image_audit.planning.catalog import CatalogSpec
     from tests.reliability.submit_batch_process import submit_batch
 
     audit.seed(6, bad_rows=False)

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from copyleaks_provider.webhook_auth import webhook_token, webhook_url
-from image_audit.receiver import create_warehouse_receiver_app
+from copyleaks_provider.webhooks.auth import webhook_token, webhook_url
 from image_audit.warehouse.schema import audit_scans
+from image_audit.webhook import create_warehouse_receiver_app
 from image_audit_dev.sample_catalog import seed_catalog
 from image_audit_dev.servers import BackgroundServer
 from tests.conftest import DAY

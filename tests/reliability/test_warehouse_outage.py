@@ -86,7 +86,7 @@ def test_a_warehouse_that_stays_away_still_fails_the_task(warehouse_via_proxy, m
 def test_a_task_starting_during_an_outage_of_the_account_state_waits_for_it(warehouse_via_proxy, monkeypatch):
     """Opening the Copyleaks account state (the first time in a task's process) rides the outage out
     too, as each request's use of it does."""
-    from copyleaks_provider.account_state import account_state
+    from copyleaks_provider.account.state import account_state
     from copyleaks_provider.settings import CopyleaksSettings
 
     _, via_proxy, proxy = warehouse_via_proxy

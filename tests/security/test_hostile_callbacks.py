@@ -1,4 +1,4 @@
-"""Hostile callbacks against the receiver as deployed at a public edge: ``python -m image_audit.receiver``,
+"""Hostile callbacks against the receiver as deployed at a public edge: ``python -m image_audit.webhook``,
 its secrets and settings read from the Copyleaks connection, storing into a real warehouse.
 
 Whatever an authentic callback holds, it is kept and answered 200 (never a 5xx or 4xx that Copyleaks would
@@ -18,8 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from copyleaks_provider.hooks import CopyleaksHook
-from copyleaks_provider.webhook_auth import callback_payload, webhook_url
+from copyleaks_provider.hooks.copyleaks import CopyleaksHook
+from copyleaks_provider.webhooks.auth import callback_payload, webhook_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results
 from image_audit_dev.servers import free_port, server_process
@@ -66,7 +66,7 @@ def _edge_receiver(emulator, log_path, monkeypatch, **connection_extra) -> Itera
     base = f"http://127.0.0.1:{port}"
     connection = copyleaks_connection(emulator, base, SECRET, **connection_extra)
     monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", connection)
-    command = [sys.executable, "-m", "image_audit.receiver", "--port", str(port)]
+    command = [sys.executable, "-m", "image_audit.webhook", "--port", str(port)]
     with server_process(command, port=port, log_path=log_path) as url:
         yield url
 

@@ -1,7 +1,7 @@
 """The backlog: scans of the DAG waiting for a later run, why, and when they clear at the account's rate.
 
 The report's "Waiting for later runs" section; the window and the budget that hold scans back are
-planning's (``image_audit.submission_window``).
+planning's (``image_audit.planning.window``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import math
 from sqlalchemy import case, func, select
 from sqlalchemy.engine import Connection
 
-from image_audit.submission_window import (
+from image_audit.planning.window import (
     DEFERRED_BY_BUDGET,
     DEFERRED_BY_WINDOW,
     submission_capacity,

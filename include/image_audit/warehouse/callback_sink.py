@@ -8,7 +8,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from copyleaks_provider.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable
+from copyleaks_provider.webhooks.callbacks import Callback, CallbackOutcome, CallbackSinkUnavailable
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url_async
 from image_audit.warehouse.engine import create_async_warehouse_engine, create_warehouse_engine, is_postgres
 from image_audit.warehouse.results import CallbackWriter

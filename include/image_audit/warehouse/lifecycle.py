@@ -35,7 +35,7 @@ class Transition(NamedTuple):
     module: str  # where it is decided
 
 
-_PLANNING, _SUBMIT = "image_audit.planning", "image_audit.operators"
+_PLANNING, _SUBMIT = "image_audit.planning.plan", "image_audit.operators.submit"
 _RESULTS, _PROGRESS = "image_audit.warehouse.results", "image_audit.warehouse.progress"
 S = ScanState
 TRANSITIONS: tuple[Transition, ...] = (

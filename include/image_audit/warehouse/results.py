@@ -39,8 +39,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from copyleaks_provider.callbacks import Callback, CallbackOutcome
 from copyleaks_provider.models import WebhookBody
+from copyleaks_provider.webhooks.callbacks import Callback, CallbackOutcome
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results, audit_scans
 

@@ -34,7 +34,7 @@ TZ = DateTime(timezone=True)
 
 
 #: The catalog table as the demo and most data teams have it. The DAG only reads it, and its table and
-#: column names are configurable (``image_audit.catalog.CatalogSpec``).
+#: column names are configurable (``image_audit.planning.catalog.CatalogSpec``).
 image_catalog = Table(
     "image_catalog",
     metadata,

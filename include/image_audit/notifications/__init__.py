@@ -1,0 +1,1 @@
+"""Telling people: the alerts a run's report sends."""

@@ -1,0 +1,1 @@
+"""The pipeline's triggers: the deferred wait for a run's results."""

@@ -1,0 +1,1 @@
+"""The pipeline in the Airflow UI: the "Audit report" tab and its links."""

@@ -1,0 +1,1 @@
+"""Connecting to Copyleaks: the hook (sync) and its async client."""

@@ -1,0 +1,1 @@
+"""Operators submitting images to Copyleaks."""

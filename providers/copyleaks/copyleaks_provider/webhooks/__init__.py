@@ -1,0 +1,1 @@
+"""Receiving Copyleaks' webhooks: the receiver app, what it hands on, and the callback URLs' tokens."""
