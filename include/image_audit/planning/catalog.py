@@ -1,7 +1,5 @@
-"""Reading the image catalog: the data team's own table, named by a ``CatalogSpec``.
-
-Rows are streamed in chunks (a nightly interval may hold millions), and each row is checked before
-anything is planned: a bad row is rejected with its reason, never dropped silently.
+"""The image catalog: the data team's own table, named by a ``CatalogSpec``; the rows of an interval
+in catalog order; and the row check, by which a bad row is rejected with its reason, never dropped.
 """
 
 from __future__ import annotations
@@ -39,6 +37,7 @@ class CatalogSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> CatalogSpec:
+        """The spec of these settings (the Variable's JSON); raises ``ValueError`` for an unknown key."""
         known = {f.name for f in fields(cls)}
         unknown = set(values or {}) - known
         if unknown:
@@ -48,6 +47,8 @@ class CatalogSpec:
 
 @dataclass(frozen=True)
 class CatalogRow:
+    """One catalog row as ``read_catalog`` yields it (``None`` for a column the spec lacks)."""
+
     image_id: str | None
     url: str | None
     file_name: str | None
@@ -97,8 +98,8 @@ def catalog_query(
 
 
 def catalog_order(cols) -> tuple:
-    """Catalog order: oldest ingestion first, then image id, URL and file name, so that it is total
-    for any row that differs in what planning checks (the first row of a duplicate set wins)."""
+    """Catalog order: oldest ingestion first, then image id, URL and file name. Total for rows that
+    differ in what planning checks, so "the first row of a duplicate set" is always the same one."""
     return tuple(cols[key] for key in ("ingested_at", "image_id", "url", "file_name") if key in cols)
 
 
@@ -120,19 +121,14 @@ def read_catalog(
             yield CatalogRow(*row)
 
 
-def file_name_of(row: CatalogRow) -> str:
-    """The row's file name, or the last segment of its URL path when the catalog has none."""
-    return row.file_name or url_file_name(row.url)
-
-
 def url_file_name(url: str | None) -> str:
     """The last segment of the URL's path: the file name of a row without one."""
     return urlsplit(url or "").path.rsplit("/", 1)[-1]
 
 
-def rejection_reason(row: CatalogRow) -> str | None:
-    """Why this row cannot be submitted (``None`` when it can): the hook's own request rules."""
-    return row_rejection(row.image_id, row.url, row.file_name)
+#: The longest image id, file name or source the warehouse keeps (``audit_scans``' 255-character
+#: columns). A longer image id rejects its row; the text of a rejected row and a longer source are cut.
+MAX_TEXT = 255
 
 
 #: URLs ``validate_image_url`` certainly accepts (http(s), a plain host): checked without parsing.
@@ -140,9 +136,13 @@ _PLAIN_URL = re.compile(r"https?://[A-Za-z0-9._~-]+(?::[0-9]*)?(?:[/?#]|\Z)")
 
 
 def row_rejection(image_id: Any, url: str | None, file_name: str | None) -> str | None:
-    """``rejection_reason`` of a row given as its fields: planning checks a million rows with it."""
+    """Why a catalog row cannot be submitted (``None`` when it can): the hook's own request rules, so
+    no row that planning accepts is refused before it is sent. A plainly valid URL skips the parser,
+    as planning checks every row of the interval."""
     if not image_id or not str(image_id).strip():
         return "missing image id"
+    if len(str(image_id)) > MAX_TEXT:
+        return f"image id longer than {MAX_TEXT} characters"
     if not url or not url.strip():
         return "missing URL"
     try:

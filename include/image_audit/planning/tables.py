@@ -8,7 +8,8 @@ SQL cannot decide, so its memory does not grow with the interval.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from enum import IntEnum, StrEnum
 
 from sqlalchemy import (
     Boolean,
@@ -29,7 +30,7 @@ from image_audit.warehouse.schema import TZ
 
 #: Rows per round trip when Python reads or writes the temporary tables.
 _PAGE = 5_000
-#: SQLite's page cache for the phases that move a million rows (see ``page_cache``).
+#: SQLite's page cache for the phases that move a whole interval (see ``page_cache``).
 _CACHE_KIB = 32 * 1024
 SCRATCH = MetaData()
 
@@ -43,6 +44,7 @@ def _key(name: str = "pos") -> Column:
 
 
 def row_columns() -> list[Column]:
+    """A catalog row's columns, as ``catalog_query`` labels them."""
     return [
         Column("image_id", Text),
         Column("url", Text),
@@ -53,21 +55,21 @@ def row_columns() -> list[Column]:
     ]
 
 
-#: The interval's catalog rows, copied by SQL (``pos``: catalog order, from 1) with their scan id
-#: stems (``scan_key``: on SQLite only for the plain rows), and what Python found where a row is not
+#: The interval's catalog rows, copied by SQL (``pos``: catalog order, from 1) with their scan id stems
+#: (``scan_stem``; on SQLite only for the plain rows), and what the row check found where a row is not
 #: plain: the trimmed id (``id_key``, when it differs from the id), the file name taken from the URL
 #: (``named``), the reason a row is rejected and its rejection id.
 plan_catalog = _temporary(
     "plan_catalog",
     _key(),
     *row_columns(),
-    Column("scan_key", Text),
+    Column("scan_stem", Text),
     Column("id_key", Text),
     Column("named", Text),
     Column("error", Text),
     Column("reject_id", Text),
 )
-#: Valid rows sharing their id or URL with another valid row: the duplicate rounds decide them.
+#: Valid rows sharing their id or URL with another valid row: the duplicate rounds give each a verdict.
 plan_shared = _temporary(
     "plan_shared",
     _key(),
@@ -98,28 +100,61 @@ plan_latest = _temporary(
     Column("batched", Boolean),
     Column("leftover", Boolean),
 )
-#: Every leftover (phase 0) and catalog row (phase 1) with something to do or count: its kind, the
-#: attempt it writes, or the scan it adopts.
+#: Every leftover and valid catalog row with something to do or count (``origin``, ``pos``: its row in
+#: ``origin.table``): its ``Decision``, the attempt it writes, or the scan it adopts.
 plan_work = _temporary(
     "plan_work",
-    _key("phase"),
+    _key("origin"),
     _key(),
-    Column("kind", Text),
+    Column("decision", Text),
     Column("attempt", Integer),
     Column("adopted_id", Text),
     Column("forced", Boolean),
-    sqlite_with_rowid=False,  # looked up by its key a million times: no second lookup by rowid
+    sqlite_with_rowid=False,  # looked up by its key for every row: no second lookup by rowid
 )
-#: The scans that fit the caps, in batch order.
-plan_placed = _temporary("plan_placed", _key("place_no"), Column("phase", Integer), Column("pos", Integer))
+#: The scans that fit the caps, in planning order (``place_no``, from 0).
+plan_placed = _temporary("plan_placed", _key("place_no"), Column("origin", Integer), Column("pos", Integer))
+#: This run's batches by number (``place_no // batch_size``).
 plan_batch_ids = _temporary("plan_batch_ids", _key("batch_no"), Column("batch_id", Text))
-SOURCES = {0: plan_leftovers, 1: plan_catalog}
 
-# kinds of plan_work rows
-NEW, RETRY, ADOPT, RESUME = "new", "retry", "adopt", "resume"  # these take a credit and a submission
-EXHAUSTED, IN_PROGRESS, SCANNED = "exhausted", "in_progress", "scanned"
-ADMITTED_KINDS = (NEW, RETRY, ADOPT, RESUME)
-WON, LOST = "won", "lost"  # verdicts of plan_shared rows
+
+class Origin(IntEnum):
+    """Where a row of ``plan_work`` comes from. Planning order is by origin, then ``pos``: earlier runs'
+    leftovers (oldest first) before this interval's rows (in catalog order), so a backlog drains first."""
+
+    LEFTOVER = 0
+    CATALOG = 1
+
+    @property
+    def table(self) -> Table:
+        """The temporary table holding the rows of this origin."""
+        return plan_leftovers if self is Origin.LEFTOVER else plan_catalog
+
+
+class Decision(StrEnum):
+    """What planning does with a leftover or a valid catalog row (``plan_work.decision``)."""
+
+    NEW = "new"  # attempt 1 of an image never scanned with the model
+    RETRY = "retry"  # the image's next attempt, with a new scan id
+    ADOPT = "adopt"  # an earlier run's pending scan without a batch, taken with its id
+    RESUME = "resume"  # this run's own pending scan without a batch (a cap deferred it), taken with its id
+    IN_PROGRESS = "in_progress"  # a scan being submitted or awaiting its result: nothing to do
+    SCANNED = "scanned"  # scanned already (completed or failed): skipped unless force_rescan
+    EXHAUSTED = "exhausted"  # its attempt max_attempts timed out: skipped unless force_rescan
+
+
+#: The decisions that take a credit and a submission, so the caps count them.
+ASKING = (Decision.NEW, Decision.RETRY, Decision.ADOPT, Decision.RESUME)
+#: The decisions that write a new scan row (the others write nothing or take an existing scan).
+ATTEMPTS = (Decision.NEW, Decision.RETRY)
+ADOPTIONS = (Decision.ADOPT, Decision.RESUME)
+
+
+class Verdict(StrEnum):
+    """A ``plan_shared`` row's verdict in the duplicate rounds."""
+
+    WON = "won"
+    LOST = "lost"
 
 
 def dialect_insert(conn: Connection, table: Table):
@@ -129,6 +164,7 @@ def dialect_insert(conn: Connection, table: Table):
 
 
 def drop_tables(conn: Connection) -> None:
+    """Drop the temporary tables that exist on ``conn``."""
     schema = "temp" if conn.dialect.name == "sqlite" else "pg_temp"
     for table in reversed(SCRATCH.sorted_tables):
         conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{table.name}")
@@ -136,10 +172,9 @@ def drop_tables(conn: Connection) -> None:
 
 @contextlib.contextmanager
 def page_cache(conn: Connection, schema: str) -> Iterator[None]:
-    """SQLite: a bigger page cache for ``schema`` ("temp": the temporary tables; "main": while the
-    scans are inserted, each new scan id landing at a random place of the primary key's index).
-    With the default 2 MiB a million rows take twice as long. One at a time, each bounded, so memory
-    stays flat; the default comes back afterwards."""
+    """SQLite: a bigger page cache for ``schema`` while a phase moves a whole interval ("temp": the
+    temporary tables; "main": inserting the scans, whose ids land all over the primary key's index).
+    Bounded, one schema at a time, and the default comes back afterwards, so memory stays flat."""
     if conn.dialect.name != "sqlite":
         yield
         return
@@ -166,14 +201,20 @@ def pages(conn: Connection, query: Select, key) -> Iterator[list]:
 
 
 def analyze(conn: Connection, *tables: Table) -> None:
-    """PostgreSQL: statistics for temporary tables just filled (autovacuum never sees them), so a
-    million rows are joined by hash, not row by row."""
+    """PostgreSQL: statistics for temporary tables just filled (autovacuum never sees them), so large
+    intervals are joined by hash, not row by row."""
     if conn.dialect.name != "sqlite":
         for table in tables:
             conn.exec_driver_sql(f"ANALYZE pg_temp.{table.name}")
 
 
-def update_rows(conn: Connection, table: Table, values: dict, rows: list[dict]) -> None:
-    """``UPDATE table SET values WHERE pos = :p`` for each of ``rows`` (few: the exceptions)."""
-    if rows:
-        conn.execute(update(table).where(table.c.pos == bindparam("p")).values(**values), rows)
+def update_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, object]]) -> None:
+    """Set the columns each of ``rows`` names (column name -> value) in the row of ``table`` at its
+    ``pos``. For the few rows Python decides: the exceptions, never a whole interval."""
+    if not rows:
+        return
+    columns = [name for name in rows[0] if name != "pos"]
+    # bound as "<column>_": SQLAlchemy reserves a column's own name for its VALUES and SET clauses
+    statement = update(table).where(table.c.pos == bindparam("pos_"))
+    statement = statement.values({name: bindparam(f"{name}_") for name in columns})
+    conn.execute(statement, [{f"{name}_": value for name, value in row.items()} for row in rows])

@@ -39,6 +39,13 @@ def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
+def scan_id_stem(image_id: object, model: str) -> str:
+    """What every scan id of ``image_id`` (as ``str`` formats it) with ``model`` (a full name) starts
+    with; ``make_scan_id`` adds "-" and the attempt. The one definition of the hash: code that computes
+    scan ids in bulk (in SQL) calls this or is tested against it."""
+    return "ia" + hashlib.sha256(f"{image_id}\x1f{model}".encode()).hexdigest()[:28]
+
+
 def make_scan_id(image_id: str, model: str, attempt: int = 1) -> str:
     """The scan id of ``attempt`` at scanning ``image_id`` with ``model`` (alias and full name agree).
 
@@ -47,7 +54,7 @@ def make_scan_id(image_id: str, model: str, attempt: int = 1) -> str:
     """
     if not 1 <= attempt <= MAX_ATTEMPT:
         raise CopyleaksValidationError(f"attempt must be 1..{MAX_ATTEMPT}, got {attempt}")
-    return f"ia{_digest(str(image_id), canonical_model(model))[:28]}-{attempt}"
+    return f"{scan_id_stem(image_id, canonical_model(model))}-{attempt}"
 
 
 def make_rejection_id(*row_identity: str) -> str:

@@ -5,13 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Column, DateTime, MetaData, String, Table, func, select, update
+from sqlalchemy import Column, DateTime, MetaData, String, Table, Text, func, select, update
 
 from copyleaks_provider.scan_ids import make_scan_id
 from image_audit.planning import PlanOptions, RunContext, plan_run
 from image_audit.planning.catalog import CatalogSpec, read_catalog
-from image_audit.planning.window import submission_capacity, submission_minutes
-from image_audit.warehouse.engine import get_engine
+from image_audit.planning.window import submission_capacity
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import release_unsubmitted
 from image_audit.warehouse.schema import audit_batches, audit_scans, image_catalog
@@ -43,11 +42,6 @@ def _scans(engine, **where) -> list[dict]:
         query = query.where(audit_scans.c[key] == value)
     with engine.connect() as conn:
         return [dict(r) for r in conn.execute(query).mappings()]
-
-
-@pytest.fixture
-def engine(warehouse_url):
-    return get_engine(warehouse_url)
 
 
 def _seed(engine, rows):
@@ -234,27 +228,6 @@ def test_no_window_or_rate_zero_means_no_cap(engine):
     assert plan.planned == 5 and plan.deferred_by_window == 0
 
 
-@pytest.mark.parametrize(
-    ("rate", "minutes", "capacity"),
-    [
-        (10, 360, 201_139),  # floor(10 * 60 * 360 * 0.96 * 0.97), exactly: no float off-by-one
-        (10, 60, 33_523),
-        (10, 0.01, 5),  # 5.59
-        (2.5, 7, 977),  # 977.8
-        (0.1, 3, 16),  # 16.76
-        (10, 0, 0),
-    ],
-)
-def test_submission_capacity_arithmetic(rate, minutes, capacity):
-    assert submission_capacity(rate, minutes) == capacity
-
-
-def test_submission_minutes_is_the_inverse_rounded_up():
-    assert submission_minutes(12_400, 10) == 23  # 12,400 / 558.72 per minute = 22.2
-    assert submission_minutes(201_139, 10) == 360 and submission_minutes(201_140, 10) == 361
-    assert submission_minutes(0, 10) == 0 and submission_minutes(5, 0) is None
-
-
 def test_adopted_and_new_scans_fill_the_same_batches(engine):
     _seed(engine, _rows(6))
     plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_credits=0))  # all deferred
@@ -362,3 +335,41 @@ def test_the_first_valid_row_of_a_duplicate_set_wins(engine):
         "c": "duplicate URL: same image as b",
     }
     assert {s["image_id"] for s in _scans(engine, state="pending")} == {"a", " b"}
+
+
+def test_text_longer_than_the_warehouse_keeps_is_rejected_or_cut_never_a_failed_plan(engine):
+    """A data team's catalog may hold longer text than ``audit_scans`` keeps (255 characters): a longer
+    image id rejects its row, a longer URL-derived file name rejects its row (Copyleaks' limit), both
+    recorded with their text cut; a longer source is cut. The plan never fails on PostgreSQL's limits."""
+    table = Table(
+        "wide_catalog",
+        MetaData(),
+        *(Column(name, Text) for name in ("image_id", "url", "file_name", "source", "fetch_headers_ref")),
+        Column("ingested_at", DateTime(timezone=True), nullable=False),
+    )
+    table.create(engine)
+    long_name = "n" * 300 + ".jpg"
+    rows = [
+        {"image_id": "i" * 300, "url": "https://cdn.example.com/a.jpg", "file_name": "a.jpg"},
+        {"image_id": "long-name", "url": f"https://cdn.example.com/{long_name}", "file_name": None},
+        {
+            "image_id": "long-source",
+            "url": "https://cdn.example.com/b.jpg",
+            "file_name": "b.jpg",
+            "source": "s" * 300,
+        },
+    ]
+    with engine.begin() as conn:
+        conn.execute(
+            table.insert(), [{"source": None, **row, "ingested_at": DAY + timedelta(hours=1)} for row in rows]
+        )
+    plan = plan_run(engine, CatalogSpec(table="wide_catalog"), _run(), PlanOptions(model=MODEL))
+
+    assert (plan.planned, plan.rejected) == (1, 2)
+    rejected = {s["image_id"]: s for s in _scans(engine, state="rejected")}
+    assert rejected["i" * 255]["last_error"] == "image id longer than 255 characters"
+    assert (
+        "255" in rejected["long-name"]["last_error"] and rejected["long-name"]["file_name"] == long_name[:255]
+    )
+    [accepted] = _scans(engine, state="pending")
+    assert (accepted["image_id"], accepted["source"]) == ("long-source", "s" * 255)

@@ -1,19 +1,20 @@
-"""What a planning is asked (the run, its options), what it answers (the plan) and what an image
-costs. ``image_audit.planning`` exports them; they live apart so that the phases
-(``image_audit.planning.phases``) use them without importing the module that runs them.
-"""
+"""A run as planning sees it: which run and interval (``RunContext``), what it asks for
+(``PlanOptions``) and what planning decided for it (``RunPlan``)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-#: Credits Copyleaks charges for one image scan (``expectedCredits`` of the response).
+#: Credits Copyleaks charges for one image scan (``expectedCredits`` of the response): the unit of
+#: ``PlanOptions.max_credits``.
 CREDITS_PER_IMAGE = 1
 
 
 @dataclass(frozen=True)
 class RunContext:
+    """The DAG run being planned, and the catalog interval ``[interval_start, interval_end)`` it audits."""
+
     dag_id: str
     run_id: str
     interval_start: datetime
@@ -22,15 +23,22 @@ class RunContext:
 
 @dataclass(frozen=True)
 class PlanOptions:
+    """What a run asks of planning: the model, the caps on what it submits, and which rows it reads."""
+
     model: str
     sandbox: bool = False
+    #: Scan again images already scanned (and retry exhausted ones) with the model.
     force_rescan: bool = False
     batch_size: int = 1000
+    #: The run's credit budget; None: no cap.
     max_credits: int | None = None
     #: Submissions that fit this run's window (``submission_capacity``); None: no cap.
     max_submissions: int | None = None
+    #: A ``timed_out`` scan gets a new attempt while its attempt number is below this.
     max_attempts: int = 3
+    #: Only the catalog rows of this source; None: all.
     source_filter: str | None = None
+    #: Only the first ``limit`` rows of the interval (in catalog order); None: all.
     limit: int | None = None
 
 
@@ -38,6 +46,7 @@ class PlanOptions:
 class RunPlan:
     """What planning decided; small enough for XCom and the task log."""
 
+    #: This run's batches with scans still to submit, and how many scans they hold.
     batch_ids: list[str] = field(default_factory=list)
     planned: int = 0
     new: int = 0
