@@ -60,9 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     print(f"Copyleaks emulator on http://{args.host}:{args.port} (accounts: {', '.join(settings.accounts)})")
     app = create_app(settings)
-    # The limits' clock is the event loop: a full collection over the libraries' objects (55 ms when
-    # measured) held every request arriving meanwhile and stamped them as one burst. Frozen, they are
-    # left out of every collection; only what the run itself creates is walked.
+    # The limits' clock is the event loop: a full collection over the libraries' objects would hold the
+    # requests arriving meanwhile and stamp them as one burst. Frozen, they are left out of every
+    # collection; only what the run itself creates is walked.
     gc.freeze()
     uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level=args.log_level)
 

@@ -19,14 +19,14 @@ from PIL import Image, UnidentifiedImageError
 from copyleaks_emulator import image_codecs  # noqa: F401  (registers HEIC/HEIF)
 
 MIN_SIDE = 512
-#: At most 6000x4500 = 27 megapixels (Copyleaks' current check page; an older one said 16 MP). The limit
-#: is on the pixel count, so 4500x6000 and other shapes of at most 27 MP pass too.
+#: At most 6000x4500 = 27 megapixels, as Copyleaks documents. The limit is on the pixel count, so
+#: 4500x6000 and other shapes of at most 27 MP pass too.
 MAX_PIXELS = 6000 * 4500
 MAX_MEGAPIXELS = MAX_PIXELS // 1_000_000
 MAX_BYTES = 32 * 1024 * 1024
 #: The HTTP status of the sync check for an image Copyleaks cannot scan.
 IMAGE_ERROR_STATUS = 400
-IMAGE_ERROR_CODE = IMAGE_ERROR_STATUS  # older name
+IMAGE_ERROR_CODE = IMAGE_ERROR_STATUS  # deprecated alias of IMAGE_ERROR_STATUS
 #: EXIF tags read into ``imageInfo.metadata``: DateTime, Artist, Software.
 EXIF_METADATA = (("issuedTime", 0x0132), ("issuedBy", 0x013B), ("appOrDeviceUsed", 0x0131))
 
@@ -41,14 +41,14 @@ class CopyleaksError:
 
 
 #: From Copyleaks' error table (docs.copyleaks.com "Handling Errors"): 5 and 6 with their documented ids;
-#: 8 ("The image quality is too low to scan") and 14 ("The submitted file is invalid") have no id in the
-#: pages we have, so those ids are **(our choice)**.
+#: 8 ("The image quality is too low to scan") and 14 ("The submitted file is invalid") have no documented
+#: id, so those ids are the emulator's choice.
 DOWNLOAD_FAILED = CopyleaksError(5, "download_failed", "api_error")
 FILE_TOO_LARGE = CopyleaksError(6, "file_too_large", "invalid_request_error")
 IMAGE_QUALITY_TOO_LOW = CopyleaksError(8, "image_quality_too_low", "invalid_request_error")
 INVALID_FILE = CopyleaksError(14, "invalid_file", "invalid_request_error")
-#: The error webhook shapes the emulator can send: Copyleaks' documented one (the default), or the one
-#: this project used before (``scannedDocument`` + ``error{code, message}``, the code being 400).
+#: The error webhook shapes the emulator can send: Copyleaks' documented one (the default), or the other
+#: shape receivers accept (``scannedDocument`` + ``error{code, message}``, the code being 400).
 DOCUMENTED_ERROR_SHAPE, LEGACY_ERROR_SHAPE = "documented", "legacy"
 
 
@@ -150,8 +150,8 @@ def error_body(scan_id: str, rejected: ImageRejected, shape: str = DOCUMENTED_ER
     """The error webhook of a failed scan (the caller adds ``developerPayload``).
 
     ``documented`` (default): Copyleaks' documented error webhook, ``{"status": 1, "error": {"type",
-    "id", "code", "message"}}``, with no ``scannedDocument`` (``type`` a string, as in Copyleaks'
-    current pages). ``legacy``: ``{"scannedDocument": {"scanId"}, "error": {"code": 400, "message"}}``.
+    "id", "code", "message"}}``, with no ``scannedDocument`` (``type`` a string). ``legacy``:
+    ``{"scannedDocument": {"scanId"}, "error": {"code": 400, "message"}}``.
     """
     if shape == LEGACY_ERROR_SHAPE:
         return {

@@ -72,8 +72,8 @@ class ScanPipeline:
     async def start(self) -> None:
         limits = httpx.Limits(max_connections=self.settings.workers * 2)
         self._client = httpx.AsyncClient(limits=limits, headers={"User-Agent": "copyleaks-emulator"})
-        # httpx loads anyio's asyncio backend on its first request: 60 ms of imports that would hold
-        # the event loop (and the account limits' arrival clock) during the first scan, not now.
+        # httpx loads anyio's asyncio backend on its first request: import it now, not while the first
+        # scan runs, when the imports would hold the event loop (the account limits' arrival clock).
         await anyio.sleep(0)
         self._start_workers()
 

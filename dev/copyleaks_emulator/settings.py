@@ -21,7 +21,7 @@ FAULT_KNOBS = (
     "webhook_max_tries",
     "webhook_retry_base_seconds",
 )
-#: Older spellings still accepted (in settings, flags and ``PATCH /admin/faults``).
+#: Deprecated spellings still accepted (in settings, flags and ``PATCH /admin/faults``).
 KNOB_ALIASES = {"reorder_webhooks": "reorder"}
 
 
@@ -101,5 +101,5 @@ class EmulatorSettings(BaseModel):
 
     @property
     def reorder_webhooks(self) -> bool:
-        """Older name of :attr:`reorder`."""
+        """Deprecated alias of :attr:`reorder`."""
         return self.reorder

@@ -1,7 +1,7 @@
 """The production topology as local processes: ``./run cluster``.
 
 The same components as ``docker-compose.yaml``, without Docker: Airflow's api-server (which also serves
-the webhook receiver through the ``copyleaks`` plugin), scheduler, dag-processor, triggerer and a
+the webhook receiver through the ``image_audit`` plugin), scheduler, dag-processor, triggerer and a
 Celery worker, with PostgreSQL holding the metadata database and the warehouse and Redis as the Celery
 broker, plus the Copyleaks emulator standing in for Copyleaks.
 """
@@ -47,7 +47,7 @@ FAST_RECOVERY_ENV = {
     # A task's supervisor heartbeats every 2 s (default 5); a task whose worker died is declared
     # failed (and retried, with the DAG's retries) after 10 s without one (default 300 s), and the
     # scheduler looks for such tasks every 2 s (default 10). 10 s is 5 missed heartbeats, sent by the
-    # supervisor (not the busy task process): a loaded 2-core machine does not miss that many.
+    # supervisor (not the busy task process), so a loaded machine does not fail a live task.
     "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "10",
     "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",

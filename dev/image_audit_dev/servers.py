@@ -25,10 +25,9 @@ import uvicorn
 DEV_DIR = Path(__file__).resolve().parents[1]
 #: The Copyleaks emulator's priority wherever it times account limits (the cluster, the account tests
 #: and bench): above the processes it is timing, as Copyleaks' servers do not share our CPUs. Its event
-#: loop is the clock its limits count arrivals by; descheduled behind our own processes it stamped a
-#: queue of requests as one burst (CI runs of 2026-11-28 drew 11 requests in one second from clients
-#: paced at 9.6/s). Raising a priority needs root (CI's case); elsewhere ``nice`` says it cannot and
-#: runs the emulator at the normal priority.
+#: loop is the clock its limits count arrivals by: descheduled behind our own processes, it would stamp
+#: a queue of requests as one burst. Raising a priority needs root; elsewhere ``nice`` says it cannot
+#: and runs the emulator at the normal priority.
 SERVICE_NICENESS = -10
 
 

@@ -1,1 +1,2 @@
-"""image-audit: the warehouse, catalog, planning and reporting parts of the Copyleaks image audit pipeline."""
+"""image-audit, the Copyleaks image audit pipeline: planning, the warehouse, reporting, and its Airflow
+pieces (operators, triggers, notifications, UI)."""

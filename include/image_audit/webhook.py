@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_warehouse_receiver_app(conn_id=args.conn_id, warehouse_conn_id=args.warehouse_conn_id)
     # Import now what the first callback would (reading the connection imports Airflow), then exempt
-    # every object alive from garbage collection: full collections over that import graph otherwise
-    # stall the event loop ~80 ms at a time, which is the receiver's p99 under load.
+    # every object alive from garbage collection: full collections over that import graph would stall
+    # the event loop and set the receiver's tail latency.
     from airflow.sdk import BaseHook  # noqa: F401
 
     gc.freeze()

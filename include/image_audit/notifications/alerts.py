@@ -1,27 +1,11 @@
-"""``AuditAlertNotifier``: tell someone when an audit run's figures cross a threshold.
+"""``AuditAlertNotifier``: one message when an audit run's report summary is over a threshold.
 
-Attached to the DAG's ``report`` task (``on_success_callback``), it reads the run's report summary (the
-task's XCom return value: ``_small(run_report.summary)``'s totals), compares it with the thresholds and,
-when one or more is crossed, hands one message to a channel: any Airflow notifier. The default channel
-is e-mail through the SMTP provider (``SmtpNotifier``, connection ``smtp_default``); a Slack or other
-notifier instance may be passed instead. Under every threshold nothing is sent.
-
-Thresholds (a figure *over* its threshold fires; ``None``: that check is off):
-
-- ``ai_share``: AI-generated images / completed scans (0..1)
-- ``ai_count``: AI-generated images
-- ``failed_share``: (failed + timed out) / (completed + failed + timed out) (0..1)
-- ``credits``: credits the run spent (Copyleaks' figure when it reported one, else the expected)
-
-Each comes from the notifier's own value, overridden by the run's ``alert_<name>`` Param when that is
-set, so a run's conf can switch a check on. The message says which figure crossed which threshold, with
-the run's figures and a link to the run's "Audit report" tab in the Airflow UI; it is built only from
-those numbers, the DAG and run ids and the report's URI: no connection, secret or catalog row goes into it.
-
-The channel receives the Airflow context plus ``alert_subject``, ``alert_text``, ``alert_html``,
-``alert_to`` and ``alert`` (the structured findings), so a channel's templated fields can say e.g.
-``SlackNotifier(text="{{ alert_text }}")``. Those values are inserted, never rendered as templates
-themselves (a run id cannot smuggle a Jinja expression into the message).
+A figure (AI share, AI count, failed share, credits: :data:`CHECKS`) *over* its threshold fires; under
+every threshold nothing is sent. Each threshold is the notifier's, unless the run's ``alert_<name>``
+Param sets it. The message goes through any Airflow notifier (default: e-mail through the SMTP
+provider), is built only from the run's figures, ids and report URI (no connection, secret or catalog
+row), and reaches the channel's templated fields as context values (``alert_subject``, ``alert_text``,
+``alert_html``, ``alert_to``, ``alert``) that are inserted, never rendered as templates themselves.
 """
 
 from __future__ import annotations
@@ -82,7 +66,9 @@ def _ratio(part: float, whole: float) -> float | None:
 
 
 def run_figures(summary: Mapping[str, Any]) -> dict[str, float | None]:
-    """The figures the thresholds are compared with, from a report summary's scalar totals."""
+    """The figures the thresholds are compared with, from a report summary's scalar totals:
+    ``ai_share`` (AI-generated / completed), ``ai_count``, ``failed_share`` ((failed + timed out) /
+    (completed + failed + timed out)) and ``credits`` (Copyleaks' actual figure, else the expected)."""
     completed = int(summary.get("completed") or 0)
     failed = int(summary.get("failed") or 0) + int(summary.get("timed_out") or 0)
     ai_count = int(summary.get("ai_generated") or 0)

@@ -118,41 +118,43 @@ def _histogram_bin(ai, dialect: str):
 
 def _image_key():
     """What makes scans the same image: the image id (rows without one are each an image of their own)."""
-    s = audit_scans.c
-    return case((func.trim(s.image_id) == "", s.scan_id), else_=s.image_id)
+    scan = audit_scans.c
+    return case((func.trim(scan.image_id) == "", scan.scan_id), else_=scan.image_id)
 
 
 def _preference():
     """0: a completed scan, 1: another that was sent or is waiting, 2: a rejection (the report shows
     an image's lowest, then its latest attempt, last update, highest scan id)."""
-    s = audit_scans.c
-    return case((s.state == ScanState.COMPLETED.value, 0), (s.state != ScanState.REJECTED.value, 1), else_=2)
+    scan = audit_scans.c
+    return case(
+        (scan.state == ScanState.COMPLETED.value, 0), (scan.state != ScanState.REJECTED.value, 1), else_=2
+    )
 
 
 def _ranked(scope: Scope, dialect: str):
     """The scope's scans that the report shows, one per image (``rank`` 1), with the image's attempts;
     it carries the few scan columns the images need (no join back).
 
-    PostgreSQL ranks them with a window function. SQLite's window functions cost more than the rest
-    of the resolution together, so there one ``GROUP BY`` picks each image's scan: the row holding
-    the ``max()`` of a text key that sorts as the window's order (SQLite takes the bare columns of an
-    aggregate query from the row holding its single ``max()``).
+    PostgreSQL ranks them with a window function. SQLite's window functions are slow, so there one
+    ``GROUP BY`` picks each image's scan: the row holding the ``max()`` of a text key that sorts as the
+    window's order (SQLite takes the bare columns of an aggregate query from the row holding its single
+    ``max()``).
     """
-    s = audit_scans.c
+    scan = audit_scans.c
     image_key = _image_key()
-    attempts = func.sum(case((s.state != ScanState.REJECTED.value, 1), else_=0))
-    columns = [s.scan_id, s.image_id, s.state, s.source, s.ingested_at]
+    attempts = func.sum(case((scan.state != ScanState.REJECTED.value, 1), else_=0))
+    columns = [scan.scan_id, scan.image_id, scan.state, scan.source, scan.ingested_at]
     if dialect != "postgresql":
         # the preference turned best-highest (2, 1, 0) and the attempt zero-padded, updated_at's text,
         # scan_id: char(1) separators sort below every character, so a shorter updated_at sorts first
         # as in the column's own (text) order
         separator = func.char(1)
         choice = (
-            func.printf("%d%010d", 2 - _preference(), s.attempt)
+            func.printf("%d%010d", 2 - _preference(), scan.attempt)
             .op("||")(separator)
-            .op("||")(type_coerce(s.updated_at, String))
+            .op("||")(type_coerce(scan.updated_at, String))
             .op("||")(separator)
-            .op("||")(s.scan_id)
+            .op("||")(scan.scan_id)
         )
         return (
             select(
@@ -165,7 +167,7 @@ def _ranked(scope: Scope, dialect: str):
             .group_by(image_key)
             .subquery("ranked")
         )
-    order = [_preference(), s.attempt.desc(), s.updated_at.desc(), s.scan_id.desc()]
+    order = [_preference(), scan.attempt.desc(), scan.updated_at.desc(), scan.scan_id.desc()]
     return (
         select(
             *columns,
@@ -180,16 +182,17 @@ def _ranked(scope: Scope, dialect: str):
 def _mask_pixels(dialect: str):
     """Number of AI pixels of the result's mask: the stored count, else (a result stored before it was)
     the sum of ``mask_lengths``; ``CASE`` evaluates lazily, so only those rows read their mask."""
-    r = audit_results.c
-    return case((r.mask_pixels.is_not(None), r.mask_pixels), else_=_summed_mask_pixels(dialect))
+    result = audit_results.c
+    return case((result.mask_pixels.is_not(None), result.mask_pixels), else_=_summed_mask_pixels(dialect))
 
 
 def _mask_area(dialect: str):
     """Share of the image's pixels the mask marks as AI (``NULL`` without a result)."""
-    r = audit_results.c
-    pixels = cast(r.width, Float) * r.height
+    result = audit_results.c
+    pixels = cast(result.width, Float) * result.height
     return case(
-        (and_(r.scan_id.is_not(None), pixels > 0), cast(_mask_pixels(dialect), Float) / pixels), else_=None
+        (and_(result.scan_id.is_not(None), pixels > 0), cast(_mask_pixels(dialect), Float) / pixels),
+        else_=None,
     )
 
 
@@ -200,21 +203,21 @@ def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
     The verdict reads the mask only below ``thresholds.partly_ai`` (``CASE`` evaluates lazily).
     """
     ranked = _ranked(scope, dialect)
-    s, r = ranked.c, audit_results.c
-    completed = and_(s.state == ScanState.COMPLETED.value, r.scan_id.is_not(None))
+    ranked_scan, result = ranked.c, audit_results.c
+    completed = and_(ranked_scan.state == ScanState.COMPLETED.value, result.scan_id.is_not(None))
     query = (
         select(
-            s.scan_id,
-            s.image_id,
-            s.attempts,
-            s.state,
-            verdict_sql(completed, r.ai, _mask_area(dialect), thresholds).label("verdict"),
-            r.ai,
-            s.source,
-            _utc_day(s.ingested_at, dialect).label("ingest_day"),
+            ranked_scan.scan_id,
+            ranked_scan.image_id,
+            ranked_scan.attempts,
+            ranked_scan.state,
+            verdict_sql(completed, result.ai, _mask_area(dialect), thresholds).label("verdict"),
+            result.ai,
+            ranked_scan.source,
+            _utc_day(ranked_scan.ingested_at, dialect).label("ingest_day"),
         )
-        .select_from(ranked.outerjoin(audit_results, r.scan_id == s.scan_id))
-        .where(s.rank == 1)
+        .select_from(ranked.outerjoin(audit_results, result.scan_id == ranked_scan.scan_id))
+        .where(ranked_scan.rank == 1)
     )
     return query.subquery("images")
 
@@ -223,7 +226,7 @@ def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
 
 #: The images of a report's scope with their verdicts, resolved once per report into a temporary table
 #: of its connection: the aggregates, the thumbnails, the issues and the export read it rather than
-#: each ranking the scans and reading the masks again (seconds each at 100,000 images).
+#: each ranking the scans and reading the masks again.
 report_images = Table(
     "image_audit_report_images",
     MetaData(),
@@ -266,15 +269,15 @@ def outcome_cube(conn: Connection, images: FromClause) -> pd.DataFrame:
     ``images``: :data:`report_images`, or :func:`resolved_images` of another scope. Small whatever the
     run's size (states x verdicts x sources x days); every breakdown is cut from it.
     """
-    c = images.c
+    image = images.c
     query = select(
-        c.state,
-        c.verdict,
-        c.source,
-        c.ingest_day,
+        image.state,
+        image.verdict,
+        image.source,
+        image.ingest_day,
         func.count().label("images"),
-        func.coalesce(func.sum(c.ai), 0.0).label("ai_sum"),
-    ).group_by(c.state, c.verdict, c.source, c.ingest_day)
+        func.coalesce(func.sum(image.ai), 0.0).label("ai_sum"),
+    ).group_by(image.state, image.verdict, image.source, image.ingest_day)
     frame = pd.DataFrame(
         conn.execute(query).all(), columns=["state", "verdict", "source", "day", "images", "ai_sum"]
     )
@@ -304,19 +307,19 @@ def ai_histogram(conn: Connection, images: FromClause) -> dict[str, list[int]]:
 
 def credits(conn: Connection, scope: Scope) -> dict:
     """Credits over every scan of the scope (each attempt costs, so nothing is deduplicated here)."""
-    s, r = audit_scans.c, audit_results.c
+    scan, result = audit_scans.c, audit_results.c
     query = (
         select(
             func.count().label("scan_rows"),
-            func.sum(case((s.state == ScanState.REJECTED.value, 1), else_=0)).label("rejected_rows"),
-            func.sum(case((s.state.in_(SENT_STATES), 1), else_=0)).label("sent"),
-            func.sum(case((s.state.in_(SENT_STATES), s.expected_credits), else_=0)).label("expected"),
-            func.sum(r.actual_credits).label("actual"),
-            func.sum(r.expected_credits).label("copyleaks_expected"),
-            func.count(r.scan_id).label("results"),
-            func.sum(case((and_(s.sandbox, s.state.in_(SENT_STATES)), 1), else_=0)).label("sandbox"),
+            func.sum(case((scan.state == ScanState.REJECTED.value, 1), else_=0)).label("rejected_rows"),
+            func.sum(case((scan.state.in_(SENT_STATES), 1), else_=0)).label("sent"),
+            func.sum(case((scan.state.in_(SENT_STATES), scan.expected_credits), else_=0)).label("expected"),
+            func.sum(result.actual_credits).label("actual"),
+            func.sum(result.expected_credits).label("copyleaks_expected"),
+            func.count(result.scan_id).label("results"),
+            func.sum(case((and_(scan.sandbox, scan.state.in_(SENT_STATES)), 1), else_=0)).label("sandbox"),
         )
-        .select_from(audit_scans.outerjoin(audit_results, r.scan_id == s.scan_id))
+        .select_from(audit_scans.outerjoin(audit_results, result.scan_id == scan.scan_id))
         .where(scope.where())
     )
     row = conn.execute(query).one()._mapping
@@ -325,23 +328,23 @@ def credits(conn: Connection, scope: Scope) -> dict:
 
 def _issues(scope: Scope, images: FromClause):
     """Rejected rows (all of them), and images whose outcome is failed or timed out: their scans."""
-    s = audit_scans.c
+    scan = audit_scans.c
     outcomes = select(images.c.scan_id).where(
         images.c.state.in_([ScanState.FAILED.value, ScanState.TIMED_OUT.value])
     )
-    rejected = select(s.scan_id).where(scope.where(), s.state == ScanState.REJECTED.value)
+    rejected = select(scan.scan_id).where(scope.where(), scan.state == ScanState.REJECTED.value)
     ids = union_all(outcomes, rejected).subquery("issue_ids")
-    return audit_scans.join(ids, ids.c.scan_id == s.scan_id)
+    return audit_scans.join(ids, ids.c.scan_id == scan.scan_id)
 
 
 def issue_reasons(conn: Connection, scope: Scope, images: FromClause, limit: int = 25) -> pd.DataFrame:
     """The most frequent (state, reason) pairs among the issues."""
-    s = audit_scans.c
+    scan = audit_scans.c
     query = (
-        select(s.state, s.last_error, func.count().label("rows"))
+        select(scan.state, scan.last_error, func.count().label("rows"))
         .select_from(_issues(scope, images))
-        .group_by(s.state, s.last_error)
-        .order_by(func.count().desc(), s.state, s.last_error)
+        .group_by(scan.state, scan.last_error)
+        .order_by(func.count().desc(), scan.state, scan.last_error)
         .limit(limit)
     )
     return pd.DataFrame(conn.execute(query).all(), columns=["state", "reason", "rows"])
@@ -352,14 +355,25 @@ def issue_rows(
 ) -> tuple[pd.DataFrame, int]:
     """Up to ``limit`` issue rows (failed and timed out first), and how many there are in all."""
     source = _issues(scope, images)
-    s = audit_scans.c
+    scan = audit_scans.c
     total = conn.execute(select(func.count()).select_from(source)).scalar_one()
-    order = case((s.state == ScanState.FAILED.value, 0), (s.state == ScanState.TIMED_OUT.value, 1), else_=2)
-    columns = [s.state, s.image_id, s.scan_id, s.attempt, s.source, s.file_name, s.url, s.ingested_at]
+    order = case(
+        (scan.state == ScanState.FAILED.value, 0), (scan.state == ScanState.TIMED_OUT.value, 1), else_=2
+    )
+    columns = [
+        scan.state,
+        scan.image_id,
+        scan.scan_id,
+        scan.attempt,
+        scan.source,
+        scan.file_name,
+        scan.url,
+        scan.ingested_at,
+    ]
     query = (
-        select(*columns, s.last_error.label("reason"))
+        select(*columns, scan.last_error.label("reason"))
         .select_from(source)
-        .order_by(order, s.image_id, s.scan_id)
+        .order_by(order, scan.image_id, scan.scan_id)
         .limit(limit)
     )
     result = conn.execute(query)
@@ -372,12 +386,12 @@ def most_ai_images(conn: Connection, images: FromClause, limit: int) -> pd.DataF
     The mask area only breaks ties, so it is read for the candidates alone: the images whose AI
     proportion reaches the ``limit``-th highest (and any without one).
     """
-    c, s, r = images.c, audit_scans.c, audit_results.c
-    completed = c.state == ScanState.COMPLETED.value
+    image, scan, result = images.c, audit_scans.c, audit_results.c
+    completed = image.state == ScanState.COMPLETED.value
     threshold = (
-        select(c.ai)
-        .where(completed, c.ai.is_not(None))
-        .order_by(c.ai.desc())
+        select(image.ai)
+        .where(completed, image.ai.is_not(None))
+        .order_by(image.ai.desc())
         .limit(1)
         .offset(limit - 1)
         .scalar_subquery()
@@ -385,24 +399,26 @@ def most_ai_images(conn: Connection, images: FromClause, limit: int) -> pd.DataF
     mask_area = _mask_area(conn.dialect.name)
     query: Select = (
         select(
-            c.image_id,
-            c.scan_id,
-            c.ai,
+            image.image_id,
+            image.scan_id,
+            image.ai,
             mask_area.label("mask_area"),
-            c.verdict,
-            r.width,
-            r.height,
-            s.source,
-            s.file_name,
-            s.url,
-            s.ingested_at,
-            s.model,
+            image.verdict,
+            result.width,
+            result.height,
+            scan.source,
+            scan.file_name,
+            scan.url,
+            scan.ingested_at,
+            scan.model,
         )
         .select_from(
-            images.join(audit_scans, s.scan_id == c.scan_id).outerjoin(audit_results, r.scan_id == c.scan_id)
+            images.join(audit_scans, scan.scan_id == image.scan_id).outerjoin(
+                audit_results, result.scan_id == image.scan_id
+            )
         )
-        .where(completed, or_(c.ai.is_(None), threshold.is_(None), c.ai >= threshold))
-        .order_by(c.ai.desc(), mask_area.desc(), c.image_id)
+        .where(completed, or_(image.ai.is_(None), threshold.is_(None), image.ai >= threshold))
+        .order_by(image.ai.desc(), mask_area.desc(), image.image_id)
         .limit(limit)
     )
     rows = conn.execute(query).mappings().all()
@@ -413,8 +429,10 @@ def load_masks(conn: Connection, scan_ids: Sequence[str]) -> dict[str, tuple[lis
     """The RLE masks of a few scans (the thumbnails'), by scan id."""
     if not scan_ids:
         return {}
-    r = audit_results.c
-    query = select(r.scan_id, r.mask_starts, r.mask_lengths).where(r.scan_id.in_(list(scan_ids)))
+    result = audit_results.c
+    query = select(result.scan_id, result.mask_starts, result.mask_lengths).where(
+        result.scan_id.in_(list(scan_ids))
+    )
     return {scan_id: (starts, lengths) for scan_id, starts, lengths in conn.execute(query)}
 
 
@@ -428,54 +446,58 @@ def iter_image_rows(
     timestamps as UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``); values as the driver gives them (SQLite's
     booleans as 0/1).
     """
-    c, s, r = images.c, audit_scans.c, audit_results.c
+    image, scan, result = images.c, audit_scans.c, audit_results.c
     postgres = conn.dialect.name == "postgresql"
 
     def raw(column):
-        # as text, which the export parses all at once (psycopg2's datetimes: 0.5 s per 100,000 rows)
+        # as text, which the export parses all at once (cheaper than psycopg2 building datetimes)
         if postgres:
             return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD HH24:MI:SS.US")
         return type_coerce(column, Text)  # SQLite stores UTC wall time as this text
 
     columns = [
-        s.image_id,
-        s.scan_id,
-        s.attempt,
-        c.attempts,
-        s.state,
-        c.verdict,
-        r.ai,
-        r.human,
-        r.mask_pixels,
-        case((r.mask_pixels.is_(None), cast(r.mask_lengths, Text)), else_=None).label("mask_lengths"),
-        r.width,
-        r.height,
-        s.model,
-        s.source,
-        s.file_name,
-        s.url,
-        raw(s.ingested_at).label("ingested_at"),
-        c.ingest_day,
-        raw(s.submitted_at).label("submitted_at"),
-        raw(r.received_at).label("received_at"),
-        r.actual_credits,
-        s.expected_credits,
-        s.sandbox,
-        r.image_metadata["issuedBy"].as_string().label("issued_by"),
-        r.image_metadata["appOrDeviceUsed"].as_string().label("app_or_device"),
-        s.last_error,
-        s.run_id,
+        scan.image_id,
+        scan.scan_id,
+        scan.attempt,
+        image.attempts,
+        scan.state,
+        image.verdict,
+        result.ai,
+        result.human,
+        result.mask_pixels,
+        case((result.mask_pixels.is_(None), cast(result.mask_lengths, Text)), else_=None).label(
+            "mask_lengths"
+        ),
+        result.width,
+        result.height,
+        scan.model,
+        scan.source,
+        scan.file_name,
+        scan.url,
+        raw(scan.ingested_at).label("ingested_at"),
+        image.ingest_day,
+        raw(scan.submitted_at).label("submitted_at"),
+        raw(result.received_at).label("received_at"),
+        result.actual_credits,
+        scan.expected_credits,
+        scan.sandbox,
+        result.image_metadata["issuedBy"].as_string().label("issued_by"),
+        result.image_metadata["appOrDeviceUsed"].as_string().label("app_or_device"),
+        scan.last_error,
+        scan.run_id,
     ]
     query = (
         select(*columns)
         .select_from(
-            images.join(audit_scans, s.scan_id == c.scan_id).outerjoin(audit_results, r.scan_id == c.scan_id)
+            images.join(audit_scans, scan.scan_id == image.scan_id).outerjoin(
+                audit_results, result.scan_id == image.scan_id
+            )
         )
-        .order_by(c.image_id, c.scan_id)
+        .order_by(image.image_id, image.scan_id)
     )
     names = [column.key for column in query.selected_columns]
     for part in _driver_rows(conn, query, chunk_size):
-        # numpy's transpose, and Arrow's conversion of object arrays, beat zip() and lists by a third
+        # columns by numpy's transpose (object arrays, which Arrow converts faster than lists)
         yield dict(zip(names, np.array(part, dtype=object).T, strict=True))
 
 
@@ -483,9 +505,9 @@ def _driver_rows(conn: Connection, query, chunk_size: int) -> Iterator[list[tupl
     """``query``'s rows as the driver gives them, ``chunk_size`` at a time, on ``conn``'s transaction (its
     temporary tables in sight); on PostgreSQL from a server-side cursor, so memory stays flat.
 
-    The export's 100,000 rows spent as long in SQLAlchemy's row objects as in the query; the export
-    types every column itself. The query's parameters are constants of the code (JSON paths): it is
-    compiled with them inline.
+    SQLAlchemy's row objects are skipped (they cost as much as the query, and the export types every
+    column itself). The query's parameters are constants of the code (JSON paths): it is compiled with
+    them inline.
     """
     sql = str(query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True}))
     driver = conn.connection.driver_connection
@@ -501,9 +523,9 @@ def _driver_rows(conn: Connection, query, chunk_size: int) -> Iterator[list[tupl
 
 def data_interval(conn: Connection, scope: Scope):
     """The run's data interval as its scans recorded it (the latest, when adopted scans carry older ones)."""
-    s = audit_scans.c
+    scan = audit_scans.c
     return conn.execute(
-        select(func.max(s.data_interval_start), func.max(s.data_interval_end)).where(scope.where())
+        select(func.max(scan.data_interval_start), func.max(scan.data_interval_end)).where(scope.where())
     ).one()
 
 

@@ -30,15 +30,15 @@ def backlog_by_reason(conn: Connection, dag_id: str) -> dict[str, int]:
     Across the DAG's runs, not only this one: deferred scans keep the run that deferred them until a later
     run adopts them. ``unsent``: released when their run ended before submitting them (no cap involved).
     """
-    s = audit_scans.c
+    scan = audit_scans.c
     reason = case(
-        (s.last_error.like(f"{DEFERRED_BY_WINDOW}%"), "window"),
-        (s.last_error.like(f"{DEFERRED_BY_BUDGET}%"), "budget"),
+        (scan.last_error.like(f"{DEFERRED_BY_WINDOW}%"), "window"),
+        (scan.last_error.like(f"{DEFERRED_BY_BUDGET}%"), "budget"),
         else_="unsent",
     )
     waiting = (
         select(reason.label("reason"))
-        .where(s.dag_id == dag_id, s.state == ScanState.PENDING.value, s.batch_id.is_(None))
+        .where(scan.dag_id == dag_id, scan.state == ScanState.PENDING.value, scan.batch_id.is_(None))
         .subquery("waiting")
     )
     counts = dict.fromkeys(BACKLOG_REASONS, 0)

@@ -2,7 +2,7 @@
 
 Each chart is one ``<svg class="chart" role="img">`` element with a ``<title>`` and a ``<desc>`` (what a
 screen reader says), and a ``<title>`` on every bar and point (the browser's tooltip gives its figure).
-Sizes are the ones the matplotlib figures had (inches at 110 dpi); the SVG scales to its column.
+Sizes are given in inches at 110 dpi; the SVG scales to its column.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ def _text_width(text: str, size: float = FONT) -> float:
     return len(text) * size * CHAR_WIDTH
 
 
-def _n(value: float) -> str:
-    """A coordinate, short."""
+def _coord(value: float) -> str:
+    """An SVG coordinate: one decimal at most, without trailing zeros."""
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
 
@@ -95,7 +95,7 @@ def _svg(key: str, width: int, height: int, title: str, desc: str, body: list[st
 
 def _rect(x: float, y: float, w: float, h: float, color: str, tip: str, opacity: float = 1.0) -> str:
     extra = f' fill-opacity="{opacity:g}"' if opacity < 1 else ""
-    box = f'x="{_n(x)}" y="{_n(y)}" width="{_n(max(w, 0))}" height="{_n(max(h, 0))}"'
+    box = f'x="{_coord(x)}" y="{_coord(y)}" width="{_coord(max(w, 0))}" height="{_coord(max(h, 0))}"'
     return f'<rect {box} fill="{color}"{extra}><title>{escape(tip)}</title></rect>'
 
 
@@ -104,14 +104,17 @@ def _text(
 ) -> str:
     more = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attrs.items())
     return (
-        f'<text x="{_n(x)}" y="{_n(y)}" text-anchor="{anchor}" fill="{color}" font-size="{size}"{more}>'
-        f"{escape(text)}</text>"
+        f'<text x="{_coord(x)}" y="{_coord(y)}" text-anchor="{anchor}" fill="{color}"'
+        f' font-size="{size}"{more}>{escape(text)}</text>'
     )
 
 
 def _line(x1: float, y1: float, x2: float, y2: float, color: str = AXIS, **attrs) -> str:
     more = "".join(f' {name.replace("_", "-")}="{value}"' for name, value in attrs.items())
-    return f'<line x1="{_n(x1)}" y1="{_n(y1)}" x2="{_n(x2)}" y2="{_n(y2)}" stroke="{color}"{more}/>'
+    return (
+        f'<line x1="{_coord(x1)}" y1="{_coord(y1)}" x2="{_coord(x2)}" y2="{_coord(y2)}"'
+        f' stroke="{color}"{more}/>'
+    )
 
 
 def _legend(right: float, y: float, entries: Sequence[tuple[str, str]]) -> list[str]:
@@ -121,7 +124,7 @@ def _legend(right: float, y: float, entries: Sequence[tuple[str, str]]) -> list[
         x -= _text_width(label, SMALL) * 1.1  # the estimate runs short on capitals
         body.append(_text(x, y + 4, label, color=INK, size=SMALL))
         x -= 18
-        body.append(f'<rect x="{_n(x)}" y="{_n(y - 5)}" width="14" height="9" fill="{color}"/>')
+        body.append(f'<rect x="{_coord(x)}" y="{_coord(y - 5)}" width="14" height="9" fill="{color}"/>')
         x -= 20
     return body
 
@@ -223,7 +226,11 @@ def histogram_chart(counts: dict[str, Sequence[int]], thresholds: Thresholds) ->
     body.append(_text((left + right) / 2, height - 8, "AI proportion of the image (summary.ai)", "middle"))
     body.append(
         _text(
-            16, (top + bottom) / 2, "images", "middle", transform=f"rotate(-90 16 {_n((top + bottom) / 2)})"
+            16,
+            (top + bottom) / 2,
+            "images",
+            "middle",
+            transform=f"rotate(-90 16 {_coord((top + bottom) / 2)})",
         )
     )
     shown = [
@@ -310,7 +317,7 @@ def trend_chart(runs: pd.DataFrame) -> Markup:
                     text,
                     "end",
                     size=SMALL,
-                    transform=f"rotate(-30 {_n(x)} {_n(bottom + 14)})",
+                    transform=f"rotate(-30 {_coord(x)} {_coord(bottom + 14)})",
                 )
             )
         else:
@@ -327,19 +334,19 @@ def trend_chart(runs: pd.DataFrame) -> Markup:
         run: list[str] = []
         for x, value in zip([*xs, None], [*values, None], strict=True):
             if value is None or x is None or (isinstance(value, float) and math.isnan(value)):
-                if len(run) > 1:  # a missing share breaks the line, as matplotlib drew it
+                if len(run) > 1:  # a missing share breaks the line
                     points = " ".join(run)
                     body.append(
                         f'<polyline points="{points}" fill="none" stroke="{color}" stroke-width="1.6"/>'
                     )
                 run = []
                 continue
-            run.append(f"{_n(x)},{_n(bottom - min(value, ceiling) * y_scale)}")
+            run.append(f"{_coord(x)},{_coord(bottom - min(value, ceiling) * y_scale)}")
         for x, value, text in zip(xs, values, labels, strict=True):
             if value is not None and not (isinstance(value, float) and math.isnan(value)):
                 y = bottom - min(value, ceiling) * y_scale
                 body.append(
-                    f'<circle cx="{_n(x)}" cy="{_n(y)}" r="3.5" fill="{color}">'
+                    f'<circle cx="{_coord(x)}" cy="{_coord(y)}" r="3.5" fill="{color}">'
                     f"<title>{escape(f'{text}: {name} {value * 100:.1f}%')}</title></circle>"
                 )
     legend_y = top + 6
@@ -350,7 +357,7 @@ def trend_chart(runs: pd.DataFrame) -> Markup:
         body.append(_text(left + 36, y + 4, name, color=INK, size=SMALL))
     body.append(
         _text(16, (top + bottom) / 2, "share of completed images", "middle",
-              transform=f"rotate(-90 16 {_n((top + bottom) / 2)})")
+              transform=f"rotate(-90 16 {_coord((top + bottom) / 2)})")
     )  # fmt: skip
     lines = []
     for text, ai, flagged in zip(labels, series[1][2], series[0][2], strict=True):

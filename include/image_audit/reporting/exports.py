@@ -1,10 +1,9 @@
 """The per-image exports of a run: a CSV and a Parquet file with the same rows and columns.
 
-Rows are streamed from the warehouse in chunks (read ahead by a thread of their own) and appended, so a
-run of any size exports in bounded memory; they go column by column through Arrow (URLs, mask areas,
-timestamps and booleans by Arrow's compute functions), and the CSV reads byte for byte as
-``DataFrame.to_csv`` wrote it before (but for the formulas below). URLs are exported without credentials
-or query strings (a pre-signed URL's signature is a credential, and reports travel).
+Rows are streamed from the warehouse in chunks and appended column by column through Arrow, so a run of
+any size exports in bounded memory; the CSV is formatted as ``DataFrame.to_csv`` formats it (but for the
+formulas below). URLs are exported without credentials or query strings (a pre-signed URL's signature is
+a credential, and reports travel).
 
 Catalog data comes from whoever uploaded the images. In the CSV a text cell a spreadsheet would run as a
 formula (first character ``= + - @``, tab, CR or NUL: OWASP's "CSV Injection") is prefixed with ``'`` and
@@ -96,9 +95,8 @@ def mask_pixels(masks: list, batch: int = 5_000) -> list[int | None]:
     """AI pixels of each RLE mask given as its ``lengths`` JSON text (``None``: no result, or one whose
     ``mask_pixels`` was stored): their sum.
 
-    One vectorized parse of all the numbers per ``batch`` of masks (summing JSON arrays in the
-    database costs seconds at 100,000 images); any text that is not a plain JSON array of integers
-    goes through ``json``.
+    One vectorized parse of all the numbers per ``batch`` of masks (cheaper than summing JSON arrays in
+    the database); any text that is not a plain JSON array of integers goes through ``json``.
     """
     texts = [text for text in masks if text is not None]
     sums: list = []
@@ -190,13 +188,13 @@ def _redacted_url_array(urls: list) -> pa.Array:
 
 
 def _csv_timestamps(array: pa.Array) -> pa.Array:
-    """UTC timestamps as ``2026-11-20T00:00:00.432000Z`` (``strftime`` is four times slower)."""
+    """UTC timestamps as ``2026-11-20T00:00:00.432000Z`` (by Arrow casts: faster than ``strftime``)."""
     text = pc.cast(pc.cast(array, pa.timestamp("us")), pa.string())  # "2026-11-20 00:00:00.432000"
     return pc.binary_join_element_wise(pc.replace_substring(text, " ", "T", max_replacements=1), "Z", "")
 
 
 def _csv_column(array: pa.Array) -> pa.Array:
-    """A column as ``DataFrame.to_csv`` wrote it: floats by ``repr``, booleans as ``True``/``False``."""
+    """A column as ``DataFrame.to_csv`` formats it: floats by ``repr``, booleans as ``True``/``False``."""
     if pa.types.is_timestamp(array.type):
         return _csv_timestamps(array)
     if pa.types.is_boolean(array.type):

@@ -132,13 +132,13 @@ def _group_summary(table: pd.DataFrame) -> dict:
     }
 
 
-def _summary(run, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval) -> dict:
+def _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval) -> dict:
     completed = states[ScanState.COMPLETED.value]
     flagged = verdicts[Verdict.AI_GENERATED.value] + verdicts[Verdict.PARTLY_AI.value]
     ai_sum = float(by_source["ai_sum"].sum()) if len(by_source) else 0.0
     return {
-        "dag_id": run.dag_id,
-        "run_id": run.run_ids[0],
+        "dag_id": scope.dag_id,
+        "run_id": scope.run_ids[0],
         "data_interval_start": _iso(interval[0]),
         "data_interval_end": _iso(interval[1]),
         "generated_at": datetime.now(UTC).isoformat(),
@@ -175,8 +175,10 @@ def _summary(run, states, verdicts, histogram, credit, by_source, by_day, thresh
 
 def _stored_window(conn: Connection, dag_id: str, run_id: str) -> tuple[float | None, float | None]:
     """The rate and window an earlier build of this run's report recorded (for a rebuild without them)."""
-    r = audit_reports.c
-    stored = conn.execute(select(r.summary).where(r.dag_id == dag_id, r.run_id == run_id)).scalar()
+    reports = audit_reports.c
+    stored = conn.execute(
+        select(reports.summary).where(reports.dag_id == dag_id, reports.run_id == run_id)
+    ).scalar()
     recorded = (stored or {}).get("backlog") or {}
     return recorded.get("requests_per_second"), recorded.get("window_minutes")
 
@@ -188,14 +190,14 @@ def _earlier_reports(conn: Connection, dag_id: str, run_id: str, until, limit: i
     """Up to ``limit`` earlier reports of the DAG by data interval (else report time), oldest first."""
     if limit <= 0:
         return []
-    r = audit_reports.c
-    when = func.coalesce(r.data_interval_end, r.created_at)
-    query = select(r.run_id, r.summary, r.data_interval_end, r.created_at).where(
-        r.dag_id == dag_id, r.run_id != run_id
+    reports = audit_reports.c
+    when = func.coalesce(reports.data_interval_end, reports.created_at)
+    query = select(reports.run_id, reports.summary, reports.data_interval_end, reports.created_at).where(
+        reports.dag_id == dag_id, reports.run_id != run_id
     )
     if until is not None:
         query = query.where(when <= until)
-    query = query.order_by(when.desc(), r.run_id.desc()).limit(limit)
+    query = query.order_by(when.desc(), reports.run_id.desc()).limit(limit)
     rows = [dict(row) for row in conn.execute(query).mappings()]
     return rows[::-1]
 
@@ -203,21 +205,23 @@ def _earlier_reports(conn: Connection, dag_id: str, run_id: str, until, limit: i
 def _trend_frame(earlier: list[dict], summary: dict) -> pd.DataFrame:
     records = []
     for row in [*earlier, {"run_id": summary["run_id"], "summary": summary, "current": True}]:
-        s = row["summary"] or {}
-        when = s.get("data_interval_end") or _iso(row.get("data_interval_end") or row.get("created_at"))
+        run_summary = row["summary"] or {}
+        when = run_summary.get("data_interval_end") or _iso(
+            row.get("data_interval_end") or row.get("created_at")
+        )
         records.append(
             {
                 "run_id": row["run_id"],
                 "current": bool(row.get("current")),
                 "when": pd.to_datetime(when, utc=True) if when else pd.NaT,
-                "images": s.get("images"),
-                "completed": s.get("completed"),
-                **{v: s.get(v) for v in aggregates.VERDICTS},
-                "issues": sum(s.get(k) or 0 for k in aggregates.ISSUE_STATES),
-                "ai_share": s.get("ai_share"),
-                "flagged_share": s.get("flagged_share"),
-                "credits_actual": s.get("credits_actual"),
-                "credits_expected": s.get("credits_expected"),
+                "images": run_summary.get("images"),
+                "completed": run_summary.get("completed"),
+                **{verdict: run_summary.get(verdict) for verdict in aggregates.VERDICTS},
+                "issues": sum(run_summary.get(state) or 0 for state in aggregates.ISSUE_STATES),
+                "ai_share": run_summary.get("ai_share"),
+                "flagged_share": run_summary.get("flagged_share"),
+                "credits_actual": run_summary.get("credits_actual"),
+                "credits_expected": run_summary.get("credits_expected"),
             }
         )
     frame = pd.DataFrame.from_records(records)

@@ -1,21 +1,11 @@
 """Where a report's files go: a local directory or an object store, through Airflow's ``ObjectStoragePath``.
 
-The base is ``image_audit.config.reports_url()`` (``IMAGE_AUDIT_REPORTS_URL``: ``s3://bucket/prefix``,
-``gs://...``, ``file:///...``; default ``file://`` + the local reports directory) and the store's
-credentials come from the Airflow connection ``reports_conn_id()`` (``IMAGE_AUDIT_REPORTS_CONN_ID``; unset:
-the store's default credentials, e.g. the worker's IAM role for S3).
-
-Each file is written whole to a local file first, then published in one step:
-
-- on the local disk, by a rename of ``<name>.tmp`` beside the target: a reader sees the old file or the new
-  one, never a partial one (exactly what the report did before object storage);
-- on an object store, by one upload of the finished file (a single PUT, or a multipart upload for a big
-  one, which S3 makes visible only when it completes): a reader sees the old object or the new one, never a
-  partial one, and a report that fails while its rows stream leaves nothing behind. Object stores have no
-  rename (S3's is a copy and a delete), so nothing is written under a temporary key.
-
-Neither makes the three files one atomic set: a reader that opens them while a rebuild replaces them may see
-the new CSV beside the old HTML. The warehouse row and the Asset event are written after all three files.
+The base is ``image_audit.config.reports_url()`` (``IMAGE_AUDIT_REPORTS_URL``), the store's credentials
+those of the connection ``reports_conn_id()`` (``IMAGE_AUDIT_REPORTS_CONN_ID``; unset: the store's
+default). Each file is written whole to a local file, then published in one step (a rename beside the
+target on the local disk, one upload to an object store, never a temporary key): a reader sees the old
+file or the new one, never a partial one, and a file whose writing fails is not published. The three
+files are not one atomic set; the warehouse row and the Asset event are written after all three.
 """
 
 from __future__ import annotations

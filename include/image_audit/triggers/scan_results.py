@@ -1,16 +1,10 @@
-"""``ScanResultsTrigger``: wait in the triggerer until a run's scans have all called back.
+"""``ScanResultsTrigger``: wait in the triggerer until a run's scans have all called back, or its deadline.
 
-Many runs wait at once (backfills), so the trigger opts into Airflow 3.3's shared streams: every
-trigger on the same warehouse (and poll interval) shares ONE poll loop and, on PostgreSQL, ONE
-``LISTEN image_audit_scans`` connection, instead of one of each per waiting run.
-
-- The poll counts, in one grouped query, the scans still awaiting their callback of exactly the runs
-  being waited on in this triggerer (``_WatchedRuns``: each trigger's filter adds its run while it
-  waits). The query's cost follows the waiting scans of those runs, not the size of the table.
-- A NOTIFY (the receiver sends one per stored callback) re-polls just the notified runs, debounced,
-  so a run finishes the moment its last result lands instead of at the next poll.
-- A snapshot only has the runs it looked at: a run missing from it is "not looked at yet", never
-  "finished", so a trigger that joins between two polls cannot finish early.
+Every trigger on the same warehouse and poll interval shares one poll loop (Airflow 3.3's shared streams)
+and, on PostgreSQL, one ``LISTEN image_audit_scans`` connection, whose notifications re-poll just the
+notified runs. A poll counts the waiting scans of exactly the runs waited on in this triggerer
+(``_WatchedRuns``); a run missing from its snapshot is "not looked at yet", never "finished", so a
+trigger that joins between two polls cannot finish early.
 """
 
 from __future__ import annotations

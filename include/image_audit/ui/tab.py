@@ -1,15 +1,10 @@
 """The "Audit report" tab on each DAG run in the Airflow UI: ``GET /image-audit/runs/{dag_id}/{run_id}``.
 
-Mounted in the api-server by ``plugins/image_audit_plugin.py``. Unlike the webhook receiver, this app is
-behind Airflow's own auth manager: the caller is the user of the UI's ``_token`` cookie (or of a bearer
-token) and must be allowed to read the DAG's runs. It shows the run's HTML report once the report task
-has written it (the URI in ``audit_reports.html_path``), and until then a progress page from the
-warehouse that refreshes itself.
-
-The URI is data in the warehouse, not a request to read anything it names: the tab serves only a
-``report.html`` under the configured reports location (``storage.reports_base()``). Every page it serves
-carries a Content-Security-Policy that lets it load nothing (the report is self-contained) and lets only
-the Airflow UI, the same origin, frame it.
+Mounted in the api-server by ``plugins/image_audit_plugin.py``, behind Airflow's auth manager (the caller
+must be allowed to read the DAG's runs). It shows the run's HTML report once written, and until then a
+self-refreshing progress page. It serves only a ``report.html`` under the configured reports location
+(the recorded URI is data, not a request to read what it names), and every page carries a
+Content-Security-Policy that lets it load nothing and lets only the Airflow UI frame it.
 """
 
 from __future__ import annotations
@@ -31,7 +26,7 @@ from image_audit.config import warehouse_url
 from image_audit.planning.window import submission_minutes
 from image_audit.ui.links import TAB_NAME, TAB_ROUTE
 from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.lifecycle import ScanState as S
+from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import count_scan_states_sync, recent_submission_rate_sync
 from image_audit.warehouse.schema import audit_reports
 
@@ -69,7 +64,7 @@ SECURITY_HEADERS = {
 class _BuiltAtFirstRequest:
     """An ASGI app that builds the real one at its first request. Every Airflow process imports the plugin
     (each task does, for its macros) but only the api-server serves this app, and Airflow's API security
-    module, which its routes depend on, takes about a second to import."""
+    module, which its routes depend on, is slow to import."""
 
     def __init__(self, build):
         self._build, self._app = build, None
@@ -207,14 +202,14 @@ def _progress(dag_id: str, run_id: str, counts: dict[str, int], measured: float 
     ``measured``: the run's submissions per second over the last minute (None: it sent none then).
     """
     planned = sum(counts.values())
-    pending, waiting = counts.get(S.PENDING, 0), counts.get(S.SUBMITTED, 0)
+    pending, waiting = counts.get(ScanState.PENDING, 0), counts.get(ScanState.SUBMITTED, 0)
     rows = {
         "Planned": planned,
-        "Submitted": planned - pending - counts.get(S.REJECTED, 0),
-        "Completed": counts.get(S.COMPLETED, 0),
-        "Failed": counts.get(S.FAILED, 0),
-        "Timed out": counts.get(S.TIMED_OUT, 0),
-        "Rejected (never sent)": counts.get(S.REJECTED, 0),
+        "Submitted": planned - pending - counts.get(ScanState.REJECTED, 0),
+        "Completed": counts.get(ScanState.COMPLETED, 0),
+        "Failed": counts.get(ScanState.FAILED, 0),
+        "Timed out": counts.get(ScanState.TIMED_OUT, 0),
+        "Rejected (never sent)": counts.get(ScanState.REJECTED, 0),
         "Remaining": pending + waiting,
     }
     table = "".join(f"<tr><th>{k}</th><td class='n'>{v:,}</td></tr>" for k, v in rows.items())

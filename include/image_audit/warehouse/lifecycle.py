@@ -5,8 +5,8 @@ for a bad catalog row); the submit task moves it to ``submitted`` (or ``rejected
 completes or fails it; the wait marks what never called back ``timed_out``. A retry is a new row (the
 next attempt, a new deterministic scan id), so an attempt never goes back to ``pending``. Every change
 is a conditional UPDATE on the state it expects (deciding module in :data:`TRANSITIONS`), so a late or
-duplicated event never undoes a later one. The README's diagram is :func:`mermaid` (a test keeps
-them equal).
+duplicated event never undoes a later one. The docs' diagram is drawn from :func:`mermaid` at build
+time.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(S.TIMED_OUT, S.COMPLETED, "late result (a result always wins)", _RESULTS),
     Transition(S.TIMED_OUT, S.FAILED, "late error callback", _RESULTS),
     Transition(S.FAILED, S.COMPLETED, "result after an error (a result always wins)", _RESULTS),
+    Transition(S.REJECTED, S.COMPLETED, "a result for a refused submission (a result always wins)", _RESULTS),
 )
 del S
 
 
 def mermaid() -> str:
-    """The lifecycle as a Mermaid state diagram (the README shows it)."""
+    """The lifecycle as a Mermaid state diagram (docs/architecture.md shows it)."""
     lines = ["stateDiagram-v2"]
     for t in TRANSITIONS:
         source = "[*]" if t.source is None else t.source.value

@@ -1,4 +1,5 @@
-"""How far each DAG run's scans have got: polled by the waiting trigger (async), closed by the sensor (sync).
+"""How far each DAG run's scans have got: polled by the trigger (async), closed by the wait and the report
+(sync).
 
 A run waits only for its ``submitted`` scans: Copyleaks owes each of them a callback. ``pending`` scans
 are not waited for: once the submit tasks are done, a scan still ``pending`` was held back on purpose
@@ -50,7 +51,7 @@ async def count_scan_states(
 
 
 def count_scan_states_sync(conn_or_engine: Connection | Engine, dag_id: str, run_id: str) -> dict[str, int]:
-    """``{state: scans}`` of one run, for the sensor (which runs in a worker, not an event loop)."""
+    """``{state: scans}`` of one run, for sync callers (the wait operator, the UI tab)."""
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.connect() as conn:
             return count_scan_states_sync(conn, dag_id, run_id)

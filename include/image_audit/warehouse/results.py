@@ -1,26 +1,19 @@
 """Storing Copyleaks callbacks: each result exactly once, the scan's state in the same transaction.
 
-Callbacks are stored in batches (``store_callbacks``), and the receiver's :class:`CallbackWriter`
-gathers the callbacks that arrive while a transaction is in flight into the next one: a group commit.
-One transaction per batch: lock the batch's scan rows (in scan id order, so two batches never
-deadlock), insert the results (``ON CONFLICT DO NOTHING``), update the scans, and on PostgreSQL queue
-one ``pg_notify`` per run touched (delivered on commit, so a waiting trigger never wakes before the
-rows are visible). Per-callback commits would cost one WAL flush each, and NOTIFY serialises commits.
-
-Failed callbacks: an error webhook (either shape) or an authentic body the receiver does not
-recognise. Each distinct one of a known scan is kept verbatim in ``audit_failed_callbacks`` (keyed by
-scan id and the SHA-256 of the body's canonical JSON, ``ON CONFLICT DO NOTHING``), whatever the
-scan's state, so no authentic callback is lost; the scan's state follows the rules below. A body that
-cannot be kept as JSON (kind ``unreadable``) is kept as ``{"base64": <its bytes>}``, keyed by the
-SHA-256 of its bytes; so is a callback the database refuses for its values (a :func:`is_data_error`),
-which is stored again that way alone: only an unavailable warehouse makes the receiver answer 503.
+Callbacks are group-committed (:class:`CallbackWriter`): one transaction per batch locks its scan rows in
+scan id order (two batches never deadlock) and, on PostgreSQL, queues one ``pg_notify`` per run touched
+(delivered on commit, so a waiting trigger never wakes before the rows are visible). Every distinct failed
+callback of a known scan (an error webhook, or an authentic body the receiver does not recognise) is kept
+verbatim in ``audit_failed_callbacks``, whatever the scan's state; one that cannot be kept as JSON, or
+whose values the database refuses (:func:`is_data_error`), is kept as ``{"base64": <its bytes>}``. Only an
+unavailable warehouse makes the receiver answer 503.
 
 Ordering rules (callbacks may be duplicated, late or out of order, even within one batch):
 - a result always wins: it completes the scan whatever its state (``timed_out``, ``failed``, ...);
 - the first result is kept; a later one for the same scan is a duplicate and changes nothing;
 - a failed callback fails a scan (``last_error`` = its reason) only while the scan has no result and
-  is not already ``failed``; otherwise it changes no scan (outcome ``duplicate``), and a body already
-  kept adds no row either.
+  is neither ``failed`` nor ``rejected`` (only a result leaves a terminal state); otherwise it changes
+  no scan (outcome ``duplicate``), and a body already kept adds no row either.
 """
 
 from __future__ import annotations
@@ -108,7 +101,7 @@ def _store(conn: Connection, callbacks: Sequence[Callback]) -> list[CallbackOutc
         elif reason is not None:
             row = _failed_callback_values(callback, reason, now)
             kept.setdefault((scan_id, row["body_sha256"]), row)
-            if state[scan_id] in (ScanState.COMPLETED, ScanState.FAILED):
+            if state[scan_id] in (ScanState.COMPLETED, ScanState.FAILED, ScanState.REJECTED):
                 outcomes.append(CallbackOutcome.DUPLICATE)
             else:
                 failures[scan_id] = reason

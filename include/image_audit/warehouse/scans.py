@@ -1,4 +1,5 @@
-"""Scan state transitions made by the submit task (the receiver and the sensor own the others)."""
+"""Scan state transitions made by the submit task (the receiver and the wait own the others:
+``image_audit.warehouse.lifecycle``)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,7 @@ from image_audit.warehouse.schema import audit_scans
 log = logging.getLogger(__name__)
 
 #: How long the submit task's reads and writes ride out a warehouse outage (a network blip, a
-#: failover) before the error fails the task's try. Without it, a few seconds' outage failed every
-#: submit task that was recording answers or starting, and each waited 20-40 s for its Airflow retry
-#: (the chaos suite's warehouse cut).
+#: failover) before the error fails the task's try: a few seconds' outage costs no Airflow retry.
 OUTAGE_RETRY_SECONDS = 30.0
 
 T = TypeVar("T")

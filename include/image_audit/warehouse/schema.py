@@ -1,14 +1,7 @@
 """Warehouse tables (SQLAlchemy Core): the schema at the newest revision of
 ``image_audit.warehouse.migrations``, which versions it (a change here is a new revision there).
 
-Hot queries and the indexes that serve them:
-- receiver: scan by id (primary key), result by scan id (primary key), failed callback by (scan id,
-  body digest) (primary key);
-- trigger: count of non-terminal scans of a DAG run (``ix_audit_scans_run_state``), the waiting scans
-  of several runs at once (``ix_audit_scans_state_run``);
-- planning: has this image been scanned with this model (``ix_audit_scans_image_model``);
-- submit task: scans of a batch (``ix_audit_scans_batch``);
-- catalog: rows ingested in a data interval (``ix_image_catalog_ingested_at``).
+Each index serves a hot query (its comment says which); the receiver's lookups use primary keys.
 """
 
 from __future__ import annotations
@@ -44,7 +37,7 @@ image_catalog = Table(
     Column("source", String(255)),
     Column("ingested_at", TZ, nullable=False),
     Column("fetch_headers_ref", String(255)),
-    Index("ix_image_catalog_ingested_at", "ingested_at"),
+    Index("ix_image_catalog_ingested_at", "ingested_at"),  # planning: rows ingested in a data interval
 )
 
 audit_batches = Table(
@@ -83,10 +76,10 @@ audit_scans = Table(
     Column("submitted_at", TZ),
     Column("completed_at", TZ),
     Column("last_error", Text),
-    Index("ix_audit_scans_run_state", "dag_id", "run_id", "state"),
-    Index("ix_audit_scans_image_model", "image_id", "model"),
-    Index("ix_audit_scans_batch", "batch_id"),
-    Index("ix_audit_scans_state_run", "state", "dag_id", "run_id"),
+    Index("ix_audit_scans_run_state", "dag_id", "run_id", "state"),  # a run's scans by state
+    Index("ix_audit_scans_image_model", "image_id", "model"),  # planning: image scanned with this model?
+    Index("ix_audit_scans_batch", "batch_id"),  # submit task: the scans of a batch
+    Index("ix_audit_scans_state_run", "state", "dag_id", "run_id"),  # trigger: waiting scans of many runs
 )
 
 audit_results = Table(
@@ -115,8 +108,8 @@ audit_results = Table(
 #: Every distinct error or unrecognised callback Copyleaks sent for a known scan, kept verbatim: the
 #: error webhooks (both shapes) and authentic bodies the receiver could not read. One row per scan and
 #: body (``body_sha256``: of the body's canonical JSON), so a repeated callback adds nothing; the scan's
-#: state and ``last_error`` follow the ordering rules of ``image_audit.warehouse.results``. Added after
-#: the first release: a warehouse of that release gets it when the migrations adopt it.
+#: state and ``last_error`` follow the ordering rules of ``image_audit.warehouse.results``. Adopting a
+#: warehouse that lacks it creates it (``image_audit.warehouse.migrations``).
 audit_failed_callbacks = Table(
     "audit_failed_callbacks",
     metadata,

@@ -1,1 +1,2 @@
-"""Copyleaks AI Image Detector integration for Apache Airflow: hook, operator, sensor, trigger, receiver."""
+"""Copyleaks AI Image Detector integration for Apache Airflow: the hook and its async client, the submit
+operator, and the webhook receiver."""

@@ -5,9 +5,9 @@ the wire form). Unknown fields are kept, so a newer Copyleaks answer still parse
 
 A failed scan's webhook comes in two shapes, both accepted: Copyleaks' documented error webhook
 ``{"status": 1, "error": {"type", "id", "code", "message"}, "developerPayload"}`` (no
-``scannedDocument``; ``type`` is a string in Copyleaks' current pages, an integer in older summaries),
-and ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``. A webhook body need not carry
-``scannedDocument``: the receiver takes the scan id from the authenticated callback URL.
+``scannedDocument``; ``type`` a string or an integer), and ``{"scannedDocument": {"scanId"}, "error":
+{"code", "message"}}``. A webhook body need not carry ``scannedDocument``: the receiver takes the scan
+id from the authenticated callback URL.
 
 Every value is bounded by what Copyleaks can send (an image of at most :data:`MAX_IMAGE_PIXELS`, a mask
 inside it, credits and sizes within a 32-bit integer, finite proportions, text without NUL or lone

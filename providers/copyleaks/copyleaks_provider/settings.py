@@ -1,8 +1,8 @@
 """The Copyleaks connection, read once into typed settings.
 
 Connection fields: ``login`` = account email, ``password`` = API key; everything else is in ``extra``
-(see ``provider_info.py`` for the UI form). Secrets are ``SecretStr`` so a stray repr or log line shows
-``**********``.
+(``get_provider_info.py`` describes the UI form). Secrets are ``SecretStr`` so a stray repr or log line
+shows ``**********``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 DEFAULT_IDENTITY_URL = "https://id.copyleaks.com"
 DEFAULT_API_URL = "https://api.copyleaks.com"
 DEFAULT_CONN_ID = "copyleaks_default"
-#: Pace at this share of the account's budget: the slack absorbs the jitter between the moment a
-#: request is sent and the moment Copyleaks counts it (4% of a second: 40 ms). Measured here (4
-#: processes sharing 40/s, the local Celery cluster at 10/s): 0.97 crowded a one-second window now and
-#: then; 0.96 did not, with late slots given up (see ``pacing.Pacer``).
+#: Pace at 96% of the account's budget: the slack (40 ms of every second) absorbs the jitter between
+#: sending a request and Copyleaks counting it (see ``pacing.Pacer``).
 RATE_HEADROOM = 0.96
 
 
@@ -36,8 +34,9 @@ class CopyleaksSettings(BaseModel):
     #: Secrets still accepted on arrival during a rotation's grace period.
     previous_webhook_secrets: tuple[SecretStr, ...] = ()
     #: Refuse (403) a callback whose body does not echo the submission's ``developerPayload``
-    #: (``webhook_auth.callback_payload``): then a leaked callback URL alone cannot post a result. Off by
-    #: default: Copyleaks documents the echo for its error webhooks, not for image results.
+    #: (:func:`~copyleaks_provider.webhooks.auth.callback_payload`): then a leaked callback URL alone cannot
+    #: post a result. Off by default: Copyleaks documents the echo for its error webhooks, not for image
+    #: results.
     require_callback_payload: bool = False
     max_concurrency: int = Field(default=16, ge=1, le=1000)
     #: The account's request budget (Copyleaks documents 10/s), shared by every task and worker of the

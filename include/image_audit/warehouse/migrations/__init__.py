@@ -1,28 +1,11 @@
-"""Versioned warehouse migrations (Alembic): the schema's history, and where a warehouse is in it.
+"""Versioned warehouse migrations (Alembic, configured in code; the revisions in ``versions/``).
 
-The revisions live beside this file (``versions/``) and ship in the package; Alembic is configured
-here, in code (no ``alembic.ini``). A warehouse records its revision in ``image_audit_alembic_version``
-(:data:`VERSION_TABLE`), not Alembic's default ``alembic_version``: the warehouse may share its database
-with Airflow's metadata (which keeps its own revision in ``alembic_version``) or with anything else
-migrated by Alembic, and each must keep its own history.
-
-- :func:`upgrade` brings a warehouse to the newest revision (the setup paths: ``migrate()``, the demo,
-  the local cluster, compose's init, the tests, ``python -m image_audit.warehouse upgrade``);
-- :func:`require_current` is the check of the paths that only use the warehouse (the DAG's plan task):
-  it raises :class:`WarehouseNotCurrent`, naming the command to run, when the warehouse is behind or
-  ahead of this code;
-- :func:`current_revision`, :func:`head_revision`: where a warehouse is, where this code is.
-
-A warehouse created before versioned migrations (by ``metadata.create_all``: the tables, no version
-table) is adopted by :func:`upgrade`: its tables are checked against the first revision, the tables
-those releases added later and this warehouse never got are created (``audit_failed_callbacks``), it
-is stamped at :data:`FIRST_REVISION`, then upgraded like any other.
-
-``image_catalog`` is the data team's table as often as ours: the first revision creates it only when
-it is missing, adoption does not check it, and no revision may alter it.
-
-A schema change is a new file in ``versions/`` (the next number; ``down_revision`` the previous head)
-together with the same change in ``schema.py``; ``tests/test_migrations.py`` fails when the two differ.
+:func:`upgrade` brings a warehouse to this code's revision (the setup paths' call; safe concurrently;
+it adopts a warehouse created before versioned migrations, whose tables carry no version), and
+:func:`require_current` is the check of the paths that only use the warehouse: it raises
+:class:`WarehouseNotCurrent` naming the command to run. ``image_catalog`` may be the data team's table:
+created only when missing, never checked nor altered. A schema change is a new revision in
+``versions/`` together with the same change in ``schema.py`` (a test fails when the two differ).
 """
 
 from __future__ import annotations
@@ -45,7 +28,8 @@ from sqlalchemy.exc import OperationalError
 
 log = logging.getLogger(__name__)
 
-#: Where a warehouse records its revision (see the module docstring for the name).
+#: Where a warehouse records its revision: not Alembic's ``alembic_version``, which Airflow's metadata or
+#: another Alembic history in the same database may own.
 VERSION_TABLE = "image_audit_alembic_version"
 #: The schema as the releases before versioned migrations created it; legacy warehouses are stamped here.
 FIRST_REVISION = "0001"
@@ -54,8 +38,8 @@ CATALOG_TABLE = "image_catalog"
 #: What an operator runs to bring the configured warehouse to this code's revision.
 UPGRADE_COMMAND = "python -m image_audit.warehouse upgrade"
 
-# Serialises concurrent upgrades on PostgreSQL (mapped tasks, several plans starting together); the
-# number the create_all migration of earlier releases used, so old and new processes wait for each other.
+# Serialises concurrent upgrades on PostgreSQL (mapped tasks, several plans starting together); shared
+# with the releases before versioned migrations, so their processes and these wait for each other.
 _MIGRATION_LOCK_ID = 0x1A6E_A0D1
 _SQLITE_ATTEMPTS = 5
 # Alembic's ``context`` and ``op`` are module-wide proxies: one migration at a time per process.

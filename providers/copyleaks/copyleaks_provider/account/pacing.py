@@ -16,8 +16,8 @@ from copyleaks_provider.account.state import AccountState
 from copyleaks_provider.settings import RATE_HEADROOM, CopyleaksSettings
 
 #: Each reservation from the shared budget takes this many seconds' worth of slots (at least one). Kept
-#: small: a process that is held up (CPU, GC) just before sending holds back all the slots it owns, and
-#: then sends them at once; at 40/s blocks of 0.1 s crowded a one-second window by up to 5 requests.
+#: small: a process held up (CPU, GC) just before sending holds back all the slots it owns, then sends
+#: them at once.
 RESERVE_SECONDS = 0.025
 #: Slots a request may miss (its process held up past each) before it is sent anyway.
 MAX_MISSED_SLOTS = 20
@@ -27,13 +27,10 @@ class Pacer:
     """Send times (epoch seconds) from one of the account's shared budgets, reserved
     ``RESERVE_SECONDS`` at a time.
 
-    Pacing at ``RATE_HEADROOM`` leaves ``1 - RATE_HEADROOM`` of every second as slack (40 ms at 96%)
-    for the jitter between sending and Copyleaks' counting; a request may use a quarter of it by
-    starting late (10 ms), leaving the rest to the counting side. A slot missed by more (the process was
-    held up: CPU, garbage collection, a busy event loop) is given up rather than used, since a late
-    request lands right before the next process's punctual ones and crowds Copyleaks' one-second window.
-    (Half, 20 ms, drew 11 requests in one second now and then on a loaded 2-core machine.)
-    Not thread-safe: each client calls it under its own lock.
+    A request may start up to ``lateness`` after its slot: a quarter of the ``1 - RATE_HEADROOM`` slack,
+    the rest left to the jitter of Copyleaks' counting. A slot missed by more (the process was held up)
+    is given up, since a late request lands among the next process's punctual ones and crowds
+    Copyleaks' one-second window. Not thread-safe: each client calls it under its own lock.
     """
 
     def __init__(self, state: AccountState, kind: str, per_second: float):
@@ -85,15 +82,12 @@ def pacers(settings: CopyleaksSettings, state: AccountState) -> dict[str, Pacer]
 
 @functools.cache
 def freeze_start_up_heap() -> None:
-    """Once per process that paces requests: collect, then move every object alive so far (Airflow's
-    modules: 170,000 objects in a task process) out of the garbage collector's sight, as Airflow's
-    executors do before they fork (``gc.freeze``).
+    """Once per process that paces requests: collect, then ``gc.freeze()`` every object alive so far
+    (as Airflow's executors do before they fork), so a full collection over Airflow's modules cannot
+    outlast a slot's slack (``Pacer``) and send a request late into the next process's second.
 
-    A full collection walks every tracked object: 50-80 ms in a submit task, past the slack a slot
-    leaves (``Pacer``); one that fell between a request's slot check and its write would send that
-    request late into the next process's second (each submitter of the account benchmark ran one of
-    80 ms while sending, near the end of its run). Objects made later are still collected; cycles
-    among the frozen ones (module-level objects, which live as long as the process) are not.
+    Objects made later are still collected; cycles among the frozen ones (module-level objects, which
+    live as long as the process) are not.
     """
     gc.collect()
     gc.freeze()

@@ -1,20 +1,10 @@
 """What the whole deployment shares about one Copyleaks account: its access token and its request budget.
 
-Copyleaks limits an *account* (12 logins per 15 minutes, 10 requests/s, 900 sync checks per 15
-minutes), while every Airflow task runs in a process of its own, on any worker host. So the token and
-the pacing live in a database every component reaches: the Airflow connection named by the Copyleaks
-connection's ``account_state_conn_id`` (PostgreSQL for a cluster), or, unset, a SQLite file in the
-Airflow home (enough for one machine).
-
-- **Token**: one row per account. A login happens under that row's lock (``SELECT ... FOR UPDATE`` on
-  PostgreSQL, the write lock on SQLite), so one process logs in while the others wait and then read
-  its token. The token is stored encrypted (Fernet) with a key derived from the account's API key:
-  whoever can use it already holds the key, the database alone reveals nothing, and a new API key
-  simply makes the old token unreadable. A login refused with 429 records the block, so no other
-  process tries again before it ends.
-- **Budget**: one row per account and kind (``api``, ``check``) holding the next free send time. A
-  caller reserves ``n`` consecutive slots ``interval`` apart in one atomic ``UPDATE ... RETURNING``
-  and sends at those times; the callers of the whole deployment are thereby spaced as one.
+Copyleaks limits the account, not the process, so both live in a database every component reaches (the
+connection named by ``account_state_conn_id``, PostgreSQL for a cluster; unset, a SQLite file in the
+Airflow home). One process logs in at a time, under the account's row lock, and the others take its
+token; the token is stored encrypted with a key derived from the API key; a login block is recorded for
+every process; send slots are reserved atomically, so every caller of the deployment is spaced as one.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""The access token as this process sees it: read from a login answer, kept for the fast path, sent as
-the bearer header.
-
-The deployment shares one token per account through :mod:`copyleaks_provider.account.state`; this
-module keeps the copy this process has seen (so a request costs no database read), decides how long to
-wait out a login block, and registers secrets with Airflow's log masker.
+"""The access token as this process sees it: read from a login answer, kept in memory so a request
+costs no database read (the deployment's shared copy is :mod:`copyleaks_provider.account.state`'s), and
+sent as the bearer header; also how long to wait out a login block, and log masking of secrets.
 """
 
 from __future__ import annotations
@@ -54,6 +51,7 @@ def _utc(value: str) -> datetime:
 
 
 def local_token(state: AccountState, stale: str | None) -> str | None:
+    """This process's copy of the account's token while it is good to use and is not ``stale``."""
     token = _LOCAL_TOKENS.get(state.account)
     if token is None or token.value == stale or token.renew_at <= time.time():
         return None
@@ -61,6 +59,7 @@ def local_token(state: AccountState, stale: str | None) -> str | None:
 
 
 def remember(state: AccountState, token: Token) -> str:
+    """Keep ``token`` as this process's copy (masked in logs); its value."""
     mask(token.value)
     _LOCAL_TOKENS[state.account] = token
     return token.value

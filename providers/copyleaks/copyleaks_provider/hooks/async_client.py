@@ -184,8 +184,8 @@ class CopyleaksAsyncClient:
         log.warning("This process keeps missing its send slots (overloaded?); sending anyway")
 
     def _client(self) -> aiohttp.ClientSession:
-        """The connection pool. aiohttp rather than httpx here: at ``max_concurrency`` requests in
-        flight httpx's pool costs several times the CPU per request (the submit benchmark's profile)."""
+        """The connection pool: aiohttp, whose pool costs far less CPU per request than httpx's at
+        ``max_concurrency`` requests in flight."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self.settings.max_concurrency),
@@ -225,9 +225,9 @@ class CopyleaksAsyncClient:
 
     async def _api(self, method: str, path: str, *, kind: str = "api", **kwargs) -> httpx.Response:
         url = self.settings.api_url + path
-        # Most requests succeed at once, so the first attempt runs outside tenacity, whose per-call
-        # cost was a quarter of the client's CPU in the submit benchmark. A transient failure of it
-        # is replayed as attempt 1 of the usual retry loop: same waits, same attempt budget.
+        # The first attempt runs outside tenacity (most requests succeed at once, and tenacity's
+        # per-call overhead is large on this hot path); a transient failure of it is replayed as
+        # attempt 1 of the usual retry loop: same waits, same attempt budget.
         try:
             return await self._api_attempt(method, url, kind, **kwargs)
         except CopyleaksError as exc:

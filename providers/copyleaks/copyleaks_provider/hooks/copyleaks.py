@@ -1,15 +1,12 @@
-"""``CopyleaksHook``: the only code that talks HTTP to Copyleaks.
+"""``CopyleaksHook``: the only code that talks HTTP to Copyleaks (login, sync calls, webhook URLs).
 
-Owns login, the sync client and the async one (:mod:`copyleaks_provider.hooks.async_client`). What it sends
-is validated first (:mod:`~copyleaks_provider.validation`: nothing is sent that Copyleaks would
-refuse); an error answer becomes a typed exception and a transient one is retried (exponential backoff
-with jitter on 429 / 5xx / network errors, honouring Retry-After: :mod:`~copyleaks_provider.retries`).
-Copyleaks limits the *account*, so the token and the request pacing are the deployment's, not the
-process's (:mod:`copyleaks_provider.account.state`, :mod:`~copyleaks_provider.account.tokens`,
-:mod:`~copyleaks_provider.account.pacing`): one login serves every task until shortly before the token
-expires, a 401 leads to one re-login for all, a login block is waited out or reported, and every
-request takes a send slot of the account's shared budget. The sync client serves one-off calls;
-``get_async_client()`` submits many images over one connection pool with bounded concurrency.
+Nothing is sent that fails validation (:mod:`~copyleaks_provider.validation`); an error answer becomes a
+typed exception, and a transient one (429, 5xx, network) is retried with backoff honouring Retry-After
+(:mod:`~copyleaks_provider.retries`). Copyleaks limits the *account*, so every request uses the
+deployment's shared token and takes a send slot of the account's shared budget
+(:mod:`copyleaks_provider.account`): one login serves every task, a 401 leads to one re-login for all, a
+login block is waited out or reported. ``get_async_client()`` (:mod:`~copyleaks_provider.hooks.async_client`)
+serves batches over one connection pool with bounded concurrency.
 """
 
 from __future__ import annotations
@@ -184,7 +181,7 @@ class CopyleaksHook(BaseHook):
         """A validated request whose webhook URL and sandbox default come from the connection.
 
         ``developer_payload``: default: the callback payload that binds the webhook to this submission
-        (``webhook_auth.callback_payload``).
+        (:func:`~copyleaks_provider.webhooks.auth.callback_payload`).
         """
         if developer_payload is None:
             developer_payload = self.callback_payload(scan_id)

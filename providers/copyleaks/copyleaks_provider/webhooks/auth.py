@@ -1,13 +1,9 @@
-"""Unforgeable webhook URLs: each carries an HMAC of its scan id made with the webhook secret.
+"""Unforgeable webhook URLs: each carries an HMAC token of its scan id made with the webhook secret.
 
-The receiver checks the token before it parses or stores anything. Several secrets may be valid at once
-(the current one first, then the previous ones during a rotation's grace period).
-
-A URL can leak (a proxy's access log, a support ticket), so a submission also sends a second HMAC of the
-scan id, under another label, as its ``developerPayload`` (:func:`callback_payload`): it travels only in
-request bodies. Copyleaks echoes the payload in its webhooks, so a receiver that requires it
-(``require_callback_payload`` on the connection) accepts a callback only from whoever saw the submission,
-not from whoever saw the URL.
+Several secrets may be valid at once (the current one first, then the previous ones during a rotation).
+A submission also sends a second HMAC of the scan id as its ``developerPayload``
+(:func:`callback_payload`), which travels only in request bodies and which Copyleaks echoes: a receiver
+that requires it accepts a callback only from whoever saw the submission, not whoever saw a leaked URL.
 """
 
 from __future__ import annotations
@@ -23,6 +19,7 @@ CALLBACK_PAYLOAD_PREFIX = "ia-callback.v1."
 
 
 def webhook_token(secret: str, scan_id: str) -> str:
+    """The token of ``scan_id``'s callback URL: the HMAC-SHA256 of the scan id with ``secret``."""
     return _hmac(secret, scan_id.encode("utf-8"))
 
 

@@ -1,30 +1,15 @@
-"""The webhook receiver: where Copyleaks POSTs each scan's result.
+"""The webhook receiver: the FastAPI app Copyleaks POSTs each scan's result to.
 
-A FastAPI app that authenticates every callback itself (mounted in the Airflow api-server, an app gets
-none of Airflow's auth): the URL's token must be the HMAC of the scan id with a current or previous
-webhook secret, checked before the body is read. The scan id is the URL's, never the body's. Then it
-hands the callback to the :class:`~copyleaks_provider.webhooks.callbacks.CallbackSink` it was given, which
-stores it durably before the receiver answers 2xx, so Copyleaks' retries cover any failure.
-
-Bodies: a detection result (model, result, summary, imageInfo) completes the scan; an error webhook,
-in Copyleaks' documented shape ``{"status": 1, "error": {"type", "id", "code", "message"}}`` (no
-``scannedDocument``) or as ``{"scannedDocument": {"scanId"}, "error": {"code", "message"}}``, fails it.
-An authenticated body is never refused for what it holds: a 4xx makes Copyleaks retry, then drop the
-callback for good. Any JSON value that is not a valid result or error (an object that fails validation,
-values beyond what Copyleaks can send included, and also an array, string, number or null) is handed to
-the sink as unrecognised, to keep verbatim; a body that cannot be kept as JSON (not JSON, nested too
-deeply, a number no float holds) is handed over as its raw bytes. Either fails the scan with a reason
-saying so. The only body still refused is one whose ``scannedDocument.scanId`` names another scan (a
-callback replayed or sent to the wrong URL: 422).
-
-With ``require_callback_payload`` (the connection's setting), a callback must also echo the submission's
-``developerPayload`` (:func:`~copyleaks_provider.webhooks.auth.callback_payload`), or it is refused (403):
-the URL alone, which may leak through a proxy's logs, is then not enough to post a result.
-
-Answers: 200 ``stored`` / ``duplicate`` / ``failed_recorded`` / ``unrecognised_recorded``; 401 no token,
-403 wrong token (both before the body is read: nothing written) or a missing or wrong required payload,
-413 too large, 422 a body for another scan, 404 unknown scan (nothing written); 503 sink or secrets
-unavailable (retry later).
+It authenticates every callback itself (mounted in the api-server, an app gets none of Airflow's auth):
+the URL's token must be the HMAC of the URL's scan id (never the body's) with a current or previous
+webhook secret, checked before the body is read; with ``require_callback_payload`` the body must also
+echo the submission's ``developerPayload``. An authenticated body is never refused for what it holds (on
+a 4xx Copyleaks retries, then drops it): one that is not a valid result or error is handed to the
+:class:`~copyleaks_provider.webhooks.callbacks.CallbackSink` as unrecognised (as raw bytes when it cannot
+be kept as JSON) and fails its scan; only a body naming another scan is refused. The sink stores every
+callback durably before the 2xx. Answers: 200 ``stored`` / ``duplicate`` / ``failed_recorded`` /
+``unrecognised_recorded``; 401 no token, 403 wrong token or payload, 413 too large, 422 a body for
+another scan, 404 unknown scan (nothing written on any refusal); 503 sink or secrets unavailable.
 """
 
 from __future__ import annotations

@@ -4,16 +4,14 @@ Revision ID: 0002
 Revises: 0001
 
 The trigger's shared poll counts the ``submitted`` scans of every waiting run in one statement
-(``state = 'submitted' AND (dag_id = ? AND run_id = ? OR ...)``). With two or more runs of the same DAG
-waiting (a backfill, a rerun beside the night's run), SQLite serves it from ``ix_audit_scans_run_state``
-on ``dag_id`` alone: every scan the DAG ever made, each poll (145 ms per poll at a million scans, growing
-with the table). On ``(state, dag_id, run_id)`` it is an index-only range over the waiting scans
-(0.6 ms). The new index replaces ``ix_audit_scans_state`` (``state``), whose queries (planning's
-leftovers, the report's backlog) use its first column as they used the old one, so a scan's writes
-maintain no more indexes than before. PostgreSQL's plans are as fast either way.
+(``state = 'submitted' AND (dag_id = ? AND run_id = ? OR ...)``). With two or more runs of one DAG
+waiting, SQLite would serve it from ``ix_audit_scans_run_state`` on ``dag_id`` alone, reading every scan
+the DAG ever made at each poll; on ``(state, dag_id, run_id)`` it is an index-only range over the waiting
+scans. The index replaces ``ix_audit_scans_state``, whose queries (planning's leftovers, the report's
+backlog) use its first column alike, so a scan's writes maintain no more indexes than before.
 
 On PostgreSQL the index is built in the upgrade's transaction (no ``CONCURRENTLY``): writes to
-``audit_scans`` wait for the build, a few seconds per million scans; upgrade between runs.
+``audit_scans`` wait for the build; upgrade between runs.
 """
 
 from __future__ import annotations

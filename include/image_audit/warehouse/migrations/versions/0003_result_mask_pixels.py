@@ -3,18 +3,14 @@
 Revision ID: 0003
 Revises: 0002
 
-The report needs each mask's area (the export's ``mask_area``, the verdicts under ``partly_ai``): it
-summed every result's ``mask_lengths`` JSON to get it, seconds at 100,000 images. The receiver now
-stores the sum when it stores the result. This revision adds the column (nullable, no default: on both
-databases an instant change of the catalog, no table rewrite) and back-fills the rows already there,
-in the database (the JSON array summed by ``json_array_elements_text`` on PostgreSQL, ``json_each`` on
-SQLite), in batches of :data:`BATCH` results in primary-key order, so no statement holds a whole
-table's worth of work. A row the back-fill did not reach (there is none after this revision, but a
-reader cannot know) stays NULL, and the report then sums its mask itself.
+The report reads each mask's area (the export's ``mask_area``, the verdicts under ``partly_ai``) from
+this column, which the receiver writes with the result, instead of summing ``mask_lengths``. The column
+is added nullable, without a default (no table rewrite on either database), and back-filled in the
+database, :data:`BATCH` results per statement in primary-key order; a row left NULL has its mask summed
+by the report itself.
 
 Like every revision it runs in the upgrade's one transaction: the receiver's writes to
-``audit_results`` wait for the back-fill (4 to 5 s per 100,000 results, on SQLite and PostgreSQL);
-upgrade between runs.
+``audit_results`` wait for the back-fill; upgrade between runs.
 """
 
 from __future__ import annotations
