@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 
 from image_audit_dev.cluster import LocalCluster
 from tests.chaos.harness import ROWS, Chaos
-from tests.conftest import POSTGRES_URL, REDIS_URL
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.warehouse import POSTGRES_URL, REDIS_URL
 
 #: The table's columns: (heading, key of a row).
 COLUMNS = (

@@ -19,8 +19,8 @@ from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_results, audit_scans
 from image_audit_dev.cluster import COMPONENTS, LocalCluster
 from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
-from tests.polling import wait_for
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.polling import wait_for
+from tests.support.tcp_proxy import TcpProxy
 
 DAG_ID = "image_catalog_audit"
 #: Images per scenario, in batches of 10: 10 submit tasks (each a process of its own on the worker).
@@ -53,6 +53,9 @@ class Scenario:
     fault_at: float | None = None
     recovered_at: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    #: The emulator's counters once the run's work was done, read by :meth:`Chaos.finish` before the next
+    #: scenario's run resets them: what a test reads after its recovery.
+    emulator_at_end: dict[str, Any] | None = None
 
     def fault(self) -> None:
         self.fault_at = time.monotonic()
@@ -156,8 +159,8 @@ class Chaos:
             timeout=300,
             interval=0.2,
         )
-        emulator = self.emulator_idle()
-        if self.scenarios < self.planned:
+        emulator = scenario.emulator_at_end = self.emulator_idle()
+        if self.scenarios < self.planned:  # resets the emulator's counters
             self.next_run = self._trigger()
         return self.check(scenario, self.wait_run(run_id), emulator)
 

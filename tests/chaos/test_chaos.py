@@ -20,8 +20,8 @@ import pytest
 
 from image_audit.warehouse.lifecycle import ScanState
 from tests.chaos.harness import IMAGES, Chaos, Scenario
-from tests.conftest import POSTGRES_URL, REDIS_URL
-from tests.polling import wait_for
+from tests.support.polling import wait_for
+from tests.support.warehouse import POSTGRES_URL, REDIS_URL
 
 pytestmark = [
     pytest.mark.chaos,
@@ -198,7 +198,7 @@ def test_scheduler_killed_and_restarted_mid_run(chaos):
     scenario = _at(chaos, "5. scheduler SIGKILL mid-run", _mid_submission, "submit tasks running and waiting")
     scenario.fault()
     chaos.cluster.kill("airflow-scheduler")
-    time.sleep(2)  # the pause before it is started again
+    time.sleep(2)  # the pause before it is started again (part of the fault, not a wait for a moment)
     restarted_at = datetime.now(UTC)
     chaos.cluster.start_component("airflow-scheduler")
     _recovered_when(
@@ -218,7 +218,7 @@ def test_warehouse_cut_while_submit_tasks_record_answers(chaos):
     before = chaos.emulator()
     scenario.fault()
     chaos.warehouse_proxy.cut()
-    time.sleep(3)  # the outage
+    time.sleep(3)  # the outage (its length is the fault's, not a wait for a moment)
     chaos.warehouse_proxy.restore()
     _recovered_when(
         chaos,
@@ -226,9 +226,11 @@ def test_warehouse_cut_while_submit_tasks_record_answers(chaos):
         lambda: chaos.pending_in(scenario.run_id, cut) == 0,
         "the batches half sent at the cut submitted and recorded",
     )
-    after = chaos.emulator()
+    after = scenario.emulator_at_end  # the next scenario's run may have reset the emulator since
     refused = (after["webhooks_sent"] - after["webhooks_acknowledged"]) - (
         before["webhooks_sent"] - before["webhooks_acknowledged"]
     )
-    assert refused > 0, "the receiver answered 503 during the cut, and Copyleaks delivered again"
+    counters = ("webhooks_sent", "webhooks_acknowledged", "webhooks_failed", "scans_completed")
+    seen = {when: {k: values[k] for k in counters} for when, values in (("before", before), ("after", after))}
+    assert refused > 0, f"the receiver answered 503 during the cut, and Copyleaks delivered again: {seen}"
     assert scenario.notes["retried_tasks"] == 0, "a 3 s outage costs no task its try"

@@ -18,15 +18,18 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import DAY, ROOT, requires_postgres, wired_audit
-from tests.polling import wait_for
-from tests.reliability.conftest import FIGURES, SECRETS_USED, check_invariants
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support import ROOT
+from tests.support.deployment import wired_audit
+from tests.support.factories import DAY
+from tests.support.polling import wait_for
+from tests.support.reliability import API_FAULTS, FIGURES, check_invariants
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.warehouse import requires_postgres
 
 pytestmark = pytest.mark.slow
 
-#: Copyleaks-side faults of the issue: 10% 429 and 5% 5xx on submit; dropped, duplicated, delayed,
-#: out-of-order webhooks.
+#: Copyleaks-side webhook faults of the issue (with API_FAULTS' 10% 429 and 5% 5xx on submit): dropped,
+#: duplicated, delayed, out-of-order webhooks.
 WEBHOOK_FAULTS = {
     "p_drop_webhook": 0.1,
     "p_duplicate_webhook": 0.1,
@@ -35,7 +38,6 @@ WEBHOOK_FAULTS = {
     "reorder_webhooks": True,
     "webhook_latency_ms": 50,
 }
-API_FAULTS = {"p_429": 0.1, "p_5xx": 0.05, "retry_after_seconds": 0.2}
 
 
 def _in_background(action) -> threading.Thread:
@@ -77,7 +79,7 @@ def test_receiver_restarted_mid_run(audit):
         wait_for(lambda: audit.emulator.state()["in_flight"] > 0, "a scan in flight", 30, 0.05)
         audit.receiver.stop()
         restarts.append(audit.emulator.state()["in_flight"])
-        time.sleep(1.5)
+        time.sleep(1.5)  # the fault itself: the receiver stays down 1.5 s (not a wait for a moment)
         audit.receiver.start()  # same port: the webhook URLs stay valid
 
     thread = _in_background(restart_during_callbacks)
@@ -102,7 +104,7 @@ def test_warehouse_locked_for_seconds_during_callbacks(audit, warehouse_url):
         conn = sqlite3.connect(make_url(warehouse_url).database, isolation_level=None, timeout=30)
         conn.execute("BEGIN EXCLUSIVE")
         held.append(audit.emulator.state()["in_flight"])
-        time.sleep(4)
+        time.sleep(4)  # the fault itself: the lock is held 4 s (not a wait for a moment)
         conn.execute("ROLLBACK")
         conn.close()
 
@@ -131,7 +133,6 @@ def test_postgres_warehouse_cut_during_callbacks(postgres_databases, emulator, a
         proxy = TcpProxy(target.host or "127.0.0.1", target.port or 5432).start()
         via_proxy = target.set(port=proxy.port, host="127.0.0.1").render_as_string(hide_password=False)
         with wired_audit(url, emulator, monkeypatch, receiver_warehouse_url=via_proxy) as audit:
-            SECRETS_USED.add(audit.secret)
             audit.seed(24, bad_rows=False)
             audit.emulator.set_faults(
                 webhook_latency_ms=400, reorder_webhooks=True, webhook_retry_base_seconds=0.5
@@ -142,7 +143,7 @@ def test_postgres_warehouse_cut_during_callbacks(postgres_databases, emulator, a
                 wait_for(lambda: audit.emulator.state()["in_flight"] > 0, "a scan in flight", 30, 0.05)
                 proxy.cut()
                 cut.append(audit.emulator.state()["in_flight"])
-                time.sleep(3)
+                time.sleep(3)  # the fault itself: the warehouse stays cut 3 s
                 proxy.restore()
 
             thread = _in_background(cut_the_warehouse)
@@ -168,7 +169,7 @@ def test_submit_task_killed_mid_batch_then_retried(audit, warehouse_url):
     from copyleaks_provider.scan_ids import DEFAULT_MODEL
     from image_audit.planning import PlanOptions, RunContext, plan_run
     from image_audit.planning.catalog import CatalogSpec
-    from tests.reliability.submit_batch_process import submit_batch
+    from tests.support.submit_batch_process import submit_batch
 
     audit.seed(30, bad_rows=False)
     plan = plan_run(
@@ -182,7 +183,7 @@ def test_submit_task_killed_mid_batch_then_retried(audit, warehouse_url):
 
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.reliability.submit_batch_process", plan.batch_ids[0]],
+        [sys.executable, "-m", "tests.support.submit_batch_process", plan.batch_ids[0]],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -26,9 +26,10 @@ from copyleaks_provider.webhooks.auth import webhook_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_results, audit_scans, migrate
 from image_audit_dev.servers import free_port, server_process
-from tests.conftest import ROOT, requires_postgres
-from tests.reliability.conftest import FIGURES, SECRETS_USED
-from tests.test_receiver import result_body
+from tests.support import ROOT
+from tests.support.factories import result_body
+from tests.support.reliability import FIGURES
+from tests.support.warehouse import requires_postgres
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
 
@@ -79,7 +80,7 @@ async def _deliver_all(base: str, secret: str, scan_ids: list[str]) -> Counter:
                                 return
                     except (aiohttp.ClientError, TimeoutError) as exc:
                         answers[type(exc).__name__] += 1
-                    await asyncio.sleep(0.2 * 2**attempt)
+                    await asyncio.sleep(0.2 * 2**attempt)  # the load generator backs off as Copyleaks does
                 answers["given_up"] += 1
 
         duplicated = scan_ids[::10]
@@ -94,7 +95,6 @@ def test_ten_thousand_callbacks_at_full_rate_on_postgres_none_lost(postgres_data
         scan_ids = [f"load-{i:05d}" for i in range(CALLBACKS)]
         seed_submitted(warehouse, scan_ids)
         secret = secrets.token_urlsafe(16)
-        SECRETS_USED.add(secret)
         with _receiver(warehouse, secret) as base:
             started = time.monotonic()
             answers = asyncio.run(_deliver_all(base, secret, scan_ids))

@@ -6,26 +6,15 @@ on), so the assertions read the captured output and the warehouse/report the run
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
 
 from image_audit_dev.servers import free_port
-from tests.conftest import DAY
+from tests.support.factories import DAY
+from tests.support.reliability import reconnect
 
 pytestmark = pytest.mark.slow
-
-
-def _reconnect(monkeypatch, **changes) -> None:
-    """Change the Copyleaks connection the DAG's tasks read."""
-    import os
-
-    connection = json.loads(os.environ["AIRFLOW_CONN_COPYLEAKS_DEFAULT"])
-    extra = changes.pop("extra", {})
-    connection.update(changes)
-    connection["extra"].update(extra)
-    monkeypatch.setenv("AIRFLOW_CONN_COPYLEAKS_DEFAULT", json.dumps(connection))
 
 
 def _output(capfd, caplog) -> str:
@@ -35,7 +24,7 @@ def _output(capfd, caplog) -> str:
 
 def test_bad_api_key_fails_the_run_with_what_to_check(audit, monkeypatch, capfd, caplog):
     audit.seed(4, bad_rows=False)
-    _reconnect(monkeypatch, password="not-the-key")
+    reconnect(monkeypatch, password="not-the-key")
     run = audit.run(DAY)
     assert run.state == "failed"
     output = _output(capfd, caplog)
@@ -49,7 +38,7 @@ def test_bad_api_key_fails_the_run_with_what_to_check(audit, monkeypatch, capfd,
 def test_no_credits_fails_the_run_saying_top_up_or_sandbox(start_emulator, audit, monkeypatch, capfd, caplog):
     audit.seed(4, bad_rows=False)
     broke = start_emulator(accounts={audit.emulator.email: audit.emulator.api_key}, credits=0)
-    _reconnect(monkeypatch, extra={"identity_url": broke.url, "api_url": broke.url})
+    reconnect(monkeypatch, extra={"identity_url": broke.url, "api_url": broke.url})
     run = audit.run(DAY)
     assert run.state == "failed"
     output = _output(capfd, caplog)
@@ -64,7 +53,7 @@ def test_unreachable_webhook_url_times_out_and_says_to_fix_webhook_base_url(
 ):
     audit.seed(4, bad_rows=False)
     closed = f"http://127.0.0.1:{free_port()}/copyleaks-webhook"
-    _reconnect(monkeypatch, extra={"webhook_base_url": closed})
+    reconnect(monkeypatch, extra={"webhook_base_url": closed})
     audit.emulator.set_faults(webhook_max_tries=2, webhook_retry_base_seconds=0.05)
     run = audit.run(DAY, wait_timeout_minutes=0.1)
     audit.emulator.wait_idle()
@@ -90,7 +79,7 @@ def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(au
     from copyleaks_provider.scan_ids import DEFAULT_MODEL
     from image_audit.planning import PlanOptions, RunContext, plan_run
     from image_audit.planning.catalog import CatalogSpec
-    from tests.reliability.submit_batch_process import submit_batch
+    from tests.support.submit_batch_process import submit_batch
 
     audit.seed(6, bad_rows=False)
     [batch_id] = plan_run(
@@ -99,7 +88,7 @@ def test_a_login_block_fails_the_submit_saying_so_and_keeps_its_scans_pending(au
         RunContext("image_catalog_audit", "login-blocked", DAY, DAY + timedelta(days=1)),
         PlanOptions(model=DEFAULT_MODEL),
     ).batch_ids
-    _reconnect(monkeypatch, extra={"max_login_wait_seconds": 5})
+    reconnect(monkeypatch, extra={"max_login_wait_seconds": 5})
     emulator = audit.emulator
     emulator.reset(logins_per_window=1)
     login = {"email": emulator.email, "key": emulator.api_key}

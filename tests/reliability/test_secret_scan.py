@@ -1,23 +1,29 @@
 """No secret anywhere a user or analyst can read: task logs, XCom, the warehouse, report files.
 
-Runs last in the suite (see conftest): it runs one faulty DAG run of its own, then looks for every
-API key, access token and webhook secret the suite's deployments used, in the test output, the test
-AIRFLOW_HOME's logs, the Airflow XCom and rendered-fields tables, every text column of this warehouse,
-and every report file written in the session.
+Self-contained: a deployment of its own whose secrets are random (the account's API key, the webhook
+secret, and a wrong API key as a user might mistype it), and two DAG runs through every path a secret
+could leak from: a run failing on the refused key (its error message), then a run that logs in (an access
+token), submits under injected 429s and 5xx, takes results and error webhooks (their messages) and
+writes the report. Then each secret, and every access token the emulator issued, is looked for in what
+those runs left: the test's output (``dag.test`` logs every task there), their task log files (when
+Airflow writes any), their XCom and rendered fields in the Airflow metadata database, every text column
+of the warehouse, and their report files.
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
+import secrets
+from datetime import timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import MetaData, select
 
-from tests.conftest import DAY
-from tests.reliability.conftest import FIGURES, SECRETS_USED, check_invariants
-from tests.reliability.test_faults import API_FAULTS
+from image_audit.warehouse.schema import audit_reports
+from tests.support.factories import DAY
+from tests.support.reliability import API_FAULTS, FIGURES, check_invariants, reconnect
 
 pytestmark = pytest.mark.slow
 
@@ -26,11 +32,26 @@ def _files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if p.is_file()] if root.is_dir() else []
 
 
-def _airflow_tables_text(home: Path) -> str:
-    with sqlite3.connect(home / "airflow.db") as conn:
-        rows = conn.execute("SELECT value FROM xcom").fetchall()
-        rows += conn.execute("SELECT rendered_fields FROM rendered_task_instance_fields").fetchall()
-    return "\n".join(str(v) for row in rows for v in row)
+def _task_log_files(run_ids: list[str]) -> list[Path]:
+    """The task log files of the runs (Airflow's layout names each run's folder ``run_id=<run id>``)."""
+    logs = Path(os.environ["AIRFLOW_HOME"]) / "logs"
+    return [p for p in _files(logs) if any(f"run_id={run_id}" in p.as_posix() for run_id in run_ids)]
+
+
+def _airflow_tables_text(run_ids: list[str]) -> str:
+    """The runs' XCom values and rendered template fields, as stored in the Airflow metadata database."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        values = session.scalars(select(XComModel.value).where(XComModel.run_id.in_(run_ids))).all()
+        rendered = session.scalars(
+            select(RenderedTaskInstanceFields.rendered_fields).where(
+                RenderedTaskInstanceFields.run_id.in_(run_ids)
+            )
+        ).all()
+    return "\n".join(str(v) for v in [*values, *rendered])
 
 
 def _warehouse_text(engine) -> str:
@@ -44,29 +65,52 @@ def _warehouse_text(engine) -> str:
     return "\n".join(chunks)
 
 
-def test_no_secret_in_logs_xcom_warehouse_or_reports(audit, capfd, caplog):
-    audit.seed(20)
-    audit.emulator.set_faults(**API_FAULTS)
-    run = audit.run(DAY)
+def _report_files(engine) -> list[Path]:
+    """Every file of every report in the warehouse (the test's own: only its runs wrote there)."""
+    with engine.connect() as conn:
+        paths = conn.execute(select(audit_reports.c.html_path)).scalars().all()
+    folders = {Path(urlsplit(path).path).parent for path in paths if path}
+    return [file for folder in sorted(folders) for file in _files(folder)]
+
+
+def test_no_secret_in_logs_xcom_warehouse_or_reports(audit, monkeypatch, capfd, caplog):
+    audit.seed(20)  # with the sample catalog's bad rows: rejections, and images Copyleaks fails
+    emulator = audit.emulator
+
+    mistyped = secrets.token_urlsafe(24)
+    reconnect(monkeypatch, password=mistyped)
+    refused = audit.run(DAY)
+    assert refused.state == "failed", "the run on a refused API key fails"
+    assert emulator.state()["logins_refused"] >= 1
+
+    reconnect(monkeypatch, password=emulator.api_key)
+    emulator.set_faults(**API_FAULTS)
+    run = audit.run(DAY + timedelta(days=1))  # takes over the scans the refused run left pending
     assert run.state == "success"
     check_invariants(audit)
-    tokens = audit.emulator.server._server.config.app.state.emulator.tokens
+    state = emulator.state()
+    # the emulator's dice are seeded: the same faults every run
+    assert state["injected_429"] + state["injected_5xx"] > 0, "submissions went through the API faults"
+    failed = [s for s in audit.scans() if s["state"] == "failed"]
+    assert failed and all(s["last_error"] for s in failed), "error webhooks with their messages"
+    tokens = emulator.server._server.config.app.state.emulator.tokens
     assert tokens, "the DAG logged in, so there is an access token to look for"
-    wanted = {*SECRETS_USED, *tokens, audit.secret, audit.emulator.api_key}
+    wanted = {*tokens, audit.secret, emulator.api_key, mistyped}
 
-    home = Path(os.environ["AIRFLOW_HOME"])
-    reports = Path(os.environ["IMAGE_AUDIT_REPORTS_DIR"])
+    run_ids = [refused.run_id, run.run_id]
     captured = capfd.readouterr()
+    output = captured.out + captured.err + caplog.text
     places: dict[str, bytes] = {
-        "test output": (captured.out + captured.err + caplog.text).encode(),
-        "airflow xcom and rendered fields": _airflow_tables_text(home).encode(),
+        "test output": output.encode(),
+        "airflow xcom and rendered fields": _airflow_tables_text(run_ids).encode(),
         "warehouse": _warehouse_text(audit.engine).encode(),
     }
-    log_files, report_files = _files(home / "logs"), _files(reports)
-    places |= {f"log {p}": p.read_bytes() for p in log_files}
+    report_files = _report_files(audit.engine)
+    places |= {f"log {p}": p.read_bytes() for p in _task_log_files(run_ids)}
     places |= {f"report {p}": p.read_bytes() for p in report_files}
-    assert report_files, "the session wrote reports to scan"
-    assert "Report summary" in captured.out + captured.err + caplog.text, "the task logs were captured"
+    assert any(p.name == "report.html" for p in report_files), "the runs wrote reports to scan"
+    assert "Report summary" in output, "the task logs were captured"
+    assert "Copyleaks refused the credentials (401)" in output, "the refused run's error was captured"
 
     hits = sorted(
         f"{where}: {secret[:4]}..."

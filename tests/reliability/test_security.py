@@ -19,9 +19,8 @@ from image_audit.warehouse.schema import audit_scans
 from image_audit.webhook import create_warehouse_receiver_app
 from image_audit_dev.sample_catalog import seed_catalog
 from image_audit_dev.servers import BackgroundServer
-from tests.conftest import DAY
-from tests.reliability.conftest import FIGURES, SECRETS_USED, check_invariants
-from tests.test_receiver import result_body, seed_scan
+from tests.support.factories import DAY, result_body, seed_scan
+from tests.support.reliability import FIGURES, check_invariants
 
 pytestmark = pytest.mark.slow
 
@@ -168,7 +167,6 @@ def test_webhook_secret_rotation_accepts_old_and_new_until_the_old_is_dropped(
 ):
     """The receiver reads the secrets from the Copyleaks connection, as in production."""
     old, new = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
-    SECRETS_USED.update((old, new))
     for scan_id in ("rot-old", "rot-new", "rot-dropped"):
         seed_scan(sqlite_warehouse_url, scan_id)
 

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from image_audit.warehouse import scans
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.results import UNAVAILABLE_ERRORS
 from image_audit.warehouse.schema import audit_scans
-from tests.conftest import requires_postgres
-from tests.reliability.tcp_proxy import TcpProxy
+from tests.support.factories import insert_scans, new_scan
+from tests.support.tcp_proxy import TcpProxy
+from tests.support.warehouse import requires_postgres
 
 pytestmark = [pytest.mark.postgres, requires_postgres]
 
@@ -42,19 +42,7 @@ def warehouse_via_proxy(postgres_databases):
 
 
 def _pending_scan(engine, scan_id: str) -> None:
-    now = datetime.now(UTC)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(audit_scans).values(
-                scan_id=scan_id,
-                image_id=scan_id,
-                model="ai-image-1-ultra",
-                state=ScanState.PENDING.value,
-                batch_id="b1",
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    insert_scans(engine, [new_scan(scan_id, ScanState.PENDING, batch_id="b1")])
 
 
 def test_recording_answers_rides_out_a_short_warehouse_outage(warehouse_via_proxy):
@@ -63,7 +51,7 @@ def test_recording_answers_rides_out_a_short_warehouse_outage(warehouse_via_prox
     assert [s["scan_id"] for s in scans.load_unsent_scans(via_proxy, "b1")] == ["ia-outage-1"]  # pooled
 
     proxy.cut()
-    threading.Timer(2.0, proxy.restore).start()
+    threading.Timer(2.0, proxy.restore).start()  # the fault itself: a 2 s outage
     started = time.monotonic()
     scans.record_transitions(via_proxy, [("ia-outage-1", ScanState.SUBMITTED, None)])
     assert time.monotonic() - started >= 1.5, "the write waited for the warehouse"
@@ -96,7 +84,7 @@ def test_a_task_starting_during_an_outage_of_the_account_state_waits_for_it(ware
         email="demo@image-audit.dev", api_key="demo-api-key", account_state_conn_id="chaos_account_state"
     )
     proxy.cut()
-    threading.Timer(2.0, proxy.restore).start()
+    threading.Timer(2.0, proxy.restore).start()  # the fault itself: a 2 s outage
     started = time.monotonic()
     assert account_state(settings).token() is None  # opened (its tables made) once the database is back
     assert time.monotonic() - started >= 1.5

@@ -23,9 +23,10 @@ from copyleaks_provider.webhooks.auth import callback_payload, webhook_url
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_failed_callbacks, audit_results
 from image_audit_dev.servers import free_port, server_process
-from tests.emulator_fixtures import copyleaks_connection
-from tests.polling import wait_for
-from tests.test_receiver import result_body, scan_row, seed_scan, with_value
+from tests.support.emulator import copyleaks_connection
+from tests.support.factories import result_body, seed_scan, with_value
+from tests.support.polling import wait_for
+from tests.support.warehouse import scan_row
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,7 @@ from PIL import Image
 
 from image_audit.reporting.fetch import FETCH_TIMEOUT_SECONDS
 from image_audit_dev.sample_catalog import seed_catalog
-from tests.conftest import DAY
+from tests.support.factories import DAY
 
 pytestmark = pytest.mark.slow
 
