@@ -1,4 +1,4 @@
-"""6. The account's request budget: how much of Copyleaks' limit parallel submit tasks use together.
+"""The account's request budget: how much of Copyleaks' limit parallel submit tasks use together.
 
 Four processes (as four submit tasks on any workers would be) submit 250 images each through the
 hook's async client, against an emulator process that enforces Copyleaks' documented account limits
@@ -101,7 +101,7 @@ def main(processes: int = 4, per_process: int = 250, rate: int = 10) -> dict:
         ("API 429s <= 1%", share_429 <= 0.01),
         ("every image accepted", len(accepted) == processes * per_process),
     ]
-    return report("account_rate", figures, targets)
+    return report("account", figures, targets)
 
 
 if __name__ == "__main__":

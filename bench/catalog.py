@@ -1,4 +1,4 @@
-"""5 (memory). Planning a run over a 1,000,000-row catalog: the planning is set-based (SQL decides in
+"""Planning a run over a 1,000,000-row catalog: the planning is set-based (SQL decides in
 the warehouse, Python streams only the rows' checks through), so its memory does not grow with the
 catalog, and a night's planning stays short. Measured at 10,000 rows and at the sizes asked, side by
 side."""

@@ -21,9 +21,14 @@ from image_audit_dev.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_DIR = ROOT / "var" / "bench"
+#: Where ``./run bench --record`` keeps each benchmark's JSON for the docs (docs/benchmarks.md renders
+#: one table per file at build time; docs/hooks.py).
+RECORDED_DIR = ROOT / "docs" / "benchmarks" / "results"
+#: How this run was asked for (``bench/__main__.py`` sets it): saved with every benchmark's figures.
+RUN_OPTIONS: dict = {"quick": False, "record": False}
 #: The emulator of the overhead benchmarks (submit, e2e): the account's request limit lifted, as for an
 #: enterprise contract, so they measure our costs rather than Copyleaks' 10 requests/s. The account
-#: budget has its own benchmark (bench/account_rate.py), with the documented limits on.
+#: budget has its own benchmark (``account``: bench/account_rate.py), with the documented limits on.
 EMULATOR_ARGS = ["copyleaks_emulator", "--log-level", "warning", "--api-requests-per-second", "0"]
 
 
@@ -117,13 +122,25 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def report(name: str, figures: dict, targets: list[tuple[str, bool]]) -> dict:
-    """Print a benchmark's figures and its targets (met or not); save them under var/bench."""
+    """Print a benchmark's figures and its targets (met or not); save them as ``var/bench/<name>.json``,
+    and with ``--record`` as ``docs/benchmarks/results/<name>.json`` too (the docs' tables)."""
     print(f"\n== {name} ==")
     for key, value in figures.items():
         print(f"  {key}: {value}")
     for target, met in targets:
         print(f"  [{'met' if met else 'NOT MET'}] {target}")
+    saved = {
+        "benchmark": name,
+        "machine": machine(),
+        "quick": bool(RUN_OPTIONS.get("quick")),
+        "figures": figures,
+        "targets": dict(targets),
+    }
+    text = json.dumps(saved, indent=2, default=str) + "\n"
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    saved = {"machine": machine(), "figures": figures, "targets": dict(targets)}
-    (RESULTS_DIR / f"{name}.json").write_text(json.dumps(saved, indent=2, default=str))
+    (RESULTS_DIR / f"{name}.json").write_text(text)
+    if RUN_OPTIONS.get("record"):
+        RECORDED_DIR.mkdir(parents=True, exist_ok=True)
+        (RECORDED_DIR / f"{name}.json").write_text(text)
+        print(f"  recorded for the docs: {(RECORDED_DIR / f'{name}.json').relative_to(ROOT)}")
     return saved

@@ -1,4 +1,4 @@
-"""1, 2 and 5. The real DAG end to end against the emulator, side by side with its floor and with the
+"""The real DAG end to end against the emulator, side by side with its floor and with the
 naive DAG users write first; and the footprint of the run.
 
 Each contender gets a fresh emulator (its own process, zero injected latency) and the same N sample
@@ -310,8 +310,10 @@ def main(
     backend: str = "sqlite",
     on_cluster: bool = True,
     repeats: int = 3,
+    name: str = "e2e",
 ) -> dict:
-    """Each size runs ``repeats`` times (floor, then DAG): the figure is the median ratio, and each run."""
+    """Each size runs ``repeats`` times (floor, then DAG): the figure is the median ratio, and each run.
+    ``name`` names the saved figures (``e2e_large`` for the 100,000-image run, kept apart)."""
     figures: dict = {}
     targets = []
     for count in sizes:
@@ -372,7 +374,7 @@ def main(
             )
             targets.append(("cluster: no worker slot held while waiting", ours["running_while_deferred"] == 0
                             and "deferred" in ours["wait_states_seen"]))  # fmt: skip
-    return report("e2e", figures, targets)
+    return report(name, figures, targets)
 
 
 if __name__ == "__main__":

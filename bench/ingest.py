@@ -1,4 +1,4 @@
-"""4. Webhook ingest: durable callbacks per second and p50/p99 latency, on SQLite and PostgreSQL,
+"""Webhook ingest: durable callbacks per second and p50/p99 latency, on SQLite and PostgreSQL,
 against a bare FastAPI endpoint that writes nothing, with the same load generator, side by side.
 
 The receiver runs as a public edge runs it (``python -m image_audit.webhook``), the generator

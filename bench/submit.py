@@ -1,4 +1,4 @@
-"""3. Submit throughput: the operator's async client (``CopyleaksAsyncClient.submit_many``) against the
+"""Submit throughput: the operator's async client (``CopyleaksAsyncClient.submit_many``) against the
 emulator's raw capacity, measured by a plain aiohttp load generator on the same endpoint, with the same
 bodies and concurrency, each in its own process, against the same emulator process.
 
