@@ -115,7 +115,9 @@ def test_webhook_latency_delays_each_delivery(emulator, recorder):
 
 
 def test_reordered_webhooks_arrive_out_of_order(emulator, recorder):
-    emulator.set_faults(reorder=True, webhook_latency_ms=100)
+    # A reordered delivery waits a random time of up to the latency (and 100 ms): 1.5 s dwarfs the time
+    # between two scans finishing, however busy the machine, so the order is the delays', not the scans'.
+    emulator.set_faults(reorder=True, webhook_latency_ms=1500)
     scan_ids = submit_many(emulator, recorder, 12, "order")
     order = [b["scannedDocument"]["scanId"] for b in recorder.wait_for(12)]
     assert sorted(order) == scan_ids and order != scan_ids
