@@ -22,11 +22,13 @@ from copyleaks_emulator.samples import UnknownSample, sample_image
 from copyleaks_emulator.settings import EmulatorSettings
 from copyleaks_emulator.state import Admission, EmulatorState, ScanKey
 from copyleaks_emulator.validation import (
+    MAX_USAGE_DAYS,
     ApiError,
     check_scan_id,
     full_model_name,
     parse_form_check,
     parse_json_check,
+    parse_usage_date,
     require,
     validate_submit,
 )
@@ -146,6 +148,20 @@ def create_app(settings: EmulatorSettings | None = None) -> FastAPI:
         if not sandbox:
             state.charge()
         return detect(image, scan_id, model=full_model_name(model), sandbox=sandbox)
+
+    # --- the account: credit balance and usage history ---------------------------------------------
+    @app.get("/v3/scans/credits")
+    async def credits(request: Request) -> dict[str, int]:
+        await _api_call(request)
+        return {"Amount": state.credits}
+
+    @app.get("/v3/scans/usages/history")
+    async def usage_history(request: Request, start: str | None = None, end: str | None = None) -> Response:
+        await _api_call(request)
+        first, last = parse_usage_date(start, "start"), parse_usage_date(end, "end")
+        require(first <= last, "end must not be before start")
+        require((last - first).days < MAX_USAGE_DAYS, f"at most {MAX_USAGE_DAYS} days at a time")
+        return Response(state.usage_history(first, last), media_type="text/csv")
 
     # --- admin ---------------------------------------------------------------------------------------
     @app.get("/admin/state")

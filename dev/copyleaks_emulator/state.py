@@ -8,7 +8,7 @@ from __future__ import annotations
 import secrets
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from enum import Enum
 from typing import Any
 
@@ -72,6 +72,8 @@ class EmulatorState:
         self.submissions: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()  # shared with the fault injector: cleared, never replaced
         self.credits = settings.credits
+        #: (day, what) -> count: the usage history's rows (``scans``, ``credits_used``, ``credits_refunded``).
+        self.usage: Counter[tuple[date, str]] = Counter()
         self.in_flight = 0
         self.scanning = 0  # jobs a worker is scanning now (at most the pool's size)
 
@@ -82,6 +84,7 @@ class EmulatorState:
         self.submissions.clear()
         self.counters.clear()
         self.credits = self.settings.credits
+        self.usage.clear()
         self.in_flight = 0
         self.scanning = 0
 
@@ -149,10 +152,26 @@ class EmulatorState:
 
     def charge(self) -> None:
         self.credits -= 1
+        today = datetime.now(UTC).date()
+        self.usage[today, "scans"] += 1
+        self.usage[today, "credits_used"] += 1
 
     def refund(self) -> None:
         """Give back the credit of a charged scan that failed (Copyleaks charges completed scans only)."""
         self.credits += 1
+        self.usage[datetime.now(UTC).date(), "credits_refunded"] += 1
+
+    def usage_history(self, start: date, end: date) -> str:
+        """The usage per day from ``start`` to ``end`` (both included) as CSV: ``Date`` (dd-MM-yyyy),
+        ``Scans``, ``CreditsUsed``, ``CreditsRefunded``. Copyleaks does not document its columns: these
+        are the emulator's."""
+        lines = ["Date,Scans,CreditsUsed,CreditsRefunded"]
+        day = start
+        while day <= end:
+            counts = [self.usage[day, what] for what in ("scans", "credits_used", "credits_refunded")]
+            lines.append(",".join([day.strftime("%d-%m-%Y"), *map(str, counts)]))
+            day += timedelta(days=1)
+        return "\n".join(lines) + "\n"
 
     def snapshot(self, queue_depth: int) -> dict[str, Any]:
         return {

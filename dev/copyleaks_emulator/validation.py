@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from datetime import date, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -19,6 +20,8 @@ ASYNC_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tiff", ".bmp", ".heic", 
 SYNC_EXTENSIONS = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".heic", ".heif")
 MASK_TYPES = ("heatmap",)
 MAX_FILE_NAME = 255
+#: The longest usage history the emulator answers at once (Copyleaks documents no limit).
+MAX_USAGE_DAYS = 366
 
 
 class ApiError(Exception):
@@ -124,3 +127,12 @@ def parse_form_check(form: Any) -> tuple[Any, str, str, bool]:
     require(sandbox in ("true", "false"), "sandbox must be true or false")
     model = form.get("model")
     return upload, _checked_sync_fields(file_name, model), model, sandbox == "true"
+
+
+def parse_usage_date(value: str | None, field: str) -> date:
+    """A usage-history query date, ``dd-MM-yyyy``; 400 when missing or malformed."""
+    require(value, f"{field} is required (dd-MM-yyyy)")
+    try:
+        return datetime.strptime(value, "%d-%m-%Y").date()
+    except ValueError:
+        raise ApiError(400, f"{field} must be a date as dd-MM-yyyy, got {value[:20]!r}") from None

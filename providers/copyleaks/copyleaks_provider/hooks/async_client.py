@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ import aiohttp
 import httpx
 from tenacity import AsyncRetrying
 
+from copyleaks_provider.account.credits import CREDITS_PATH, parse_credit_balance, usage_history_path
 from copyleaks_provider.account.pacing import MAX_MISSED_SLOTS, pacers
 from copyleaks_provider.account.state import AccountState, LoginBlocked, Token
 from copyleaks_provider.account.tokens import bearer, local_token, login_block_wait, remember
@@ -89,6 +91,14 @@ class CopyleaksAsyncClient:
     async def submit_image(self, request: SubmitRequest) -> None:
         """Submit one image for async detection; Copyleaks POSTs the result to the request's webhook."""
         await self._api("PUT", submit_path(request.scan_id), json=request.to_wire())
+
+    async def get_credits(self) -> int:
+        """The credits the account has left (``GET /v3/scans/credits``)."""
+        return parse_credit_balance((await self._api("GET", CREDITS_PATH)).json())
+
+    async def get_usage_history(self, start: date, end: date) -> str:
+        """The account's usage per day from ``start`` to ``end`` (both included), as Copyleaks' CSV."""
+        return (await self._api("GET", usage_history_path(start, end))).text
 
     async def check_image(
         self,

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from datetime import date
 from functools import cached_property
 from urllib.parse import urlsplit
 
@@ -22,6 +23,7 @@ import httpx
 from airflow.sdk import BaseHook
 from tenacity import Retrying
 
+from copyleaks_provider.account.credits import CREDITS_PATH, parse_credit_balance, usage_history_path
 from copyleaks_provider.account.pacing import MAX_MISSED_SLOTS, Pacer, pacers
 from copyleaks_provider.account.state import AccountState, LoginBlocked, Token, account_state
 from copyleaks_provider.account.tokens import (
@@ -160,6 +162,14 @@ class CopyleaksHook(BaseHook):
                 "the Copyleaks connection needs webhook_base_url and webhook_secret in its extra"
             )
         return webhook_url(settings.webhook_base_url, settings.webhook_secret.get_secret_value(), scan_id)
+
+    def get_credits(self) -> int:
+        """The credits the account has left (``GET /v3/scans/credits``)."""
+        return parse_credit_balance(self._api("GET", CREDITS_PATH).json())
+
+    def get_usage_history(self, start: date, end: date) -> str:
+        """The account's usage per day from ``start`` to ``end`` (both included), as Copyleaks' CSV."""
+        return self._api("GET", usage_history_path(start, end)).text
 
     def callback_payload(self, scan_id: str) -> str:
         """The ``developerPayload`` a receiver that requires it checks (made with the webhook secret)."""
