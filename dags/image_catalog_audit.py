@@ -1,11 +1,13 @@
-"""image_catalog_audit: the nightly Copyleaks audit of newly ingested catalog images.
+"""image_catalog_audit: the Copyleaks audit of newly ingested catalog images, run when the catalog's
+Asset is updated and nightly at the latest.
 
 plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> report
 
-- ``plan`` reads the catalog rows ingested in the run's data interval (so backfills just work), plus
-  scans earlier runs left unfinished (those first), records every decision in the warehouse and returns
-  batch ids. It plans no more than fits the run's submission window at the account's request rate
-  (``max_submit_minutes``) and its credit budget (``max_credits``); the rest waits for the next run.
+- ``plan`` reads the catalog rows ingested in the run's interval (since the catalog's watermark; a
+  backfill's day), plus scans earlier runs left unfinished (those first), records every decision in
+  the warehouse and returns batch ids. It plans no more than fits the run's submission window at the
+  account's request rate (``max_submit_minutes``) and its credit budget (``max_credits``); the rest
+  waits for the next run.
 - ``submit_batch`` submits one batch through the Copyleaks hook's async client.
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
@@ -14,6 +16,8 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
   warehouse's.
   It is a teardown: it runs even when a submit fails, and the run's state still shows that failure.
   Its success callback sends an alert when the run's figures cross the ``alert_*`` Params' thresholds.
+
+A run still unfinished at its deadline (if one is configured) sends one alert with where it is.
 """
 
 from __future__ import annotations
@@ -21,14 +25,17 @@ from __future__ import annotations
 import logging
 from datetime import datetime, timedelta
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, Param, Variable, get_current_context, task
+from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.notifications.alerts import AuditAlertNotifier
+from image_audit.notifications.deadline import audit_deadlines
 from image_audit.operators.submit import SubmitAuditBatchOperator
 from image_audit.operators.wait import WaitForScanResultsOperator
+from image_audit.planning.schedule import AuditInterval, audit_interval, audit_schedule
 from image_audit.ui.links import AuditReportLink
 
 log = logging.getLogger(__name__)
@@ -40,12 +47,16 @@ COPYLEAKS_CONN_ID = DEFAULT_CONN_ID
 WAREHOUSE_CONN_ID = DEFAULT_WAREHOUSE_CONN_ID
 #: Downstream analytics DAGs schedule on this; its events carry the report files' URIs (html_path,
 #: csv_path, parquet_path: file:///... or s3://..., per IMAGE_AUDIT_REPORTS_URL).
+#: The XCom (of ``plan``) holding the account's credit balance when the run was planned.
+CREDITS_BEFORE_XCOM = "credits_before"
 AUDIT_REPORT_ASSET = Asset(name="image_audit_report", uri="image-audit://reports/image_catalog_audit")
 
 with DAG(
     dag_id=DAG_ID,
     description="Audit newly ingested catalog images for AI-generated content with Copyleaks",
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    # When the catalog's Asset (IMAGE_AUDIT_CATALOG_ASSET) is updated, and at 00:00 UTC at the latest; a
+    # run audits the rows since the catalog's watermark, a backfill its day (image_audit.planning.schedule).
+    schedule=audit_schedule(),
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=4,
@@ -53,6 +64,9 @@ with DAG(
     default_args={"retries": 2, "retry_delay": timedelta(seconds=30)},
     tags=["copyleaks", "image-audit"],
     doc_md=__doc__,
+    # "Finished by": IMAGE_AUDIT_FINISH_BY and IMAGE_AUDIT_MAX_RUN_HOURS; the scheduler checks it and a
+    # worker sends the alert (image_audit.notifications.deadline). Unset: no deadline.
+    deadline=audit_deadlines(warehouse_conn_id=WAREHOUSE_CONN_ID, copyleaks_conn_id=COPYLEAKS_CONN_ID),
     params={
         "source_filter": Param(None, type=["null", "string"], description="Only catalog rows of this source"),
         "limit": Param(None, type=["null", "integer"], minimum=1, description="At most this many rows"),
@@ -63,6 +77,12 @@ with DAG(
         "batch_size": Param(1000, type="integer", minimum=1, maximum=100_000, description="Images per batch"),
         "max_credits": Param(
             None, type=["null", "integer"], minimum=0, description="Budget guard: stop planning past this"
+        ),
+        "credit_reserve": Param(
+            0,
+            type="integer",
+            minimum=0,
+            description="Credits of the account's balance a run leaves unspent (it plans at most the rest)",
         ),
         "model": Param("ai-image-1-ultra", enum=sorted({*MODEL_ALIASES, *MODEL_ALIASES.values()})),
         "mask_type": Param(None, type=["null", "string"], enum=[None, "heatmap"]),
@@ -106,7 +126,13 @@ with DAG(
     def plan() -> list[str]:
         """Record this run's scans and rejections in the warehouse; return the batch ids to submit."""
         from image_audit.planning import PlanOptions, RunContext, plan_run
-        from image_audit.planning.catalog import CatalogSpec
+        from image_audit.planning.catalog import (
+            CATALOG_VARIABLE,
+            CatalogMappingError,
+            CatalogSpec,
+            checked_spec,
+        )
+        from image_audit.planning.credits import NotEnoughCredits, credits_for_run
         from image_audit.planning.window import submission_capacity
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.migrations import require_current
@@ -115,9 +141,19 @@ with DAG(
         params = context["params"]
         engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
         require_current(engine, create_empty=True)  # a warehouse behind: fail with the command to run
-        start, end = _data_interval(context)
-        spec = CatalogSpec.from_dict(Variable.get("image_audit_catalog", default=None, deserialize_json=True))
+        interval = _audit_interval(context)
         copyleaks = _copyleaks_settings()  # read once: it may come from a secrets backend
+        # What the run really sends, which the report's credits count on: the Param, else the
+        # connection's default (the submit task sends each scan's recorded value).
+        sandbox = copyleaks.sandbox if params["sandbox"] is None else bool(params["sandbox"])
+        try:  # a configuration the run cannot work with fails once, saying what to change: no retries
+            spec = checked_spec(engine, CatalogSpec.from_dict(_variable_json(CATALOG_VARIABLE)))
+            credits = None if sandbox else credits_for_run(_account_credits(), params["credit_reserve"])
+        except (CatalogMappingError, NotEnoughCredits) as exc:
+            raise AirflowFailException(str(exc)) from exc
+        if credits is not None:
+            context["ti"].xcom_push(key=CREDITS_BEFORE_XCOM, value=credits.balance)
+            log.info("The account has %d credits; this run may spend %d", credits.balance, credits.available)
         minutes = params["max_submit_minutes"]
         rate = copyleaks.requests_per_second if minutes is not None else None
         max_submissions = submission_capacity(rate, minutes)
@@ -133,22 +169,22 @@ with DAG(
         result = plan_run(
             engine,
             spec,
-            RunContext(context["dag"].dag_id, context["run_id"], start, end),
+            RunContext(context["dag"].dag_id, context["run_id"], interval.start, interval.end),
             PlanOptions(
                 model=params["model"],
-                # What the run really sends, which the report's credits count on: the Param, else the
-                # connection's default (the submit task sends each scan's recorded value).
-                sandbox=copyleaks.sandbox if params["sandbox"] is None else bool(params["sandbox"]),
+                sandbox=sandbox,
                 force_rescan=params["force_rescan"],
                 batch_size=params["batch_size"],
                 max_credits=params["max_credits"],
+                credit_balance=None if credits is None else credits.available,
                 max_submissions=max_submissions,
                 max_attempts=params["max_attempts"],
                 source_filter=params["source_filter"],
                 limit=params["limit"],
+                follow_watermark=interval.follows_watermark,
             ),
         )
-        log.info("Interval [%s, %s): %s", start, end, result.as_dict())
+        log.info("Interval [%s, %s): %s", *_data_interval(context), result.as_dict())
         return result.batch_ids
 
     # A report reads the warehouse and fetches a few catalog images (attacker-chosen hosts) under its
@@ -186,6 +222,7 @@ with DAG(
             data_interval=_data_interval(context),
             requests_per_second=rate,
             window_minutes=context["params"]["max_submit_minutes"],
+            account_balance=_account_balance(context),
         )
         if run_report.summary["backlog_scans"]:
             log.info("Backlog: %s", run_report.summary["backlog"])
@@ -224,13 +261,68 @@ with DAG(
     reported.as_teardown(setups=batches)
 
 
-def _data_interval(context) -> tuple[datetime, datetime]:
-    """The run's data interval; a manual run without one audits the 24 hours before it was triggered."""
+def _audit_interval(context) -> AuditInterval:
+    """What the run asks planning for (``image_audit.planning.schedule.audit_interval``): its data interval
+    (a backfill, a manual run given a logical date), or the catalog's watermark to its ``run_after``."""
+    run = context["dag_run"]
     start, end = context.get("data_interval_start"), context.get("data_interval_end")
-    if start is None or end is None or start == end:
-        end = context["dag_run"].run_after
-        start = end - timedelta(days=1)
-    return start, end
+    return audit_interval(run.run_type, start, end, run.run_after)
+
+
+def _data_interval(context) -> tuple[datetime, datetime]:
+    """The catalog interval the run audits: its data interval, or the interval its plan claimed from the
+    catalog's watermark (the empty interval at its end while it has claimed none)."""
+    interval = _audit_interval(context)
+    if not interval.follows_watermark:
+        return interval.start, interval.end
+    from image_audit.planning.watermark import run_interval
+    from image_audit.warehouse.engine import get_engine
+
+    engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
+    return run_interval(engine, context["dag"].dag_id, context["run_id"]) or (interval.end, interval.end)
+
+
+def _variable_json(name: str):
+    """The Airflow Variable ``name`` as JSON (None when unset); a Variable that is not JSON is a
+    configuration error, which fails the task without retries."""
+    import json
+
+    text = Variable.get(name, default=None)
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError as exc:
+        raise AirflowFailException(f"the Airflow Variable {name} is not valid JSON ({exc})") from None
+
+
+def _account_credits() -> int:
+    """The Copyleaks account's credit balance (one API call, counted against the account's budget)."""
+    from copyleaks_provider.hooks.copyleaks import CopyleaksHook
+
+    return CopyleaksHook(COPYLEAKS_CONN_ID).get_credits()
+
+
+def _account_balance(context):
+    """The account's balance when the run was planned and now, with Copyleaks' usage history of those
+    days, for the report's reconciliation; None for a run that read no balance (sandbox) or when the
+    account cannot be read now (the report never fails for it)."""
+    from datetime import UTC
+
+    from copyleaks_provider.account.credits import usage_history_net
+    from copyleaks_provider.hooks.copyleaks import CopyleaksHook
+    from image_audit.reporting import AccountBalance
+
+    before = context["ti"].xcom_pull(task_ids="plan", key=CREDITS_BEFORE_XCOM)
+    if before is None:
+        return None
+    hook = CopyleaksHook(COPYLEAKS_CONN_ID)
+    try:
+        after = hook.get_credits()
+        planned_on = (context["dag_run"].start_date or datetime.now(UTC)).date()
+        usage = usage_history_net(hook.get_usage_history(planned_on, datetime.now(UTC).date()))
+    except Exception as exc:
+        log.warning("The account's balance could not be read for the report (%s)", type(exc).__name__)
+        return None
+    return AccountBalance(before=int(before), after=after, usage_history=usage)
 
 
 def _copyleaks_settings():

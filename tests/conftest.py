@@ -28,8 +28,13 @@ os.environ["IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS"] = "true"
 # The support package's asserts (check_invariants...) report like a test's.
 pytest.register_assert_rewrite("tests.support")
 # Fixtures: warehouses and the Airflow metadata database; the emulator and a webhook recorder; the wired
-# deployment the DAG tests run.
-pytest_plugins = ["tests.support.warehouse", "tests.support.emulator", "tests.support.deployment"]
+# deployment the DAG tests run; the SMTP server and the recording notifier the alerts are sent to.
+pytest_plugins = [
+    "tests.support.warehouse",
+    "tests.support.emulator",
+    "tests.support.deployment",
+    "tests.support.alerts",
+]
 
 
 # --- the reliability suite's figures: printed here, in the root conftest, because pytest-xdist's

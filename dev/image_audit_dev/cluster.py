@@ -25,6 +25,7 @@ import psutil
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from image_audit_dev.bundles import BUNDLES_ENV, dag_bundle_config_list
 from image_audit_dev.servers import SERVICE_NICENESS, dev_environment, free_port, niced, signal_group
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,9 @@ class LocalCluster:
     #: The warehouse as the components reach it (e.g. through a TCP proxy a test cuts); default
     #: :attr:`warehouse_url`. The cluster itself (migrations) always uses :attr:`warehouse_url`.
     component_warehouse_url: str | None = None
+    #: ``dev/dags`` as a second DAG bundle (``image_audit_dev.bundles``): ``catalog_ingestion``, the
+    #: example producer of the catalog's Asset, beside the audit DAG.
+    dev_dags: bool = False
     _spawned: set[str] = field(default_factory=set, repr=False)
 
     @property
@@ -182,6 +186,8 @@ class LocalCluster:
                 }
             ),
         )
+        if self.dev_dags:
+            env[BUNDLES_ENV] = dag_bundle_config_list(self.dags_folder)
         if self.fast_recovery:
             env.update(FAST_RECOVERY_ENV)
         env.update(self.extra_env)
@@ -318,9 +324,10 @@ class LocalCluster:
 
     # --- the REST API ----------------------------------------------------------------------------
     def trigger_dag_run(
-        self, dag_id: str, logical_date: str, conf: dict | None = None, timeout: float = 120
+        self, dag_id: str, logical_date: str | None, conf: dict | None = None, timeout: float = 120
     ) -> str:
-        """Trigger ``dag_id`` through Airflow's REST API once the dag-processor has parsed it."""
+        """Trigger ``dag_id`` through Airflow's REST API once the dag-processor has parsed it
+        (``logical_date`` None: a run without one)."""
         deadline = time.monotonic() + timeout
         while self._get(f"/api/v2/dags/{dag_id}") is None:
             if time.monotonic() > deadline:
@@ -381,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         home=args.home,
         name=args.name,  # by keyword: the fourth field is dags_folder
         api_port=args.api_port,
+        dev_dags=True,  # catalog_ingestion: trigger it to see the audit start from the catalog's Asset
     )
     # SIGTERM (docker stop, systemd, kill) unwinds like Ctrl-C, also while the cluster is starting.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Airflow UI and REST API: {cluster.api_url} (every user is admin: local use only)")
         print(f"Webhook receiver:        {cluster.api_url}/copyleaks-webhook/health")
         print(f"Copyleaks emulator:      {cluster.emulator_url}")
+        print("Example producer:        the catalog_ingestion DAG (dev/dags): each run starts an audit")
         print(f"Warehouse:               {make_url(cluster.warehouse_url).render_as_string()}")
         print(f"Logs:                    {cluster.home / 'logs'}\nPress Ctrl-C to stop.")
         try:

@@ -3,12 +3,15 @@
 ``./run demo`` sets up a fresh local Airflow home under ./var/demo, starts the emulator and the webhook
 receiver, seeds a sample catalog of generated images (with some deliberately bad rows), runs
 ``airflow dags test image_catalog_audit``, prints the report summary and where the report is, and
-stops everything it started.
+stops everything it started. Then the catalog's producer: ``airflow dags test catalog_ingestion`` (the
+example in ``dev/dags``, a second DAG bundle) adds rows and updates the catalog's Asset, and the demo shows
+the asset event queued for the audit, which a scheduler (``./run cluster``) would now start.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -19,8 +22,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from image_audit_dev.bundles import BUNDLES_ENV, dag_bundle_config_list
+
 ROOT = Path(__file__).resolve().parents[2]
 DAG_ID = "image_catalog_audit"
+PRODUCER_DAG_ID = "catalog_ingestion"
+PRODUCER_ROWS = 5
 
 
 def _airflow_env(home: Path, warehouse_url: str, connection: dict) -> dict[str, str]:
@@ -29,6 +36,8 @@ def _airflow_env(home: Path, warehouse_url: str, connection: dict) -> dict[str, 
         AIRFLOW_HOME=str(home / "airflow"),
         AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags"),
+        # The audit DAG unpaused, as a deployment runs it: the producer's Asset event queues a run of it.
+        AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
         AIRFLOW__CORE__PLUGINS_FOLDER=str(ROOT / "plugins"),
         AIRFLOW__LOGGING__LOGGING_LEVEL="INFO",
         AIRFLOW_CONN_IMAGE_AUDIT_WAREHOUSE=warehouse_url,
@@ -36,6 +45,8 @@ def _airflow_env(home: Path, warehouse_url: str, connection: dict) -> dict[str, 
         IMAGE_AUDIT_REPORT_ALLOW_PRIVATE_URLS="true",  # the demo's images are on the local emulator
         AIRFLOW_CONN_COPYLEAKS_DEFAULT=json.dumps(connection),
     )
+    # Two DAG bundles: dags/ and dev/dags (catalog_ingestion, the example producer of the catalog's Asset).
+    env[BUNDLES_ENV] = dag_bundle_config_list(ROOT / "dags")
     return env
 
 
@@ -124,10 +135,43 @@ def main(argv: list[str] | None = None) -> int:
     if row is None:
         raise SystemExit(f"the run wrote no report; see {log_path}")
     _print_summary(row.summary, problems)
-    print(f"\nDone in {time.monotonic() - started:.0f} s.")
     print(f"HTML report: {row.html_path}\nCSV: {row.csv_path}\nParquet: {row.parquet_path}")
+
+    # The catalog's producer: new rows, then the Asset update the audit is scheduled on.
+    conf = json.dumps({"rows": PRODUCER_ROWS})
+    print(f"\nThe catalog's producer: airflow dags test {PRODUCER_DAG_ID} -c '{conf}' ...")
+    _airflow(["dags", "test", PRODUCER_DAG_ID, "-c", conf], env, log_path)
+    _print_asset_event(home / "airflow" / "airflow.db")
+    print(f"\nDone in {time.monotonic() - started:.0f} s.")
     print(f"Airflow log: {log_path}")
     return 0
+
+
+def _print_asset_event(metadata_db: Path) -> None:
+    """The producer's Asset event and the audit run it queued, from Airflow's (SQLite) metadata database."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(metadata_db)) as db:
+        event = db.execute(
+            "SELECT a.name, e.timestamp, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id "
+            "WHERE e.source_dag_id = ? ORDER BY e.id DESC LIMIT 1",
+            (PRODUCER_DAG_ID,),
+        ).fetchone()
+        queued = db.execute(
+            "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id "
+            "WHERE a.name = ?",
+            (event[0] if event else None,),
+        ).fetchall()
+    if event is None:
+        raise SystemExit(f"{PRODUCER_DAG_ID} emitted no Asset event")
+    name, timestamp, extra = event
+    rows = json.loads(extra or "{}").get("rows")
+    print(f"  {rows} catalog rows committed; Asset {name!r} updated at {timestamp[:19]} UTC")
+    targets = sorted(target for (target,) in queued)
+    print(f"  asset event queued for: {', '.join(targets) or 'no DAG'} (scheduled on {name!r} or 00:00 UTC)")
+    print(f"  `airflow dags test` runs no scheduler, so no {DAG_ID} run starts here.")
+    print(f"  `./run cluster` runs one: there each {PRODUCER_DAG_ID} run starts an {DAG_ID} run")
+    print("  that audits just the new rows.")
 
 
 def _print_summary(summary: dict, problems) -> None:

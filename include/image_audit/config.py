@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -82,3 +83,17 @@ def reports_url() -> str:
 
 def reports_conn_id() -> str | None:
     return os.environ.get(REPORTS_CONN_ID_ENV) or None
+
+
+def add_warehouse_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url`` / ``--conn-id``: the warehouse a command line works on (default: the deployment's)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--url", help="the warehouse's SQLAlchemy URL (default: the warehouse connection's)")
+    group.add_argument("--conn-id", help="the warehouse connection (default: the deployment's)")
+
+
+def warehouse_url_of(args: argparse.Namespace) -> str:
+    """The warehouse named by :func:`add_warehouse_arguments`' arguments."""
+    if args.url:
+        return args.url
+    return warehouse_url(args.conn_id) if args.conn_id else warehouse_url()

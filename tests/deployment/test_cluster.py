@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import sys
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import boto3
@@ -20,19 +19,11 @@ from sqlalchemy import func, select
 from image_audit.config import REPORTS_CONN_ID_ENV, REPORTS_URL_ENV
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_reports, audit_results, audit_scans
-from image_audit_dev.cluster import LocalCluster
 from image_audit_dev.sample_catalog import sample_catalog_rows, seed_catalog
 from image_audit_dev.servers import free_port, server_process
-from tests.support.warehouse import POSTGRES_URL, REDIS_URL
+from tests.support.cluster import CLUSTER_TEST, running_cluster
 
-pytestmark = [
-    pytest.mark.serial,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (POSTGRES_URL and REDIS_URL),
-        reason="set IMAGE_AUDIT_TEST_POSTGRES_URL and IMAGE_AUDIT_TEST_REDIS_URL to run the cluster test",
-    ),
-]
+pytestmark = CLUSTER_TEST
 
 
 S3_KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
@@ -54,7 +45,6 @@ def cluster(tmp_path, s3_bucket):
     """A cluster on databases of its own, reporting to the S3 bucket through an ``aws`` connection; its
     processes are stopped and its databases dropped even when the test fails (the logs stay under
     pytest's tmp_path for a post-mortem)."""
-    redis = (REDIS_URL or "").rsplit("/", 1)[0] + "/7"  # a Redis database of its own
     _, bucket, endpoint = s3_bucket
     reports_connection = {
         "conn_type": "aws",
@@ -62,22 +52,17 @@ def cluster(tmp_path, s3_bucket):
         "password": S3_KEYS["aws_secret_access_key"],
         "extra": {"endpoint_url": endpoint, "region_name": "us-east-1"},
     }
-    local = LocalCluster(
-        postgres_url=POSTGRES_URL,
-        redis_url=redis,
-        home=tmp_path,
-        name=f"ia_cluster_{uuid.uuid4().hex[:8]}",
+    with running_cluster(
+        tmp_path,
+        redis_db=7,
+        prefix="ia_cluster",
         extra_env={
             REPORTS_URL_ENV: f"s3://{bucket}/nightly",
             REPORTS_CONN_ID_ENV: "audit_reports_s3",
             "AIRFLOW_CONN_AUDIT_REPORTS_S3": json.dumps(reports_connection),
         },
-    )
-    try:
-        with local:
-            yield local
-    finally:
-        local.drop_databases()
+    ) as local:
+        yield local
 
 
 def test_the_real_scheduler_triggerer_and_celery_worker_run_the_audit(cluster, s3_bucket):

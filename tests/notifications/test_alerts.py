@@ -8,72 +8,16 @@ under every threshold nothing arrives; another channel receives the same text.
 
 from __future__ import annotations
 
-import html
 import json
-import re
-import threading
-from email import message_from_bytes, policy
-from typing import ClassVar
 from urllib.parse import quote
 
 import pytest
-from airflow.sdk import BaseNotifier
 
 from image_audit.notifications.alerts import AuditAlertNotifier
-from image_audit_dev.servers import free_port
+from tests.support.alerts import BASE_URL, OTHER, RECIPIENT, SENDER, Recording
+from tests.support.alerts import body as _body
+from tests.support.alerts import text as _text
 from tests.support.factories import DAY
-
-BASE_URL = "https://airflow.example.test"
-SENDER, RECIPIENT, OTHER = "image-audit@example.test", "analysts@example.test", "ops@example.test"
-
-
-class _Collect:
-    """The SMTP server's handler: keeps each message, then answers 250. The sender's ``sendmail`` returns
-    only on that answer, so once a notifier has returned, every message it sent is in ``messages``."""
-
-    def __init__(self):
-        self.messages = []
-        self._received = threading.Condition()
-
-    async def handle_DATA(self, server, session, envelope):
-        message = message_from_bytes(envelope.content, policy=policy.default)
-        with self._received:
-            self.messages.append((envelope.rcpt_tos, message))
-            self._received.notify_all()
-        return "250 Message accepted for delivery"
-
-    def wait_for(self, n: int, timeout: float = 10.0) -> list:
-        """The messages once there are ``n`` of them (or the timeout passed)."""
-        with self._received:
-            self._received.wait_for(lambda: len(self.messages) >= n, timeout)
-            return list(self.messages)
-
-
-@pytest.fixture
-def smtp(monkeypatch):
-    """A real SMTP server on loopback, the ``smtp_default`` connection to it and the UI's base URL."""
-    from aiosmtpd.controller import Controller
-
-    handler = _Collect()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    extra = {"disable_ssl": True, "disable_tls": True, "from_email": SENDER, "retry_limit": 0, "timeout": 10}
-    connection = {"conn_type": "smtp", "host": "127.0.0.1", "port": controller.port, "extra": extra}
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", json.dumps(connection))
-    monkeypatch.setenv("AIRFLOW__API__BASE_URL", BASE_URL)
-    try:
-        yield handler
-    finally:
-        controller.stop()
-
-
-def _body(message) -> str:
-    return message.get_body(preferencelist=("html", "plain")).get_content()
-
-
-def _text(body: str) -> str:
-    """What the HTML body reads as."""
-    return html.unescape(re.sub(r"<[^>]+>", "", body))
 
 
 @pytest.mark.slow
@@ -155,21 +99,7 @@ def test_a_run_under_every_threshold_sends_nothing(smtp):
     assert smtp.messages == []  # a message sent would be kept already: sendmail waits for its 250
 
 
-class Recording(BaseNotifier):
-    """Any other Airflow notifier (Slack...): a templated field, and a record of what it is given."""
-
-    template_fields = ("text",)
-    calls: ClassVar[list] = []  # shared by the copies the alert notifier makes of it
-
-    def __init__(self):
-        super().__init__()
-        self.text = "{{ alert_text }}"
-
-    def notify(self, context):
-        self.calls.append({**context, "rendered_text": self.text})
-
-
-def test_another_channel_receives_the_same_text(smtp):
+def test_another_channel_receives_the_same_text(smtp, recording):
     context = _context(alert_credits=30, alert_failed_share=0.1)
     AuditAlertNotifier()(dict(context))
     [(_, message)] = smtp.wait_for(1)

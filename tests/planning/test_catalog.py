@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from copyleaks_provider.exceptions import CopyleaksValidationError
 from copyleaks_provider.validation import validate_file_name, validate_image_url
-from image_audit.planning.catalog import read_catalog, row_rejection
+from image_audit.planning.__main__ import main
+from image_audit.planning.catalog import (
+    CatalogMappingError,
+    CatalogSpec,
+    checked_spec,
+    read_catalog,
+    row_rejection,
+)
 
 DAY = datetime(2026, 11, 23, tzinfo=UTC)
 #: Characters URLs are made of here: the scheme's and a host's, what ends a host, whitespace, and
@@ -81,3 +88,63 @@ def test_catalog_order_is_ingestion_then_id_url_and_file_name(engine, team_catal
         ("a", "https://h/2.jpg", "a.jpg"),
         ("a", "https://h/2.jpg", "b.jpg"),
     ]
+
+
+# --- the mapping checked against the table's real columns --------------------------------------------
+def _table(engine, *columns: str) -> None:
+    from sqlalchemy import Column, DateTime, MetaData, Table, Text
+
+    types = {name: DateTime(timezone=True) if name == "ingested_at" else Text for name in columns}
+    Table("media", MetaData(), *(Column(name, kind) for name, kind in types.items())).create(engine)
+
+
+def test_an_optional_column_the_table_lacks_is_absent_when_its_key_is_omitted(engine):
+    _table(engine, "image_id", "url", "ingested_at")
+    spec = checked_spec(engine, CatalogSpec.from_dict({"table": "media"}))
+    assert (spec.file_name, spec.source, spec.fetch_headers_ref) == (None, None, None)
+    assert (spec.image_id, spec.url, spec.ingested_at) == ("image_id", "url", "ingested_at")
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"table": "media", "fetch_headers_ref": "fetch_headers_ref"}, "'fetch_headers_ref' of the Variable"),
+        ({"table": "media", "url": "image_url"}, "no column 'image_url' (the key 'url' of the Variable"),
+        ({"table": "media", "source": "origin"}, "or to null if it has none"),
+        ({"table": "pictures"}, "the catalog table 'pictures' does not exist"),
+    ],
+)
+def test_any_other_mismatch_names_the_variable_key_the_column_and_the_table(engine, settings, message):
+    _table(engine, "image_id", "url", "ingested_at", "source")
+    with pytest.raises(CatalogMappingError) as raised:
+        checked_spec(engine, CatalogSpec.from_dict(settings))
+    assert message in str(raised.value) and "image_audit_catalog" in str(raised.value)
+
+
+def test_a_required_column_left_at_its_default_is_named_as_such(engine):
+    _table(engine, "id", "url", "ingested_at")
+    with pytest.raises(CatalogMappingError) as raised:
+        checked_spec(engine, CatalogSpec.from_dict({"table": "media"}))
+    expected = (
+        "no column 'image_id' (the key 'image_id' of the Variable image_audit_catalog, unset: its default)"
+    )
+    assert expected in str(raised.value)
+
+
+def test_an_unknown_key_or_a_value_that_is_not_an_object_is_a_mapping_error():
+    with pytest.raises(CatalogMappingError, match=r"unknown key.*'columns'"):
+        CatalogSpec.from_dict({"columns": ["a"]})
+    with pytest.raises(CatalogMappingError, match="must be a JSON object"):
+        CatalogSpec.from_dict(["media"])
+
+
+def test_the_command_line_checks_a_mapping_before_a_night_depends_on_it(warehouse_url, engine, capsys):
+    _table(engine, "image_id", "url", "ingested_at")
+    ok = main(["check-catalog", "--url", warehouse_url, "--spec", '{"table": "media"}'])
+    assert (
+        ok == 0
+        and "catalog media: image_id=image_id, url=url, ingested_at=ingested_at, file_name=None"
+        in (capsys.readouterr().out)
+    )
+    bad = main(["check-catalog", "--url", warehouse_url, "--spec", '{"table": "media", "source": "origin"}'])
+    assert bad == 1 and "no column 'origin'" in capsys.readouterr().err

@@ -11,6 +11,7 @@ from copyleaks_provider.scan_ids import make_scan_id
 from image_audit.planning import PlanOptions, RunContext, plan_run
 from image_audit.planning.catalog import CatalogSpec, read_catalog
 from image_audit.planning.window import submission_capacity
+from image_audit.reporting.backlog import backlog_by_reason
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.progress import release_unsubmitted
 from image_audit.warehouse.schema import audit_batches, audit_scans, image_catalog
@@ -121,6 +122,30 @@ def test_budget_guard_defers_the_rest_to_a_later_run(engine):
     assert later.planned == 6 and later.resumed == 6
     adopted = _scans(engine, run_id="run-2")
     assert {s["scan_id"] for s in adopted} == {s["scan_id"] for s in deferred}
+
+
+def test_the_accounts_credits_cap_the_run_and_say_so_when_they_are_the_tightest_cap(engine):
+    _seed(engine, _rows(10))
+    options = PlanOptions(model=MODEL, max_credits=8, credit_balance=3, max_submissions=5)
+    plan = plan_run(engine, CatalogSpec(), _run(), options)
+    assert (plan.planned, plan.deferred_by_credits, plan.deferred_by_budget, plan.deferred_by_window) == (
+        3,
+        7,
+        0,
+        0,
+    )
+    waiting = [s for s in _scans(engine) if s["batch_id"] is None]
+    assert len(waiting) == 7
+    assert {s["last_error"] for s in waiting} == {"deferred: the account's credits: 3 credits were available"}
+    # the backlog counts them apart, for the report
+    with engine.connect() as conn:
+        assert backlog_by_reason(conn, "image_catalog_audit")["credits"] == 7
+
+
+def test_a_tighter_budget_is_named_rather_than_the_accounts_credits(engine):
+    _seed(engine, _rows(5))
+    plan = plan_run(engine, CatalogSpec(), _run(), PlanOptions(model=MODEL, max_credits=2, credit_balance=2))
+    assert (plan.planned, plan.deferred_by_budget, plan.deferred_by_credits) == (2, 3, 0)
 
 
 def _deferred(engine) -> list[dict]:
@@ -310,7 +335,7 @@ def test_a_team_catalog_with_its_own_names(engine):
     plan = plan_run(engine, spec, _run(), PlanOptions(model=MODEL))
     assert plan.planned == 2
     assert {s["file_name"] for s in _scans(engine)} == {"a1.png", "a2.webp"}
-    with pytest.raises(ValueError, match="unknown catalog setting"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['tabel'\] in the Variable image_audit_catalog"):
         CatalogSpec.from_dict({"tabel": "x"})
 
 

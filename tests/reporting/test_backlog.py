@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
+from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_CREDITS, DEFERRED_BY_WINDOW
 from image_audit.reporting import build_run_report
 from image_audit.reporting.backlog import backlog_summary, describe_backlog
 from image_audit.warehouse.engine import get_engine
@@ -25,6 +25,7 @@ def _seed_backlog(engine) -> None:
     """R2's scans (``n`` is pending, released unsent) plus scans the caps deferred, in R1 and R2."""
     window = f"{DEFERRED_BY_WINDOW} of 201139 submissions is full"
     budget = f"{DEFERRED_BY_BUDGET} of 100 credits is spent"
+    credits = f"{DEFERRED_BY_CREDITS}: 2 credits were available"
     insert_report_scans(engine, r2_scans())
     insert_report_scans(
         engine,
@@ -33,6 +34,7 @@ def _seed_backlog(engine) -> None:
             *[Scan(f"v{i}", "blog", D2, "pending", error=window) for i in range(4)],
             Scan("b0", "shop", D1, "pending", error=budget, run_id=R1),
             Scan("b1", "shop", D2, "pending", error=budget),
+            Scan("c0", "blog", D2, "pending", error=credits),
             Scan("in-batch", "shop", D2, "pending"),  # being submitted: not waiting
             Scan("elsewhere", "shop", D2, "pending", error=window),  # another DAG's
         ],
@@ -54,34 +56,38 @@ def test_backlog_and_when_it_clears_at_the_accounts_rate(warehouse_url, tmp_path
     )
     backlog = report.summary["backlog"]
     assert backlog == {
-        "scans": 10,
-        "by_reason": {"window": 7, "budget": 2, "unsent": 1},
+        "scans": 11,
+        "by_reason": {"window": 7, "budget": 2, "credits": 1, "unsent": 1},
         "requests_per_second": 10,
         "window_minutes": 360,
         "run_capacity": 201_139,
         "submission_minutes": 1,
         "runs_to_clear": 1,
     }
-    assert report.summary["backlog_scans"] == 10
+    assert report.summary["backlog_scans"] == 11
     html = report.html_path.read_text()
     section = html[html.index('<section class="backlog"') :].split("</section>")[0]
-    assert "<strong>10 images</strong>" in section
+    assert "<strong>11 images</strong>" in section
+    assert "Those waiting for credits go once the account is topped up." in section
     assert "At 10 requests/s that is about 1 minute of submission" in section
     assert "within the next run&#39;s window (360 minutes, up to 201,139 submissions)" in section
     assert "Those the credit budget held back go only as far as later runs' budgets allow" in (
         section.replace("&#39;", "'")
     )
-    table = section[section.index("<table") :]
-    rows = [(label, table.index(label)) for label in ("submission window", "credit budget", "run ending")]
+    table = section[section.index("<table") :].replace("&#39;", "'")
+    rows = [
+        (label, table.index(label))
+        for label in ("submission window", "credit budget", "account's credits", "run ending")
+    ]
     assert [label for label, _ in sorted(rows, key=lambda r: r[1])] == [label for label, _ in rows]
     assert html.index('id="backlog"') < html.index("<h2>Scan outcomes</h2>")
 
-    # a short window: 5 submissions a run, so two runs; a rebuild without the rate keeps the recorded one
+    # a short window: 5 submissions a run, so three runs; a rebuild without the rate keeps the recorded one
     short = build_run_report(
         engine, DAG_ID, R2, out_dir=tmp_path, top_n=0, requests_per_second=10, window_minutes=0.01
     )
-    assert (short.summary["backlog"]["run_capacity"], short.summary["backlog"]["runs_to_clear"]) == (5, 2)
-    assert "the windows of the next 2 runs (0.01 minutes, up to 5 submissions each)" in (
+    assert (short.summary["backlog"]["run_capacity"], short.summary["backlog"]["runs_to_clear"]) == (5, 3)
+    assert "the windows of the next 3 runs (0.01 minutes, up to 5 submissions each)" in (
         short.html_path.read_text()
     )
     rebuilt = build_run_report(engine, DAG_ID, R2, out_dir=tmp_path, top_n=0)
@@ -95,7 +101,7 @@ def test_no_backlog_no_section(warehouse_url, tmp_path):
         engine, DAG_ID, R2, out_dir=tmp_path, top_n=0, requests_per_second=10, window_minutes=360
     )
     assert report.summary["backlog_scans"] == 0
-    assert report.summary["backlog"]["by_reason"] == {"window": 0, "budget": 0, "unsent": 0}
+    assert report.summary["backlog"]["by_reason"] == {"window": 0, "budget": 0, "credits": 0, "unsent": 0}
     html = report.html_path.read_text()
     assert "Waiting for later runs" not in html and 'class="backlog"' not in html
 

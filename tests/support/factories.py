@@ -5,6 +5,7 @@ One builder per thing, so a column or a wire field added tomorrow is added here 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -72,6 +73,21 @@ def seed_scan(
 ) -> None:
     """One scan of ``run_id`` in ``state``, as planning and the submit task would have left it."""
     insert_scans(target, [new_scan(scan_id, state, run_id=run_id)])
+
+
+def run_scans(
+    run_id: str, state: ScanState, n: int, *, tag: str = "", **columns: Any
+) -> list[dict[str, Any]]:
+    """``n`` scans of ``run_id`` in ``state`` (rows for :func:`insert_scans`), each with ``columns``;
+    ``tag`` tells apart groups of the same run and state. Every row has ``submitted_at`` and
+    ``completed_at`` (None unless given), so groups inserted together keep their times (one INSERT
+    takes the columns of its first row)."""
+    prefix = hashlib.sha256(f"{run_id}/{state}/{tag}".encode()).hexdigest()[:24]
+    times = {"submitted_at": None, "completed_at": None}
+    return [
+        new_scan(f"{prefix}-{i}", state, run_id=run_id, image_id=f"image-{prefix}-{i}", **times | columns)
+        for i in range(n)
+    ]
 
 
 # --- Copyleaks' webhook bodies -------------------------------------------------------------------------

@@ -6,12 +6,15 @@ Param sets it. The message goes through any Airflow notifier (default: e-mail th
 provider), is built only from the run's figures, ids and report URI (no connection, secret or catalog
 row), and reaches the channel's templated fields as context values (``alert_subject``, ``alert_text``,
 ``alert_html``, ``alert_to``, ``alert``) that are inserted, never rendered as templates themselves.
+:func:`alert_channel` and :func:`send_alert` are that path; the deadline alert
+(``image_audit.notifications.deadline``) sends through them too.
 """
 
 from __future__ import annotations
 
 import copy
 import html
+import importlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -20,6 +23,10 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from image_audit.ui.links import report_tab_url
+
+#: A channel: a notifier, or the import path of one (a module-level notifier, or a class or function
+#: that makes one when called without arguments), which a deadline alert's callback can carry.
+Channel = BaseNotifier | str
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,8 @@ class AuditAlertNotifier(BaseNotifier):
     :param ai_count: alert when more images than this are AI-generated
     :param failed_share: alert when the failed + timed-out share of the sent scans is over this (0..1)
     :param credits: alert when the run spent more credits than this
-    :param channel: any Airflow notifier; None: e-mail through ``smtp_conn_id`` to ``to``
+    :param channel: any Airflow notifier, or its import path (:data:`Channel`); None: e-mail through
+        ``smtp_conn_id`` to ``to``
     :param to: default e-mail recipients (the run's ``alert_to`` Param overrides them)
     :param from_email: the sender; None: the SMTP connection's ``from_email`` extra
     :param report_task_id: the task whose XCom return value is the summary; None: the task called back
@@ -115,7 +123,7 @@ class AuditAlertNotifier(BaseNotifier):
         ai_count: int | None = None,
         failed_share: float | None = None,
         credits: float | None = None,
-        channel: BaseNotifier | None = None,
+        channel: Channel | None = None,
         to: str | Iterable[str] | None = None,
         from_email: str | None = None,
         smtp_conn_id: str = DEFAULT_SMTP_CONN_ID,
@@ -152,13 +160,9 @@ class AuditAlertNotifier(BaseNotifier):
         return dict(value or {})
 
     def recipients(self, context) -> str | None:
-        """The run's ``alert_to`` Param, else the notifier's ``to``: one comma-separated string (which a
-        native and a string template environment render alike)."""
+        """The run's ``alert_to`` Param, else the notifier's ``to`` (:func:`recipients`)."""
         params = context.get("params") or {}
-        to = params.get(RECIPIENTS_PARAM) or self.to
-        if to and not isinstance(to, str):
-            to = ", ".join(str(address) for address in to)
-        return to or None
+        return recipients(params.get(RECIPIENTS_PARAM), self.to)
 
     # --- the message ----------------------------------------------------------------------------------
     def message(self, summary: Mapping[str, Any], found: list[Crossing], context) -> dict[str, str]:
@@ -190,26 +194,9 @@ class AuditAlertNotifier(BaseNotifier):
         if summary.get("html_path"):
             lines.append(f"The report: {summary['html_path']}")
         text = "\n".join(lines)
-        body = html.escape(text).replace(
-            html.escape(url), f'<a href="{html.escape(url)}">{html.escape(url)}</a>'
-        )
-        return {"subject": subject, "text": text, "html": f"<pre>{body}</pre>", "url": url}
+        return {"subject": subject, "text": text, "html": alert_html(text, url), "url": url}
 
     # --- sending --------------------------------------------------------------------------------------
-    def _channel(self) -> BaseNotifier:
-        """A fresh channel per alert (a notifier renders its templated fields in place, once)."""
-        if self.channel is not None:
-            return copy.deepcopy(self.channel)
-        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-        return SmtpNotifier(
-            to="{{ alert_to }}",
-            from_email=self.from_email,
-            subject="{{ alert_subject }}",
-            html_content="{{ alert_html }}",
-            smtp_conn_id=self.smtp_conn_id,
-        )
-
     def notify(self, context) -> None:
         summary = self.summary(context)
         found = crossings(summary, self.run_thresholds(context))
@@ -233,16 +220,71 @@ class AuditAlertNotifier(BaseNotifier):
             "figures": run_figures(summary),
             "url": message["url"],
         }
-        channel_context = {
-            **context,
-            "alert_subject": message["subject"],
-            "alert_text": message["text"],
-            "alert_html": message["html"],
-            "alert_to": to,
-            "alert": alert,
-        }
-        log.warning("Alert: %s", message["subject"])
-        self._channel()(channel_context)
+        channel = alert_channel(self.channel, from_email=self.from_email, smtp_conn_id=self.smtp_conn_id)
+        send_alert(channel, context, message, to=to, alert=alert)
+
+
+# --- the path every alert takes -------------------------------------------------------------------------
+def recipients(*candidates: str | Iterable[str] | None) -> str | None:
+    """The first set of ``candidates`` (an address string, a comma-separated string or a list) as one
+    comma-separated string (which a native and a string template environment render alike)."""
+    to = next((candidate for candidate in candidates if candidate), None)
+    if to and not isinstance(to, str):
+        to = ", ".join(str(address) for address in to)
+    return to or None
+
+
+def alert_channel(
+    channel: Channel | None, *, from_email: str | None = None, smtp_conn_id: str = DEFAULT_SMTP_CONN_ID
+) -> BaseNotifier:
+    """A fresh channel for one alert (a notifier renders its templated fields in place, once): a copy
+    of ``channel``, the notifier its import path names, or e-mail through ``smtp_conn_id``."""
+    if isinstance(channel, str):
+        module, _, name = channel.rpartition(".")
+        found = getattr(importlib.import_module(module), name)
+        channel = found if isinstance(found, BaseNotifier) else found()
+        if not isinstance(channel, BaseNotifier):
+            raise TypeError(f"the alert channel {channel!r} names no notifier")
+    if channel is not None:
+        return copy.deepcopy(channel)
+    from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+    return SmtpNotifier(
+        to="{{ alert_to }}",
+        from_email=from_email,
+        subject="{{ alert_subject }}",
+        html_content="{{ alert_html }}",
+        smtp_conn_id=smtp_conn_id,
+    )
+
+
+def alert_html(text: str, url: str) -> str:
+    """An alert's text as HTML: preformatted, its link to the run's tab clickable."""
+    body = html.escape(text).replace(html.escape(url), f'<a href="{html.escape(url)}">{html.escape(url)}</a>')
+    return f"<pre>{body}</pre>"
+
+
+def send_alert(
+    channel: BaseNotifier,
+    context: Mapping[str, Any],
+    message: Mapping[str, str],
+    *,
+    to: str | None,
+    alert: dict,
+) -> None:
+    """Send ``message`` (``subject``, ``text``, ``html``) through ``channel``, whose context carries it as
+    ``alert_subject``, ``alert_text``, ``alert_html``, ``alert_to`` and ``alert`` (inserted values,
+    never rendered as templates themselves)."""
+    channel_context = {
+        **context,
+        "alert_subject": message["subject"],
+        "alert_text": message["text"],
+        "alert_html": message["html"],
+        "alert_to": to,
+        "alert": alert,
+    }
+    log.warning("Alert: %s", message["subject"])
+    channel(channel_context)
 
 
 def _share(value: float | None) -> str:

@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import DateTime, Engine, Select, column, null, select, table
+from sqlalchemy import DateTime, Engine, Select, column, inspect, null, select, table
 from sqlalchemy.sql.elements import quoted_name
 
 from copyleaks_provider.exceptions import CopyleaksValidationError
 from copyleaks_provider.validation import validate_file_name, validate_image_url
+
+#: The Airflow Variable holding a deployment's ``CatalogSpec`` (JSON with its keys).
+CATALOG_VARIABLE = "image_audit_catalog"
+#: Columns a catalog row cannot do without; the others are optional.
+REQUIRED_COLUMNS = ("image_id", "url", "ingested_at")
+
+
+class CatalogMappingError(ValueError):
+    """The catalog Variable names a table or column the warehouse does not have: a configuration error,
+    so planning fails at once instead of retrying."""
 
 
 @dataclass(frozen=True)
@@ -23,7 +33,8 @@ class CatalogSpec:
     """Where the catalog lives: table and column names (teams have their own table).
 
     Set it per deployment with the Airflow Variable ``image_audit_catalog`` (JSON with these keys).
-    ``file_name`` and ``fetch_headers_ref`` columns may be ``None`` when the table has none.
+    ``file_name``, ``source`` and ``fetch_headers_ref`` columns may be ``None`` when the table has none.
+    ``given``: the keys the settings named; an optional column left at its default may be absent.
     """
 
     table: str = "image_catalog"
@@ -34,15 +45,55 @@ class CatalogSpec:
     source: str | None = "source"
     ingested_at: str = "ingested_at"
     fetch_headers_ref: str | None = "fetch_headers_ref"
+    given: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any] | None) -> CatalogSpec:
-        """The spec of these settings (the Variable's JSON); raises ``ValueError`` for an unknown key."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values or {}) - known
+        """The spec of these settings (the Variable's JSON); ``CatalogMappingError`` for an unknown key."""
+        values = values or {}
+        if not isinstance(values, dict):
+            raise CatalogMappingError(f"the Variable {CATALOG_VARIABLE} must be a JSON object of settings")
+        known = {f.name for f in fields(cls) if f.name != "given"}
+        unknown = set(values) - known
         if unknown:
-            raise ValueError(f"unknown catalog setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**(values or {}))
+            raise CatalogMappingError(
+                f"unknown key(s) {sorted(unknown)} in the Variable {CATALOG_VARIABLE}; known: {sorted(known)}"
+            )
+        return cls(**values, given=frozenset(values))
+
+    def columns(self) -> dict[str, str | None]:
+        """The column of each row field (``None``: the table has none)."""
+        keys = (*REQUIRED_COLUMNS, "file_name", "source", "fetch_headers_ref")
+        return {key: getattr(self, key) for key in keys}
+
+
+def checked_spec(engine: Engine, spec: CatalogSpec) -> CatalogSpec:
+    """``spec`` checked against the table's real columns: an optional column that is absent, its key
+    not given, becomes ``None``; any other mismatch raises ``CatalogMappingError`` naming the Variable's
+    key, the column and the table."""
+    where = f"{spec.schema}.{spec.table}" if spec.schema else spec.table
+    inspector = inspect(engine)
+    if not inspector.has_table(spec.table, schema=spec.schema):
+        given = "" if "table" in spec.given else " (unset: its default)"
+        raise CatalogMappingError(
+            f"the catalog table {where!r} does not exist in the warehouse: set the key 'table'{given} of "
+            f"the Variable {CATALOG_VARIABLE} to your catalog table"
+        )
+    present = {column["name"] for column in inspector.get_columns(spec.table, schema=spec.schema)}
+    absent = {}
+    for key, name in spec.columns().items():
+        if name is None or name in present:
+            continue
+        if key not in REQUIRED_COLUMNS and key not in spec.given:
+            absent[key] = None
+            continue
+        given = "" if key in spec.given else ", unset: its default"
+        raise CatalogMappingError(
+            f"the catalog table {where!r} has no column {name!r} (the key {key!r} of the Variable "
+            f"{CATALOG_VARIABLE}{given}): set {key!r} to one of its columns"
+            + ("" if key in REQUIRED_COLUMNS else " or to null if it has none")
+        )
+    return replace(spec, **absent) if absent else spec
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ from image_audit.planning.tables import (
     row_columns,
     update_rows,
 )
-from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_WINDOW
+from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_CREDITS, DEFERRED_BY_WINDOW
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_batches, audit_scans
 
@@ -121,17 +121,25 @@ class Planner:
         self.sqlite = conn.dialect.name == "sqlite"
         self.plan = RunPlan()
         self.now = _now()
+
         # The k-th scan that asks for a credit and a submission (in planning order) is admitted iff
-        # k <= cap. Past it, the reason is the budget when that cap is the tighter or equal one: a
-        # longer window would not send the scan.
-        budget = None if options.max_credits is None else max(options.max_credits // CREDITS_PER_IMAGE, 0)
-        window = None if options.max_submissions is None else max(options.max_submissions, 0)
-        self.cap = min((limit for limit in (budget, window) if limit is not None), default=None)
-        self.by_budget = budget is not None and (window is None or budget <= window)
-        if self.by_budget:
-            self.deferral = f"{DEFERRED_BY_BUDGET} of {options.max_credits} credits is spent"
-        else:
-            self.deferral = f"{DEFERRED_BY_WINDOW} of {options.max_submissions} submissions is full"
+        # k <= cap, the tightest of the caps. Past it, the reason is the tightest cap, the credits ones
+        # first on a tie: a longer window would not send the scan.
+        def slots(limit: int | None, unit: int = 1) -> int | None:
+            return None if limit is None else max(limit // unit, 0)
+
+        caps = {
+            "budget": slots(options.max_credits, CREDITS_PER_IMAGE),
+            "credits": slots(options.credit_balance, CREDITS_PER_IMAGE),
+            "window": slots(options.max_submissions),
+        }
+        limits = [(limit, name) for name, limit in caps.items() if limit is not None]
+        self.cap, self.cap_name = min(limits, key=lambda item: item[0], default=(None, "window"))
+        self.deferral = {
+            "budget": f"{DEFERRED_BY_BUDGET} of {options.max_credits} credits is spent",
+            "credits": f"{DEFERRED_BY_CREDITS}: {options.credit_balance} credits were available",
+            "window": f"{DEFERRED_BY_WINDOW} of {options.max_submissions} submissions is full",
+        }[self.cap_name]
         self.counts: dict[str, int] = {}
 
     def execute(self, statement, parameters=None):
@@ -385,9 +393,7 @@ class Planner:
         for key in ("new", "retried", "resumed", "in_progress", "already_scanned"):
             setattr(plan, key, self.counts[key])
         plan.exhausted = self.counts["exhausted"] - self.counts["forced"]  # a forced one is retried
-        setattr(
-            plan, "deferred_by_budget" if self.by_budget else "deferred_by_window", self.counts["deferred"]
-        )
+        setattr(plan, f"deferred_by_{self.cap_name}", self.counts["deferred"])
         plan.rejected = self.execute(
             select(func.count()).where(plan_catalog.c.error.is_not(None))
         ).scalar_one()

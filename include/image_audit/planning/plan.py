@@ -49,6 +49,7 @@ from image_audit.planning.tables import (
     plan_placed,
     plan_work,
 )
+from image_audit.planning.watermark import WatermarkClaim, WatermarkMoved
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import TZ, audit_batches, audit_scans
 
@@ -57,6 +58,8 @@ __all__ = ["PlanOptions", "RunContext", "RunPlan", "plan_run"]
 log = logging.getLogger(__name__)
 #: What the plan writes of an ``audit_scans`` row (the rest is the submission's and the result's).
 _SCAN_COLUMNS = [c.name for c in audit_scans.columns if c.name not in ("submitted_at", "completed_at")]
+#: Plans of one run, at most: each one after the first follows another run's claim on the watermark.
+_CLAIM_ATTEMPTS = 5
 
 
 def _scans(planner: Planner, source: Table, **values) -> list:
@@ -187,8 +190,29 @@ def _record_batches(conn: Connection, run: RunContext, plan: RunPlan) -> None:
 
 def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOptions) -> RunPlan:
     """Decide every row of the run's catalog interval and every earlier run's leftover, record the
-    decisions in ``audit_scans`` and the batches in ``audit_batches``, and return the plan."""
+    decisions in ``audit_scans`` and the batches in ``audit_batches``, and return the plan.
+
+    With ``options.follow_watermark`` the interval is claimed from the catalog's watermark with the
+    decisions (``image_audit.planning.watermark``); when another run claimed first, the run is planned
+    again from where that one's claim ends."""
+    claim = WatermarkClaim.of(spec, run, options) if options.follow_watermark else None
+    for attempt in range(1, _CLAIM_ATTEMPTS + 1):
+        try:
+            return _plan(engine, spec, run, options, claim)
+        except WatermarkMoved as moved:
+            if attempt == _CLAIM_ATTEMPTS:
+                raise
+            log.info("Planning run %s again: %s", run.run_id, moved)
+    raise AssertionError("unreachable")
+
+
+def _plan(
+    engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOptions, claim: WatermarkClaim | None
+) -> RunPlan:
+    """One planning of ``run``; with ``claim``, of the interval it claims from the watermark."""
     with engine.connect() as conn:
+        if claim is not None:
+            run = claim.interval(conn)
         planner = Planner(conn, run, options)
         try:
             with conn.begin(), page_cache(conn, "temp"):  # temporary tables only: no lock
@@ -197,6 +221,8 @@ def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOp
                 resolve_duplicates(conn, planner.model)
             with conn.begin():  # every decision at once: earlier runs' leftovers first, then the catalog
                 planner.lock()
+                if claim is not None:  # the interval, claimed with the decisions or not at all
+                    claim.take(conn, run)
                 with page_cache(conn, "temp"):
                     planner.stage_leftovers()
                     planner.record_latest()
@@ -223,5 +249,11 @@ def plan_run(engine: Engine, spec: CatalogSpec, run: RunContext, options: PlanOp
             "%d scans wait for a later run: the run's budget is %d credits",
             plan.deferred_by_budget,
             options.max_credits,
+        )
+    if plan.deferred_by_credits:
+        log.warning(
+            "%d scans wait for credits: the account had %d credits for this run",
+            plan.deferred_by_credits,
+            options.credit_balance,
         )
     return plan

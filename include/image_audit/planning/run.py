@@ -32,6 +32,9 @@ class PlanOptions:
     batch_size: int = 1000
     #: The run's credit budget; None: no cap.
     max_credits: int | None = None
+    #: The credits the account has for this run (its balance less the reserve); None: not read (a
+    #: sandbox run costs nothing).
+    credit_balance: int | None = None
     #: Submissions that fit this run's window (``submission_capacity``); None: no cap.
     max_submissions: int | None = None
     #: A ``timed_out`` scan gets a new attempt while its attempt number is below this.
@@ -40,6 +43,10 @@ class PlanOptions:
     source_filter: str | None = None
     #: Only the first ``limit`` rows of the interval (in catalog order); None: all.
     limit: int | None = None
+    #: The interval starts at the catalog's watermark, not at ``RunContext.interval_start`` (where the
+    #: catalog's first such run starts), and the run moves the watermark to its end unless a source
+    #: filter or a limit narrows it (``image_audit.planning.watermark``).
+    follow_watermark: bool = False
 
 
 @dataclass
@@ -56,6 +63,7 @@ class RunPlan:
     already_scanned: int = 0
     in_progress: int = 0
     deferred_by_budget: int = 0
+    deferred_by_credits: int = 0
     deferred_by_window: int = 0
     exhausted: int = 0
 

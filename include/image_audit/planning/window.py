@@ -2,7 +2,8 @@
 
 Planning caps a run at :func:`submission_capacity`; what does not fit stays ``pending`` with a
 ``last_error`` starting with :data:`DEFERRED_BY_WINDOW` (or :data:`DEFERRED_BY_BUDGET` for the credit
-cap), and the report's backlog section counts them and says when they clear.
+budget, :data:`DEFERRED_BY_CREDITS` for the account's balance), and the report's backlog section counts
+them and says when they clear.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from copyleaks_provider.settings import RATE_HEADROOM
 WINDOW_SAFETY = Decimal(str(RATE_HEADROOM)) * Decimal("0.97")
 #: How ``last_error`` of a deferred scan starts, per cap (the report counts the backlog by these).
 DEFERRED_BY_BUDGET = "deferred: the run's budget"
+DEFERRED_BY_CREDITS = "deferred: the account's credits"
 DEFERRED_BY_WINDOW = "deferred: the run's submission window"
 
 

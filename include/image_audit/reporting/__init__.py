@@ -1,6 +1,6 @@
 """The analysts' audit report: per-run aggregates, charts, heatmap overlays, HTML, CSV and Parquet."""
 
-from image_audit.reporting.report import RunReport, build_run_report
+from image_audit.reporting.report import AccountBalance, RunReport, build_run_report
 from image_audit.reporting.verdicts import Thresholds, Verdict
 
-__all__ = ["RunReport", "Thresholds", "Verdict", "build_run_report"]
+__all__ = ["AccountBalance", "RunReport", "Thresholds", "Verdict", "build_run_report"]

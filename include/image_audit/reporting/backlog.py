@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from image_audit.planning.window import (
     DEFERRED_BY_BUDGET,
+    DEFERRED_BY_CREDITS,
     DEFERRED_BY_WINDOW,
     submission_capacity,
     submission_minutes,
@@ -21,7 +22,7 @@ from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_scans
 
 #: Why a scan waits for a later run, from its ``last_error`` (see ``image_audit.planning``).
-BACKLOG_REASONS = ("window", "budget", "unsent")
+BACKLOG_REASONS = ("window", "budget", "credits", "unsent")
 
 
 def backlog_by_reason(conn: Connection, dag_id: str) -> dict[str, int]:
@@ -34,6 +35,7 @@ def backlog_by_reason(conn: Connection, dag_id: str) -> dict[str, int]:
     reason = case(
         (scan.last_error.like(f"{DEFERRED_BY_WINDOW}%"), "window"),
         (scan.last_error.like(f"{DEFERRED_BY_BUDGET}%"), "budget"),
+        (scan.last_error.like(f"{DEFERRED_BY_CREDITS}%"), "credits"),
         else_="unsent",
     )
     waiting = (
@@ -87,6 +89,8 @@ def describe_backlog(backlog: dict) -> str:
     estimate = _estimate(backlog)
     if estimate and backlog["by_reason"].get("budget"):
         estimate += " Those the credit budget held back go only as far as later runs' budgets allow."
+    if estimate and backlog["by_reason"].get("credits"):
+        estimate += " Those waiting for credits go once the account is topped up."
     return estimate
 
 

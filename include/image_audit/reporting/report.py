@@ -72,6 +72,30 @@ class RunReport:
         }
 
 
+@dataclass(frozen=True)
+class AccountBalance:
+    """The Copyleaks account's credit balance when the run was planned and when its report is written,
+    and Copyleaks' usage history of those days (used less refunded; None: not readable)."""
+
+    before: int
+    after: int
+    usage_history: int | None = None
+
+    def reconciled(self, reported: int) -> dict:
+        """What the account spent, against the credits the run's scans report (``actualCredits``):
+        ``unreconciled`` when they differ (another run or user of the account, or a charge no scan
+        reported)."""
+        spent = self.before - self.after
+        return {
+            "before": self.before,
+            "after": self.after,
+            "spent": spent,
+            "usage_history": self.usage_history,
+            "reported_by_scans": reported,
+            "unreconciled": spent != reported,
+        }
+
+
 @dataclass
 class _Thumbnail:
     image_id: str
@@ -401,7 +425,7 @@ def _upsert_report(conn: Connection, row: dict) -> None:
 
 def _render(
     *, scope, thresholds, interval, backlog, cube, histogram, credit, reasons, issues, issue_total,
-    thumbnails, top_n, earlier, rolling, files,
+    thumbnails, top_n, earlier, rolling, files, account_balance=None,
 ) -> tuple[str, dict]:  # fmt: skip
     """The report's HTML and its summary, from what the warehouse said (no database needed)."""
     states = aggregates.state_counts(cube)
@@ -411,6 +435,8 @@ def _render(
     summary = _summary(scope, states, verdicts, histogram, credit, by_source, by_day, thresholds, interval)
     summary["backlog_scans"] = backlog["scans"]
     summary["backlog"] = backlog
+    if account_balance is not None:
+        summary["credits"]["balance"] = account_balance.reconciled(summary["credits"]["actual"])
     if rolling:
         summary["rolling"] = rolling
     trend = _trend_frame(earlier, summary)
@@ -481,6 +507,7 @@ def build_run_report(
     data_interval: tuple[datetime, datetime] | None = None,
     requests_per_second: float | None = None,
     window_minutes: float | None = None,
+    account_balance: AccountBalance | None = None,
 ) -> RunReport:
     """Aggregate one run, write its HTML report, CSV and Parquet, and upsert its ``audit_reports`` row.
 
@@ -493,7 +520,8 @@ def build_run_report(
     ``data_interval`` defaults to the one the run's scans recorded (none for a run without scans).
     ``requests_per_second`` (the account's rate, 0: no limit) and ``window_minutes`` (the run's
     submission window, None: none) say when the DAG's backlog clears; both None: the values an earlier
-    build of this run's report recorded, if any.
+    build of this run's report recorded, if any. ``account_balance``: the account's credits before and
+    after the run, reconciled in the report with what its scans report.
     ``out_dir`` (a local path, a URL or an ``ObjectStoragePath``) defaults to
     ``<IMAGE_AUDIT_REPORTS_URL>/<dag_id>/<run id made file-safe>`` (see ``image_audit.reporting.storage``).
     The run's images are resolved once into a temporary table of one of the report's two connections
@@ -563,6 +591,7 @@ def build_run_report(
                 earlier=earlier,
                 rolling=rolling,
                 files={"csv": csv_path.name, "parquet": parquet_path.name},
+                account_balance=account_balance,
             )
         except BaseException:
             export.cancel()  # not started yet: never starts; else it ends, and nothing is published

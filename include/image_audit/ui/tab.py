@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime, timedelta
 from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,13 +20,10 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy import select
 from starlette.datastructures import MutableHeaders
 
-from copyleaks_provider.settings import DEFAULT_CONN_ID, CopyleaksSettings
 from image_audit.config import warehouse_url
-from image_audit.planning.window import submission_minutes
 from image_audit.ui.links import TAB_NAME, TAB_ROUTE
+from image_audit.ui.progress import RunProgress, account_requests_per_second, read_run_progress
 from image_audit.warehouse.engine import get_engine
-from image_audit.warehouse.lifecycle import ScanState
-from image_audit.warehouse.progress import count_scan_states_sync, recent_submission_rate_sync
 from image_audit.warehouse.schema import audit_reports
 
 if TYPE_CHECKING:
@@ -120,11 +116,10 @@ def build_ui_app() -> FastAPI:
                 )
             ).scalar()
             if not html_path:
-                counts = count_scan_states_sync(conn, dag_id, run_id)
-                measured = recent_submission_rate_sync(conn, dag_id, run_id)
+                progress = read_run_progress(conn, dag_id, run_id, budget=account_requests_per_second())
         if html_path:
             return _report(dag_id, run_id, html_path)
-        return _progress(dag_id, run_id, counts, measured)
+        return _progress(progress)
 
     return app
 
@@ -186,59 +181,12 @@ def report_file(uri: str) -> Path | ObjectStoragePath | None:
     return base.joinpath(*parts)
 
 
-def _requests_per_second() -> float:
-    """The account's request rate from the Copyleaks connection (its default, 10/s, without one)."""
-    from airflow.sdk import BaseHook
-
-    try:
-        return CopyleaksSettings.from_connection(BaseHook.get_connection(DEFAULT_CONN_ID)).requests_per_second
-    except Exception:  # no connection here: the estimate uses the documented default
-        return CopyleaksSettings.model_fields["requests_per_second"].default
-
-
-def _progress(dag_id: str, run_id: str, counts: dict[str, int], measured: float | None) -> HTMLResponse:
-    """Where the run is, its measured request rate against the account's budget, and when it may end.
-
-    ``measured``: the run's submissions per second over the last minute (None: it sent none then).
-    """
-    planned = sum(counts.values())
-    pending, waiting = counts.get(ScanState.PENDING, 0), counts.get(ScanState.SUBMITTED, 0)
-    rows = {
-        "Planned": planned,
-        "Submitted": planned - pending - counts.get(ScanState.REJECTED, 0),
-        "Completed": counts.get(ScanState.COMPLETED, 0),
-        "Failed": counts.get(ScanState.FAILED, 0),
-        "Timed out": counts.get(ScanState.TIMED_OUT, 0),
-        "Rejected (never sent)": counts.get(ScanState.REJECTED, 0),
-        "Remaining": pending + waiting,
-    }
-    table = "".join(f"<tr><th>{k}</th><td class='n'>{v:,}</td></tr>" for k, v in rows.items())
-    budget = _requests_per_second()
-    budget_text = f"{budget:g} requests/s" if budget else "no request limit"
-    if measured is None:
-        rate_line = f"No submission in the last minute (the account's budget: {budget_text})."
-    else:
-        share = f" ({measured / budget:.0%} of it)" if budget else ""
-        rate_line = f"Submitting at {measured:.3g} requests/s over the last minute; the account's budget: "
-        rate_line += f"{budget_text}{share}."
-    # The finish estimate: at the rate measured now, else at the budget (the most the account allows).
-    rate = measured or budget
-    if not planned:
-        outlook = "No scans are recorded for this run yet: planning has not run (or this is no audit run)."
-    elif pending:
-        minutes = submission_minutes(pending, rate)
-        if minutes is None:
-            outlook = f"{pending:,} scans to submit (the account has no request limit)."
-        else:
-            finish = (datetime.now(UTC) + timedelta(minutes=minutes)).strftime("%Y-%m-%d %H:%M UTC")
-            outlook = (
-                f"{pending:,} scans to submit at {rate:.3g} requests/s: about {minutes:,} min, "
-                f"expected to finish around {finish} (results arrive by webhook shortly after)."
-            )
-    elif waiting:
-        outlook = f"Every scan is submitted; {waiting:,} results are still to arrive by webhook."
-    else:
-        outlook = "Every scan has its outcome: the report is being written."
+def _progress(progress: RunProgress) -> HTMLResponse:
+    """Where the run is, its measured request rate against the account's budget, and when it may end
+    (``image_audit.ui.progress``: the deadline alert says the same)."""
+    dag_id, run_id = progress.dag_id, progress.run_id
+    table = "".join(f"<tr><th>{k}</th><td class='n'>{v:,}</td></tr>" for k, v in progress.rows().items())
+    rate_line, outlook = progress.rate_line(), progress.outlook()
     body = (
         f"<p class='muted'>{escape(dag_id)} / {escape(run_id)}: no report yet. This page refreshes "
         f"every {REFRESH_SECONDS} s.</p><table>{table}</table>"

@@ -18,6 +18,7 @@ import sys
 from alembic.util import CommandError
 from sqlalchemy.engine import make_url
 
+from image_audit.config import add_warehouse_arguments, warehouse_url_of
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.migrations import (
     WarehouseSchemaError,
@@ -30,22 +31,12 @@ from image_audit.warehouse.migrations import (
 )
 
 
-def _url(args: argparse.Namespace) -> str:
-    if args.url:
-        return args.url
-    from image_audit.config import warehouse_url
-
-    return warehouse_url(args.conn_id) if args.conn_id else warehouse_url()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m image_audit.warehouse", description="The warehouse's schema revisions"
     )
     where = argparse.ArgumentParser(add_help=False)
-    group = where.add_mutually_exclusive_group()
-    group.add_argument("--url", help="the warehouse's SQLAlchemy URL (default: the warehouse connection's)")
-    group.add_argument("--conn-id", help="the warehouse connection (default: the deployment's)")
+    add_warehouse_arguments(where)
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("upgrade", parents=[where], help="upgrade to the newest revision")
     up.add_argument("revision", nargs="?", default="head", help="a revision (default: head)")
@@ -58,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     # Each revision run, not Alembic's notes on the dialect.
     logging.getLogger("alembic.runtime.migration").addFilter(lambda record: "Running" in str(record.msg))
 
-    url = _url(args)
+    url = warehouse_url_of(args)
     engine = get_engine(url)
     shown = make_url(url).render_as_string(hide_password=True)
     try:

@@ -66,20 +66,35 @@ def recent_submission_rate_sync(
     Counted from ``submitted_at`` over the span since the window's first submission, so a run that
     began submitting 10 s ago at 10/s reads 10/s, not 10 s' worth averaged over a minute.
     """
+    return _recent_rate_sync(conn_or_engine, dag_id, run_id, audit_scans.c.submitted_at, window_seconds)
+
+
+def recent_outcome_rate_sync(
+    conn_or_engine: Connection | Engine, dag_id: str, run_id: str, *, window_seconds: float = 300.0
+) -> float | None:
+    """The run's measured outcomes (results and error callbacks stored) per second over the last
+    ``window_seconds``, counted like :func:`recent_submission_rate_sync` from ``completed_at``; None if
+    none arrived."""
+    return _recent_rate_sync(conn_or_engine, dag_id, run_id, audit_scans.c.completed_at, window_seconds)
+
+
+def _recent_rate_sync(
+    conn_or_engine: Connection | Engine, dag_id: str, run_id: str, column, window_seconds: float
+) -> float | None:
     if isinstance(conn_or_engine, Engine):
         with conn_or_engine.connect() as conn:
-            return recent_submission_rate_sync(conn, dag_id, run_id, window_seconds=window_seconds)
+            return _recent_rate_sync(conn, dag_id, run_id, column, window_seconds)
     now = datetime.now(UTC)
-    query = select(func.count(), func.min(audit_scans.c.submitted_at)).where(
+    query = select(func.count(), func.min(column)).where(
         audit_scans.c.dag_id == dag_id,
         audit_scans.c.run_id == run_id,
-        audit_scans.c.submitted_at >= now - timedelta(seconds=window_seconds),
+        column >= now - timedelta(seconds=window_seconds),
     )
-    sent, first = conn_or_engine.execute(query).one()
-    if not sent:
+    events, first = conn_or_engine.execute(query).one()
+    if not events:
         return None
     first = first if first.tzinfo else first.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-    return sent / max((now - first).total_seconds(), 1.0)
+    return events / max((now - first).total_seconds(), 1.0)
 
 
 def waiting(counts: dict[str, int]) -> int:

@@ -136,6 +136,24 @@ audit_reports = Table(
     Column("parquet_path", Text),
 )
 
+#: The catalog interval of each run that follows its catalog's watermark, written by the run's plan in
+#: the transaction of its decisions (``image_audit.planning.watermark``). A catalog's watermark, the
+#: point before which every row it ingested has been claimed by a run, is the latest ``interval_end``
+#: of its intervals that advance it; the rows in order of ``interval_start`` are its history.
+audit_run_intervals = Table(
+    "audit_run_intervals",
+    metadata,
+    Column("dag_id", String(250), primary_key=True),
+    Column("run_id", String(250), primary_key=True),
+    Column("catalog", String(255), nullable=False),  # the catalog table: "table" or "schema.table"
+    Column("interval_start", TZ, nullable=False),
+    Column("interval_end", TZ, nullable=False),
+    # False: the run read only part of its interval (a source filter, a limit) and left the watermark
+    Column("advances_watermark", Boolean, nullable=False),
+    Column("created_at", TZ, nullable=False),
+    Index("ix_audit_run_intervals_catalog_end", "catalog", "interval_end"),  # planning: the watermark
+)
+
 
 def migrate(engine: Engine) -> None:
     """Bring the warehouse to the newest revision (creating it, or adopting one created before versioned
