@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Asset, Param, Variable, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
+from copyleaks_provider.exceptions import CopyleaksAuthError, CopyleaksCreditsError, account_error_text
 from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
@@ -151,6 +152,11 @@ with DAG(
             credits = None if sandbox else credits_for_run(_account_credits(), params["credit_reserve"])
         except (CatalogMappingError, NotEnoughCredits) as exc:
             raise AirflowFailException(str(exc)) from exc
+        except (CopyleaksAuthError, CopyleaksCreditsError) as exc:  # not a login block: that is retried
+            what, advice = account_error_text(exc)
+            raise AirflowFailException(
+                f"{what} when the account's balance was read: nothing was planned or submitted. {advice}"
+            ) from exc
         if credits is not None:
             context["ti"].xcom_push(key=CREDITS_BEFORE_XCOM, value=credits.balance)
             log.info("The account has %d credits; this run may spend %d", credits.balance, credits.available)

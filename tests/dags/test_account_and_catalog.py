@@ -20,11 +20,6 @@ from tests.support.factories import DAY
 pytestmark = pytest.mark.slow
 
 
-def _plan_instance(run):
-    [plan] = [ti for ti in run.get_task_instances() if ti.task_id == "plan"]
-    return plan
-
-
 def test_a_night_past_the_balance_plans_the_balance_less_the_reserve(audit):
     audit.emulator.reset(credits=8)
     audit.seed(12, bad_rows=False)
@@ -54,9 +49,8 @@ def test_a_balance_of_nothing_fails_plan_once_and_submits_nothing(audit, capfd):
     audit.seed(5, bad_rows=False)
     run = audit.run(DAY, credit_reserve=2)
     assert run.state == "failed"
-    plan = _plan_instance(run)
-    assert (plan.state, plan.try_number) == ("failed", 1)  # a top-up is needed, not a retry
-    assert "the Copyleaks account has 2 credits and 2 are kept in reserve" in "".join(capfd.readouterr())
+    assert audit.task_state(run, "plan") == ("failed", 1)  # a top-up is needed, not a retry
+    assert "The Copyleaks account has 2 credits and 2 are kept in reserve" in "".join(capfd.readouterr())
     assert audit.scans() == [] and audit.emulator.state()["submissions"] == {}
 
 
@@ -94,8 +88,7 @@ def test_a_key_naming_a_missing_column_fails_plan_once_naming_it(audit, monkeypa
     monkeypatch.setenv("AIRFLOW_VAR_IMAGE_AUDIT_CATALOG", json.dumps(spec))
     run = audit.run(DAY)
     assert run.state == "failed"
-    plan = _plan_instance(run)
-    assert (plan.state, plan.try_number) == ("failed", 1)
+    assert audit.task_state(run, "plan") == ("failed", 1)
     expected = "the catalog table 'media' has no column 'partner' (the key 'source' of the Variable"
     assert expected in "".join(capfd.readouterr())
     assert audit.scans() == []

@@ -22,30 +22,48 @@ def _output(capfd, caplog) -> str:
     return captured.out + captured.err + caplog.text
 
 
-def test_bad_api_key_fails_the_run_with_what_to_check(audit, monkeypatch, capfd, caplog):
+def test_bad_api_key_fails_plan_once_with_what_to_check(audit, monkeypatch, capfd, caplog):
+    """``plan`` reads the account's balance first: a refused key stops the run there, before anything
+    is planned, and is not retried."""
     audit.seed(4, bad_rows=False)
     reconnect(monkeypatch, password="not-the-key")
     run = audit.run(DAY)
-    assert run.state == "failed"
+    assert run.state == "failed" and audit.task_state(run, "plan") == ("failed", 1)
     output = _output(capfd, caplog)
-    assert "Copyleaks refused the credentials (401)" in output
+    assert "Copyleaks refused the credentials (401) when the account's balance was read" in output
+    assert "Check the email and API key of the Copyleaks connection" in output
+    assert audit.emulator.state()["submissions"] == {}
+    assert audit.scans() == []  # nothing planned: the next run plans them
+    assert "not-the-key" not in output
+
+
+def test_bad_api_key_in_a_sandbox_run_fails_the_submit_with_what_to_check(audit, monkeypatch, capfd, caplog):
+    """A sandbox run reads no balance: the key is first used, and refused, by the submit."""
+    audit.seed(4, bad_rows=False)
+    reconnect(monkeypatch, password="not-the-key")
+    run = audit.run(DAY, sandbox=True)
+    assert run.state == "failed" and audit.task_state(run, "submit_batch") == ("failed", 1)
+    output = _output(capfd, caplog)
+    assert "Copyleaks refused the credentials (401). 0 images were submitted before it stopped" in output
     assert "Check the email and API key of the Copyleaks connection" in output
     assert audit.emulator.state()["submissions"] == {}
     assert {s["state"] for s in audit.scans()} == {"pending"}  # the next run submits them
     assert "not-the-key" not in output
 
 
-def test_no_credits_fails_the_run_saying_top_up_or_sandbox(start_emulator, audit, monkeypatch, capfd, caplog):
+def test_no_credits_fails_plan_once_saying_top_up_or_sandbox(
+    start_emulator, audit, monkeypatch, capfd, caplog
+):
     audit.seed(4, bad_rows=False)
     broke = start_emulator(accounts={audit.emulator.email: audit.emulator.api_key}, credits=0)
     reconnect(monkeypatch, extra={"identity_url": broke.url, "api_url": broke.url})
     run = audit.run(DAY)
-    assert run.state == "failed"
+    assert run.state == "failed" and audit.task_state(run, "plan") == ("failed", 1)
     output = _output(capfd, caplog)
-    assert "Copyleaks has no credits left on this account (402)" in output
+    assert "The Copyleaks account has 0 credits: nothing was planned or submitted" in output
     assert "Top up credits, or run with sandbox=True" in output
-    assert broke.state()["scans"] == 0
-    assert {s["state"] for s in audit.scans()} == {"pending"}
+    assert broke.state()["scans"] == 0 and broke.state()["submissions"] == {}
+    assert audit.scans() == []
 
 
 def test_unreachable_webhook_url_times_out_and_says_to_fix_webhook_base_url(

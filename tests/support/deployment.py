@@ -69,6 +69,12 @@ class Audit:
         logical = day + timedelta(days=1)  # the daily interval ending at `logical`
         return dag.test(logical_date=logical, run_conf=conf or None)
 
+    @staticmethod
+    def task_state(run, task_id: str) -> tuple[str, int]:
+        """The state and the number of tries of the run's task ``task_id`` (one instance of it)."""
+        [instance] = [ti for ti in run.get_task_instances() if ti.task_id == task_id]
+        return instance.state, instance.try_number
+
     def scans(self) -> list[dict]:
         from sqlalchemy import select
 

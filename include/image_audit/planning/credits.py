@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from copyleaks_provider.exceptions import CopyleaksCreditsError, account_error_text
+
+#: What to do about an account without credits, as a 402 from Copyleaks says it.
+_TOP_UP = account_error_text(CopyleaksCreditsError(402, ""))[1]
+
 
 class NotEnoughCredits(Exception):
     """The account's balance, less the reserve, leaves nothing to spend: a top-up is needed, not a retry."""
@@ -28,7 +33,6 @@ def credits_for_run(balance: int, reserve: int) -> RunCredits:
     if credits.available <= 0:
         kept = f" and {reserve} are kept in reserve (the credit_reserve Param)" if reserve else ""
         raise NotEnoughCredits(
-            f"the Copyleaks account has {balance} credits{kept}: nothing was planned or submitted. "
-            "Top up the account, or run in sandbox mode"
+            f"The Copyleaks account has {balance} credits{kept}: nothing was planned or submitted. {_TOP_UP}"
         )
     return credits

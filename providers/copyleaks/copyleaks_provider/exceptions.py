@@ -78,3 +78,23 @@ class CopyleaksServerError(CopyleaksHTTPError):
     """5xx (503 is maintenance): transient on Copyleaks' side."""
 
     permanent = False
+
+
+#: Errors of the account, not of one request: no later request can succeed until the user acts (bad
+#: credentials, no credits) or the block ends (a login block, whose task retries after it).
+ACCOUNT_ERRORS = (CopyleaksAuthError, CopyleaksCreditsError, CopyleaksLoginBlockedError)
+
+
+def account_error_text(error: CopyleaksHTTPError) -> tuple[str, str]:
+    """What an account error (:data:`ACCOUNT_ERRORS`) is, and what the user should change: the two halves
+    of the message a task fails with."""
+    if isinstance(error, CopyleaksCreditsError):
+        return (
+            "Copyleaks has no credits left on this account (402)",
+            "Top up credits, or run with sandbox=True to test without credits.",
+        )
+    return (
+        f"Copyleaks refused the credentials ({error.status_code})",
+        "Check the email and API key of the Copyleaks connection (Admin > Connections, or "
+        "AIRFLOW_CONN_COPYLEAKS_DEFAULT).",
+    )

@@ -22,13 +22,14 @@ from airflow.sdk import BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from copyleaks_provider.exceptions import (
-    CopyleaksAuthError,
+    ACCOUNT_ERRORS,
     CopyleaksBadRequestError,
     CopyleaksConflictError,
     CopyleaksCreditsError,
     CopyleaksError,
     CopyleaksLoginBlockedError,
     CopyleaksValidationError,
+    account_error_text,
 )
 from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.settings import DEFAULT_CONN_ID
@@ -37,9 +38,6 @@ from copyleaks_provider.validation import SubmitRequest
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-#: Account-level errors: no later request of this task can succeed, so it stops. Bad credentials and no
-#: credits fail it for good; a login block fails this try, and the task's retry comes after the block.
-ACCOUNT_ERRORS = (CopyleaksAuthError, CopyleaksCreditsError, CopyleaksLoginBlockedError)
 #: Seconds between two calls of ``record`` at most, however few outcomes arrived meanwhile.
 RECORD_EVERY_SECONDS = 2.0
 
@@ -214,6 +212,8 @@ class CopyleaksSubmitImagesOperator(BaseOperator):
                 aclosing(client.submit_many(requests)) as outcomes,
             ):
                 async for outcome in outcomes:
+                    # No later request of this task can succeed: it stops. Bad credentials and no credits
+                    # fail it for good; a login block fails this try, and its retry comes after the block.
                     if isinstance(outcome.error, ACCOUNT_ERRORS):
                         account_error = outcome.error
                         break
@@ -256,14 +256,8 @@ def fetch_headers(conn_id: str) -> list[tuple[str, str]]:
 
 
 def _account_error_message(error: CopyleaksError, submitted: int) -> str:
+    what, advice = account_error_text(error)
     done = f"{submitted} images were submitted before it stopped"
     if isinstance(error, CopyleaksCreditsError):
-        return (
-            f"Copyleaks has no credits left on this account (402). {done}; the rest were not submitted "
-            "(a retry or the next run submits them). Top up credits, or run with sandbox=True to test "
-            "without credits."
-        )
-    return (
-        f"Copyleaks refused the credentials ({error.status_code}). {done}. Check the email and API key "
-        "of the Copyleaks connection (Admin > Connections, or AIRFLOW_CONN_COPYLEAKS_DEFAULT)."
-    )
+        return f"{what}. {done}; the rest were not submitted (a retry or the next run submits them). {advice}"
+    return f"{what}. {done}. {advice}"
