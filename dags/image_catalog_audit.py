@@ -148,7 +148,7 @@ with DAG(
         # connection's default (the submit task sends each scan's recorded value).
         sandbox = copyleaks.sandbox if params["sandbox"] is None else bool(params["sandbox"])
         try:  # a configuration the run cannot work with fails once, saying what to change: no retries
-            spec = checked_spec(engine, CatalogSpec.from_dict(_variable_json(CATALOG_VARIABLE)))
+            spec = checked_spec(engine, CatalogSpec.from_json(Variable.get(CATALOG_VARIABLE, default=None)))
             credits = None if sandbox else credits_for_run(_account_credits(), params["credit_reserve"])
         except (CatalogMappingError, NotEnoughCredits) as exc:
             raise AirflowFailException(str(exc)) from exc
@@ -286,18 +286,6 @@ def _data_interval(context) -> tuple[datetime, datetime]:
 
     engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
     return run_interval(engine, context["dag"].dag_id, context["run_id"]) or (interval.end, interval.end)
-
-
-def _variable_json(name: str):
-    """The Airflow Variable ``name`` as JSON (None when unset); a Variable that is not JSON is a
-    configuration error, which fails the task without retries."""
-    import json
-
-    text = Variable.get(name, default=None)
-    try:
-        return None if text is None else json.loads(text)
-    except ValueError as exc:
-        raise AirflowFailException(f"the Airflow Variable {name} is not valid JSON ({exc})") from None
 
 
 def _account_credits() -> int:

@@ -138,6 +138,13 @@ def test_an_unknown_key_or_a_value_that_is_not_an_object_is_a_mapping_error():
         CatalogSpec.from_dict(["media"])
 
 
+def test_the_variables_text_that_is_not_json_is_a_mapping_error_and_no_text_is_every_default():
+    assert CatalogSpec.from_json(None) == CatalogSpec.from_dict(None)
+    assert CatalogSpec.from_json('{"table": "media"}').table == "media"
+    with pytest.raises(CatalogMappingError, match="the Variable image_audit_catalog is not valid JSON"):
+        CatalogSpec.from_json("{table: media}")
+
+
 def test_the_command_line_checks_a_mapping_before_a_night_depends_on_it(warehouse_url, engine, capsys):
     _table(engine, "image_id", "url", "ingested_at")
     ok = main(["check-catalog", "--url", warehouse_url, "--spec", '{"table": "media"}'])

@@ -11,7 +11,6 @@ another warehouse than the deployment's.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from image_audit.config import add_warehouse_arguments, warehouse_url_of
@@ -39,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     text = args.spec if args.spec is not None else _variable()
     engine = get_engine(warehouse_url_of(args))
     try:
-        spec = checked_spec(engine, CatalogSpec.from_dict(None if text is None else json.loads(text)))
-    except ValueError as exc:  # CatalogMappingError, or JSON that does not parse
-        print(exc if isinstance(exc, CatalogMappingError) else f"not JSON: {exc}", file=sys.stderr)
+        spec = checked_spec(engine, CatalogSpec.from_json(text))
+    except CatalogMappingError as exc:
+        print(exc, file=sys.stderr)
         return 1
     finally:
         engine.dispose()

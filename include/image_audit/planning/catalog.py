@@ -4,6 +4,7 @@ in catalog order; and the row check, by which a bad row is rejected with its rea
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields, replace
@@ -60,6 +61,16 @@ class CatalogSpec:
                 f"unknown key(s) {sorted(unknown)} in the Variable {CATALOG_VARIABLE}; known: {sorted(known)}"
             )
         return cls(**values, given=frozenset(values))
+
+    @classmethod
+    def from_json(cls, text: str | None) -> CatalogSpec:
+        """The spec of the Variable's text (None: unset, every default); ``CatalogMappingError`` for text
+        that is not JSON, or JSON :meth:`from_dict` refuses."""
+        try:
+            values = None if text is None else json.loads(text)
+        except ValueError as exc:
+            raise CatalogMappingError(f"the Variable {CATALOG_VARIABLE} is not valid JSON ({exc})") from None
+        return cls.from_dict(values)
 
     def columns(self) -> dict[str, str | None]:
         """The column of each row field (``None``: the table has none)."""
