@@ -36,6 +36,7 @@ from sqlalchemy import Connection, Engine, func, select, text, true, update
 
 from image_audit.planning.catalog import CatalogSpec
 from image_audit.planning.run import PlanOptions, RunContext
+from image_audit.warehouse.engine import as_utc
 from image_audit.warehouse.schema import audit_run_intervals
 
 __all__ = ["WatermarkClaim", "WatermarkMoved", "catalog_key", "run_interval", "watermark"]
@@ -50,22 +51,13 @@ def catalog_key(spec: CatalogSpec) -> str:
     return f"{spec.schema}.{spec.table}" if spec.schema else spec.table
 
 
-def _utc(value: datetime) -> datetime:
-    """``value`` as an aware UTC datetime (SQLite returns naive ones: UTC is what it was given)."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def _watermark(conn: Connection, catalog: str) -> datetime | None:
     columns = audit_run_intervals.c
     latest = select(func.max(columns.interval_end)).where(
         columns.catalog == catalog, columns.advances_watermark == true()
     )
     value = conn.execute(latest).scalar_one_or_none()
-    return None if value is None else _utc(value)
+    return None if value is None else as_utc(value)
 
 
 def _recorded(conn: Connection, dag_id: str, run_id: str) -> tuple[datetime, datetime] | None:
@@ -75,7 +67,7 @@ def _recorded(conn: Connection, dag_id: str, run_id: str) -> tuple[datetime, dat
             columns.dag_id == dag_id, columns.run_id == run_id
         )
     ).first()
-    return None if row is None else (_utc(row.interval_start), _utc(row.interval_end))
+    return None if row is None else (as_utc(row.interval_start), as_utc(row.interval_end))
 
 
 def watermark(engine: Engine, catalog: str) -> datetime | None:
@@ -135,8 +127,8 @@ class WatermarkClaim:
             if recorded is not None:
                 start, end = recorded
             else:
-                start = _watermark(conn, self.catalog) or _utc(run.interval_start)
-                end = max(start, min(_utc(run.interval_end), _now()))
+                start = _watermark(conn, self.catalog) or as_utc(run.interval_start)
+                end = max(start, min(as_utc(run.interval_end), datetime.now(UTC)))
         return replace(run, interval_start=start, interval_end=end)
 
     def take(self, conn: Connection, staged: RunContext) -> None:
@@ -151,7 +143,7 @@ class WatermarkClaim:
                 raise WatermarkMoved(f"run {run.run_id} claimed [{recorded[0]}, {recorded[1]}) meanwhile")
             return
         if self.advances:
-            start = _watermark(conn, self.catalog) or _utc(run.interval_start)
+            start = _watermark(conn, self.catalog) or as_utc(run.interval_start)
             if start != staged.interval_start:
                 raise WatermarkMoved(
                     f"the watermark of {self.catalog} moved from {staged.interval_start} to {start} "
@@ -165,6 +157,6 @@ class WatermarkClaim:
                 interval_start=staged.interval_start,
                 interval_end=staged.interval_end,
                 advances_watermark=self.advances,
-                created_at=_now(),
+                created_at=datetime.now(UTC),
             )
         )

@@ -6,6 +6,8 @@ write and read the same file at once.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -108,3 +110,9 @@ def create_async_warehouse_engine(
     if not is_postgres(url):
         _listen_sqlite(engine.sync_engine, write_transactions)
     return engine
+
+
+def as_utc(value: datetime) -> datetime:
+    """A timestamp read back from the warehouse as an aware UTC datetime: SQLite hands back the naive
+    UTC it was given, PostgreSQL an aware one."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -16,6 +16,7 @@ from itertools import islice
 from sqlalchemy import Connection, Engine, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from image_audit.warehouse.engine import as_utc
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_scans
 
@@ -93,8 +94,7 @@ def _recent_rate_sync(
     events, first = conn_or_engine.execute(query).one()
     if not events:
         return None
-    first = first if first.tzinfo else first.replace(tzinfo=UTC)  # SQLite hands back naive UTC
-    return events / max((now - first).total_seconds(), 1.0)
+    return events / max((now - as_utc(first)).total_seconds(), 1.0)
 
 
 def waiting(counts: dict[str, int]) -> int:
