@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
+import httpx
 import numpy as np
 import pytest
 
@@ -26,6 +28,7 @@ from copyleaks_provider.exceptions import (
 )
 from copyleaks_provider.hooks.copyleaks import CopyleaksHook
 from copyleaks_provider.models import DetectionResponse
+from copyleaks_provider.settings import CopyleaksSettings
 from copyleaks_provider.validation import SubmitRequest
 from copyleaks_provider.webhooks.auth import verify_callback_payload, verify_webhook_token
 from image_audit_dev.servers import free_port
@@ -431,3 +434,38 @@ def test_the_token_and_key_are_registered_with_airflows_masker(fake):
     assert redact(f"token={token}") == "token=***"
     assert redact(f"key={API_KEY}") == "key=***"
     assert redact(f"secret={WEBHOOK_SECRET}") == "secret=***"
+
+
+def test_a_paced_request_is_sent_within_its_slot_even_when_its_client_is_slow_to_build(monkeypatch):
+    """The first request of a process (``plan`` reading the balance) builds the httpx client; built
+    after the slot, it was sent that much late, into the next process's second."""
+    from copyleaks_provider.account.pacing import Pacer
+    from copyleaks_provider.hooks import copyleaks as hook_module
+
+    class _Budget:
+        def reserve(self, kind, count, interval, earliest):
+            return earliest
+
+    taken: list[tuple[float, float]] = []
+    pacer = Pacer(_Budget(), "api", per_second=10)
+    take = pacer.take
+    monkeypatch.setattr(pacer, "take", lambda: taken.append(take()) or taken[-1])
+    sent: list[float] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(time.time())
+        return httpx.Response(200, json={"Amount": 7})
+
+    real_client = httpx.Client
+
+    def slow_client(**kwargs):
+        time.sleep(0.2)  # the behaviour under test: a client this slow to build
+        return real_client(transport=httpx.MockTransport(answer), **kwargs)
+
+    monkeypatch.setattr(hook_module.httpx, "Client", slow_client)
+    hook = CopyleaksHook(settings=CopyleaksSettings(email="a@example.com", api_key="k"))
+    monkeypatch.setattr(hook, "_token", lambda stale=None, **_: "token")
+    hook.__dict__["_sync_pacers"] = {"api": pacer}
+    assert hook.get_credits() == 7
+    [(slot, send_by)] = taken
+    assert sent[0] - send_by < 0.1, f"sent {sent[0] - slot:.3f} s after its slot"

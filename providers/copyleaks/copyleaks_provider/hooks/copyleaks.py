@@ -241,6 +241,7 @@ class CopyleaksHook(BaseHook):
         pacer = self._sync_pacers.get(kind)
         if pacer is None:
             return
+        _ = self._client  # built before the slot, not after it: an httpx client loads its CA bundle (~50 ms)
         for _ in range(MAX_MISSED_SLOTS):
             with self._pace_lock:
                 slot, send_by = pacer.take()
