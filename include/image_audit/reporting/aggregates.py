@@ -38,7 +38,6 @@ from sqlalchemy import (
     cast,
     func,
     literal,
-    literal_column,
     or_,
     select,
     text,
@@ -46,9 +45,15 @@ from sqlalchemy import (
     union_all,
 )
 
-from image_audit.reporting.verdicts import Thresholds, Verdict, verdict_sql
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_results, audit_scans
+from image_audit.warehouse.verdicts import (
+    Thresholds,
+    Verdict,
+    mask_area_sql,
+    utc_day_sql,
+    verdict_sql,
+)
 
 #: Buckets of the AI-proportion histogram: [0, 0.05), [0.05, 0.10), ... [0.95, 1.0].
 HISTOGRAM_BINS = 20
@@ -82,26 +87,6 @@ class Scope:
 
 
 # --- dialect-specific expressions -------------------------------------------------------------------
-
-
-def _summed_mask_pixels(dialect: str):
-    """Number of AI pixels of ``audit_results.mask_lengths``: the sum of the JSON list, in the database
-    (for the results stored without ``mask_pixels``)."""
-    if dialect == "postgresql":
-        sql = (
-            "(SELECT COALESCE(SUM(value::bigint), 0) "
-            "FROM json_array_elements_text(audit_results.mask_lengths) AS value)"
-        )
-    else:
-        sql = "(SELECT COALESCE(SUM(value), 0) FROM json_each(audit_results.mask_lengths))"
-    return literal_column(sql, type_=Integer)
-
-
-def _utc_day(column, dialect: str):
-    """``YYYY-MM-DD`` of a timestamp in UTC (SQLite stores UTC wall time as text)."""
-    if dialect == "postgresql":
-        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
-    return func.substr(column, 1, 10)
 
 
 def _floor(expression, dialect: str):
@@ -179,23 +164,6 @@ def _ranked(scope: Scope, dialect: str):
     )
 
 
-def _mask_pixels(dialect: str):
-    """Number of AI pixels of the result's mask: the stored count, else (a result stored before it was)
-    the sum of ``mask_lengths``; ``CASE`` evaluates lazily, so only those rows read their mask."""
-    result = audit_results.c
-    return case((result.mask_pixels.is_not(None), result.mask_pixels), else_=_summed_mask_pixels(dialect))
-
-
-def _mask_area(dialect: str):
-    """Share of the image's pixels the mask marks as AI (``NULL`` without a result)."""
-    result = audit_results.c
-    pixels = cast(result.width, Float) * result.height
-    return case(
-        (and_(result.scan_id.is_not(None), pixels > 0), cast(_mask_pixels(dialect), Float) / pixels),
-        else_=None,
-    )
-
-
 def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
     """One row per image of ``scope`` (see the module docstring) with its verdict: the columns of
     :data:`report_images`.
@@ -211,10 +179,10 @@ def resolved_images(scope: Scope, thresholds: Thresholds, dialect: str):
             ranked_scan.image_id,
             ranked_scan.attempts,
             ranked_scan.state,
-            verdict_sql(completed, result.ai, _mask_area(dialect), thresholds).label("verdict"),
+            verdict_sql(completed, result.ai, mask_area_sql(dialect), thresholds).label("verdict"),
             result.ai,
             ranked_scan.source,
-            _utc_day(ranked_scan.ingested_at, dialect).label("ingest_day"),
+            utc_day_sql(ranked_scan.ingested_at, dialect).label("ingest_day"),
         )
         .select_from(ranked.outerjoin(audit_results, result.scan_id == ranked_scan.scan_id))
         .where(ranked_scan.rank == 1)
@@ -396,7 +364,7 @@ def most_ai_images(conn: Connection, images: FromClause, limit: int) -> pd.DataF
         .offset(limit - 1)
         .scalar_subquery()
     )
-    mask_area = _mask_area(conn.dialect.name)
+    mask_area = mask_area_sql(conn.dialect.name)
     query: Select = (
         select(
             image.image_id,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import pandas as pd
 from markupsafe import Markup, escape
 
-from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
+from image_audit.warehouse.verdicts import VERDICT_LABELS, Thresholds, Verdict
 
 STATE_COLORS = {
     "completed": "#0f766e",

@@ -32,9 +32,9 @@ from image_audit.reporting.overlays import (
 )
 from image_audit.reporting.render import render_report
 from image_audit.reporting.storage import as_storage_path, reports_base, staged, uri
-from image_audit.reporting.verdicts import VERDICT_LABELS, Thresholds, Verdict
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_reports
+from image_audit.warehouse.verdicts import VERDICT_LABELS, Thresholds, Verdict
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,10 @@ One rule, written once as a SQL expression, so the counts, the exports and the t
 4. otherwise                                              -> ``human``
 
 ``ai`` is ``summary.ai`` of the response; ``mask_area`` is the share of the image's pixels the decoded RLE
-mask marks as AI. Only completed scans get a verdict.
+mask marks as AI (:func:`mask_area_sql`). Only completed scans get a verdict.
+
+The rule lives in the warehouse package so that both the report (``image_audit.reporting``) and the
+analytics model the warehouse keeps (``image_audit.warehouse.analytics``) apply this one definition.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 
-from sqlalchemy import ColumnElement, case, literal
+from sqlalchemy import ColumnElement, Float, Integer, and_, case, cast, func, literal, literal_column
+
+from image_audit.warehouse.schema import audit_results
 
 
 class Verdict(StrEnum):
@@ -94,3 +99,44 @@ def verdict_sql(
     if thresholds.min_mask_area is not None:
         whens.append((mask_area >= thresholds.min_mask_area, literal(Verdict.PARTLY_AI.value)))
     return case(*whens, else_=literal(Verdict.HUMAN.value))
+
+
+# --- the verdict's inputs, in SQL ---------------------------------------------------------------------
+
+
+def summed_mask_pixels_sql(dialect: str) -> ColumnElement:
+    """Number of AI pixels of ``audit_results.mask_lengths``: the sum of the JSON list, in the database
+    (for the results stored without ``mask_pixels``)."""
+    if dialect == "postgresql":
+        sql = (
+            "(SELECT COALESCE(SUM(value::bigint), 0) "
+            "FROM json_array_elements_text(audit_results.mask_lengths) AS value)"
+        )
+    else:
+        sql = "(SELECT COALESCE(SUM(value), 0) FROM json_each(audit_results.mask_lengths))"
+    return literal_column(sql, type_=Integer)
+
+
+def mask_pixels_sql(dialect: str) -> ColumnElement:
+    """Number of AI pixels of the result's mask: the stored count, else (a result stored before it was)
+    the sum of ``mask_lengths``; ``CASE`` evaluates lazily, so only those rows read their mask."""
+    result = audit_results.c
+    return case((result.mask_pixels.is_not(None), result.mask_pixels), else_=summed_mask_pixels_sql(dialect))
+
+
+def mask_area_sql(dialect: str) -> ColumnElement:
+    """Share of the image's pixels the mask of ``audit_results`` marks as AI (``NULL`` without a result)."""
+    result = audit_results.c
+    pixels = cast(result.width, Float) * result.height
+    return case(
+        (and_(result.scan_id.is_not(None), pixels > 0), cast(mask_pixels_sql(dialect), Float) / pixels),
+        else_=None,
+    )
+
+
+def utc_day_sql(column, dialect: str) -> ColumnElement:
+    """``YYYY-MM-DD`` of a timestamp in UTC (SQLite stores UTC wall time as text): the report's "ingestion
+    day" of an image."""
+    if dialect == "postgresql":
+        return func.to_char(func.timezone("UTC", column), "YYYY-MM-DD")
+    return func.substr(column, 1, 10)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from image_audit.reporting import Thresholds
-from image_audit.reporting.verdicts import Verdict, verdict_of
+from image_audit.warehouse.verdicts import Verdict, verdict_of
 
 
 @pytest.mark.parametrize(
