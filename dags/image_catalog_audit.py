@@ -1,7 +1,8 @@
 """image_catalog_audit: the Copyleaks audit of newly ingested catalog images, run when the catalog's
 Asset is updated and nightly at the latest.
 
-plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> report
+plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> close_run
+-> report
 
 - ``plan`` reads the catalog rows ingested in the run's interval (since the catalog's watermark; a
   backfill's day), plus scans earlier runs left unfinished (those first), records every decision in
@@ -11,10 +12,13 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
 - ``submit_batch`` submits one batch through the Copyleaks hook's async client.
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
+- ``close_run`` closes the run's scans in the warehouse (never submitted: back to the queue; still
+  waiting: timed out) and brings the analytics model (docs/analytics.md) up to date.
 - ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
   Its files are its OpenLineage outputs (``image_audit.reporting.lineage``); ``submit_batch``'s are the
   warehouse's.
-  It is a teardown: it runs even when a submit fails, and the run's state still shows that failure.
+  ``close_run`` and ``report`` are teardowns: they run even when a submit fails, and the run's state
+  still shows that failure.
   Its success callback sends an alert when the run's figures cross the ``alert_*`` Params' thresholds.
 
 A run still unfinished at its deadline (if one is configured) sends one alert with where it is.
@@ -193,17 +197,10 @@ with DAG(
         log.info("Interval [%s, %s): %s", *_data_interval(context), result.as_dict())
         return result.batch_ids
 
-    # A report reads the warehouse and fetches a few catalog images (attacker-chosen hosts) under its
-    # own deadlines: minutes at most. Past 30, something hangs: fail (and retry) rather than hold a slot.
-    @task(
-        outlets=[AUDIT_REPORT_ASSET],
-        on_success_callback=AuditAlertNotifier(),
-        execution_timeout=timedelta(minutes=30),
-    )
-    def report() -> dict:
-        """Close the run in the warehouse and write the analysts' report."""
-        from image_audit.reporting import build_run_report
-        from image_audit.reporting.lineage import record_report_outputs
+    @task(retries=2, retry_delay=timedelta(seconds=30), execution_timeout=timedelta(minutes=30))
+    def close_run() -> dict:
+        """Close the run's scans, then recompute the analytics model where scans changed."""
+        from image_audit.warehouse.analytics import refresh_changed
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
 
@@ -216,6 +213,27 @@ with DAG(
             log.warning(
                 "%d scans were never submitted (the next run submits them); %d timed out", released, stranded
             )
+        with engine.begin() as conn:
+            images, days = refresh_changed(conn)
+        log.info("Analytics model: %d images and %d daily rows recomputed", images, days)
+        return {"released": released, "timed_out": stranded, "images": images, "days": days}
+
+    # A report reads the warehouse and fetches a few catalog images (attacker-chosen hosts) under its
+    # own deadlines: minutes at most. Past 30, something hangs: fail (and retry) rather than hold a slot.
+    @task(
+        outlets=[AUDIT_REPORT_ASSET],
+        on_success_callback=AuditAlertNotifier(),
+        execution_timeout=timedelta(minutes=30),
+    )
+    def report() -> dict:
+        """Write the analysts' report of the closed run."""
+        from image_audit.reporting import build_run_report
+        from image_audit.reporting.lineage import record_report_outputs
+        from image_audit.warehouse.engine import get_engine
+
+        context = get_current_context()
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        engine = get_engine(warehouse_url(WAREHOUSE_CONN_ID))
         try:
             rate = _copyleaks_settings().requests_per_second
         except Exception as exc:  # the report never fails for want of an estimate
@@ -257,13 +275,16 @@ with DAG(
         warehouse_conn_id=WAREHOUSE_CONN_ID,
         wait_timeout="{{ params.wait_timeout_minutes * 60 }}",
     )
+    closed = close_run()
     reported = report()
     # The "Audit report" button on the report task too (TaskFlow takes no extra links as an argument;
     # the serialized DAG carries the instance's links, and the task pushes its URL when it finishes).
     reported.operator.operator_extra_links = (AuditReportLink(),)
-    batches >> submitted >> waited >> reported
+    batches >> submitted >> waited >> closed >> reported
     # A teardown that counts for the run state would be its only leaf, hiding a failed submit or wait:
-    # left out, the run fails whenever submit_batch or wait_for_results does.
+    # left out, the run fails whenever submit_batch or wait_for_results does. The report runs even when
+    # close_run failed: its scans are then reported in the state they were left in.
+    closed.as_teardown(setups=batches)
     reported.as_teardown(setups=batches)
 
 

@@ -1,4 +1,4 @@
-"""Every DAG file imports cleanly, and the audit DAG has its four tasks, Params and report asset."""
+"""Every DAG file imports cleanly, and the audit DAG has its five tasks, Params and report asset."""
 
 from __future__ import annotations
 
@@ -26,10 +26,12 @@ def test_every_dag_file_imports_without_errors(dagbag):
 
 def test_audit_dag_shape(dagbag):
     dag = dagbag.dags["image_catalog_audit"]
-    assert {t.task_id for t in dag.tasks} == {"plan", "submit_batch", "wait_for_results", "report"}
+    tasks = {"plan", "submit_batch", "wait_for_results", "close_run", "report"}
+    assert {t.task_id for t in dag.tasks} == tasks
     assert dag.get_task("wait_for_results").upstream_task_ids == {"submit_batch"}
-    report = dag.get_task("report")
-    assert report.is_teardown and report.upstream_task_ids >= {"plan", "wait_for_results"}
+    close_run, report = dag.get_task("close_run"), dag.get_task("report")
+    assert close_run.is_teardown and close_run.upstream_task_ids >= {"plan", "wait_for_results"}
+    assert report.is_teardown and report.upstream_task_ids >= {"plan", "close_run"}
     assert [o.name for o in report.outlets] == ["image_audit_report"]
     assert set(dag.params) >= {
         "source_filter",

@@ -58,8 +58,11 @@ NEW_INDEX = ("ix_audit_scans_state_run", ("state", "dag_id", "run_id"))
 OLD_INDEX = ("ix_audit_scans_state", ("state",))
 #: What the third revision adds: each result's mask pixels, back-filled from its ``mask_lengths``.
 NEW_COLUMN = ("audit_results", "mask_pixels")
-#: What the fourth revision adds: the runs' claims on the catalog's watermark.
-NEW_TABLE = "audit_run_intervals"
+#: Indexes later revisions added, which the legacy schema did not have.
+LATER_INDEXES = ("ix_audit_scans_updated",)
+#: What the fourth revision adds (the runs' claims on the catalog's watermark) and the fifth (the analytics
+#: model, back-filled from the scans: tests/warehouse/test_analytics.py).
+NEW_TABLES = ("audit_run_intervals", "image_standing", "audit_daily", "analytics_refresh")
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])
@@ -108,7 +111,7 @@ def legacy_metadata(*, without: tuple[str, ...] = ()) -> MetaData:
     """schema.py's tables as the releases before versioned migrations had them (their create_all)."""
     legacy = MetaData()
     for table in metadata.sorted_tables:
-        if table.name in without or table.name == NEW_TABLE:
+        if table.name in without or table.name in NEW_TABLES:
             continue
         if table.name == NEW_COLUMN[0]:
             columns = [
@@ -121,8 +124,8 @@ def legacy_metadata(*, without: tuple[str, ...] = ()) -> MetaData:
         else:
             table.to_metadata(legacy)
     scans = legacy.tables["audit_scans"]
-    (new,) = [index for index in scans.indexes if index.name == NEW_INDEX[0]]
-    scans.indexes.discard(new)
+    for index in [index for index in scans.indexes if index.name in (NEW_INDEX[0], *LATER_INDEXES)]:
+        scans.indexes.discard(index)
     Index(OLD_INDEX[0], *(scans.c[name] for name in OLD_INDEX[1]))
     return legacy
 

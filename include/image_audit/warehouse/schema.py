@@ -80,6 +80,7 @@ audit_scans = Table(
     Index("ix_audit_scans_image_model", "image_id", "model"),  # planning: image scanned with this model?
     Index("ix_audit_scans_batch", "batch_id"),  # submit task: the scans of a batch
     Index("ix_audit_scans_state_run", "state", "dag_id", "run_id"),  # trigger: waiting scans of many runs
+    Index("ix_audit_scans_updated", "updated_at"),  # the analytics model: scans changed since its refresh
 )
 
 audit_results = Table(
@@ -152,6 +153,72 @@ audit_run_intervals = Table(
     Column("advances_watermark", Boolean, nullable=False),
     Column("created_at", TZ, nullable=False),
     Index("ix_audit_run_intervals_catalog_end", "catalog", "interval_end"),  # planning: the watermark
+)
+
+
+# --- the analytics model (``image_audit.warehouse.analytics``; documented column by column in
+# docs/analytics.md): derived from audit_scans and audit_results, recomputed as each run closes --------
+
+#: One row per (image, model): where the image stands, as the report resolves it over every run.
+image_standing = Table(
+    "image_standing",
+    metadata,
+    Column("image_id", String(255), primary_key=True),
+    Column("model", String(64), primary_key=True),
+    Column("scan_id", String(36), nullable=False),  # the attempt the row reads
+    Column("dag_id", String(250)),
+    Column("run_id", String(250)),
+    Column("state", String(16), nullable=False),
+    Column("verdict", String(16)),
+    Column("ai", Float),
+    Column("mask_share", Float),
+    Column("issued_by", Text),
+    Column("issued_time", Text),
+    Column("app_or_device_used", Text),
+    Column("source", String(255)),
+    Column("ingest_day", String(10)),
+    Column("attempts", Integer, nullable=False),
+    Column("first_audited_at", TZ, nullable=False),
+    Column("last_audited_at", TZ, nullable=False),
+    Column("completed_at", TZ),
+    Column("last_error", Text),
+    Index("ix_image_standing_day_source", "ingest_day", "source"),  # audit_daily's recompute; BI filters
+)
+
+#: One row per (catalog ingestion day, source, model): the images of the day as image_standing has them,
+#: and every scan attempt of the day with its credits.
+audit_daily = Table(
+    "audit_daily",
+    metadata,
+    Column("ingest_day", String(10), primary_key=True),  # "" when the catalog row had no ingestion time
+    Column("source", String(255), primary_key=True),  # "" when the catalog row had no source
+    Column("model", String(64), primary_key=True),
+    Column("images", Integer, nullable=False),
+    Column("completed", Integer, nullable=False),
+    Column("ai_generated", Integer, nullable=False),
+    Column("partly_ai", Integer, nullable=False),
+    Column("human", Integer, nullable=False),
+    Column("ai_share", Float),
+    Column("mean_ai", Float),
+    Column("failed", Integer, nullable=False),
+    Column("timed_out", Integer, nullable=False),
+    Column("rejected", Integer, nullable=False),
+    Column("in_flight", Integer, nullable=False),
+    Column("scans", Integer, nullable=False),
+    Column("results", Integer, nullable=False),
+    Column("expected_credits", Integer, nullable=False),
+    Column("actual_credits", Integer, nullable=False),
+)
+
+
+#: How far the analytics model has read: every scan updated before ``scans_updated_before`` (less a
+#: margin for writes that commit late) is in it. One row, named ``model``.
+analytics_refresh = Table(
+    "analytics_refresh",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("scans_updated_before", TZ, nullable=False),
+    Column("refreshed_at", TZ, nullable=False),
 )
 
 

@@ -1,0 +1,350 @@
+"""The analytics model: ``image_standing`` and ``audit_daily``, the warehouse's documented tables for BI
+tools (docs/analytics.md lists their columns), derived from ``audit_scans`` and ``audit_results``.
+
+- ``image_standing``: one row per (image, model), resolved as the report resolves an image, but over
+  every run: its latest completed scan (with a result), else its latest scan that was not a rejection,
+  else its rejection (ties: highest attempt, latest update, highest scan id). The verdict is the
+  report's rule (:func:`image_audit.warehouse.verdicts.verdict_sql`, same thresholds).
+- ``audit_daily``: one row per (catalog ingestion day in UTC, source, model): the images of
+  ``image_standing`` by their day and source, and every scan attempt of the day with its credits.
+
+Both are recomputed from the per-scan tables, never incremented. :func:`refresh_changed` (each run's
+``close_run`` task calls it) recomputes the standing of every image with a scan updated since the last
+refresh (``analytics_refresh``: the run's own scans, a late callback's, a backfill's) and the daily rows
+of every (day, source, model) they stood or stand on; :func:`refresh_all` recomputes everything (the
+migration's back-fill). A recompute deletes the rows it covers and inserts them again in one
+transaction (serialised on PostgreSQL by an advisory lock, on SQLite by the write lock), so running it
+twice gives the same rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import (
+    Connection,
+    Float,
+    Integer,
+    Select,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    literal,
+    null,
+    select,
+    text,
+    tuple_,
+    union_all,
+)
+
+from image_audit.warehouse.engine import as_utc
+from image_audit.warehouse.lifecycle import ScanState
+from image_audit.warehouse.schema import (
+    analytics_refresh,
+    audit_daily,
+    audit_results,
+    audit_scans,
+    image_standing,
+)
+from image_audit.warehouse.verdicts import Thresholds, mask_area_sql, utc_day_sql, verdict_sql
+
+#: Serialises recomputes on PostgreSQL (two reports finishing together).
+_LOCK_ID = 0x1A6E_A0D5
+#: ``audit_daily``'s key for a scan without an ingestion time or a source.
+NO_DAY = ""
+NO_SOURCE = ""
+#: A scan updated this long before the last refresh started is looked at again: a write stamped before
+#: it may have committed after it read (writers stamp ``updated_at`` by their own clock, then commit).
+LATE_COMMIT_MARGIN = timedelta(minutes=10)
+#: ``analytics_refresh``'s row.
+REFRESH_NAME = "model"
+#: States in which a scan was sent to Copyleaks, so its credits count as expected (as in the report).
+SENT_STATES = [ScanState.SUBMITTED, ScanState.COMPLETED, ScanState.FAILED, ScanState.TIMED_OUT]
+
+DayKey = tuple[str, str, str]  # (ingest_day, source, model)
+
+
+def image_key():
+    """What makes scans the same image: the image id (rows without one are each an image of their own),
+    as in the report."""
+    scan = audit_scans.c
+    return case((func.trim(scan.image_id) == "", scan.scan_id), else_=scan.image_id)
+
+
+def _scan_day(dialect: str):
+    return func.coalesce(utc_day_sql(audit_scans.c.ingested_at, dialect), NO_DAY)
+
+
+# --- image_standing -------------------------------------------------------------------------------------
+
+
+def standing_query(dialect: str, thresholds: Thresholds = Thresholds(), keys: Select | None = None) -> Select:
+    """The rows of ``image_standing`` (its columns, in order) for the (image key, model) pairs ``keys``
+    selects (``None``: every image)."""
+    scan, result = audit_scans.c, audit_results.c
+    key = image_key()
+    partition = (key, scan.model)
+    preference = case(
+        (scan.state == ScanState.COMPLETED.value, 0), (scan.state != ScanState.REJECTED.value, 1), else_=2
+    )
+    order = [preference, scan.attempt.desc(), scan.updated_at.desc(), scan.scan_id.desc()]
+    ranked = (
+        select(
+            key.label("image_id"),
+            scan.model,
+            scan.scan_id,
+            scan.dag_id,
+            scan.run_id,
+            scan.state,
+            scan.source,
+            scan.ingested_at,
+            scan.last_error,
+            func.row_number().over(partition_by=partition, order_by=order).label("rank"),
+            func.sum(case((scan.state != ScanState.REJECTED.value, 1), else_=0))
+            .over(partition_by=partition)
+            .label("attempts"),
+            func.min(scan.created_at).over(partition_by=partition).label("first_audited_at"),
+            func.max(scan.created_at).over(partition_by=partition).label("last_audited_at"),
+        )
+        .where(*([] if keys is None else [tuple_(key, scan.model).in_(keys)]))
+        .subquery("ranked")
+    )
+    top = ranked.c
+    completed = and_(top.state == ScanState.COMPLETED.value, result.scan_id.is_not(None))
+    # the latest error among the image's attempts, for an image that never completed (by the image id,
+    # so the (image_id, model) index serves it; an image without an id has one scan: its own error)
+    other = audit_scans.alias("other")
+    latest_error = (
+        select(other.c.last_error)
+        .where(other.c.image_id == top.image_id, other.c.model == top.model, other.c.last_error.is_not(None))
+        .order_by(other.c.attempt.desc(), other.c.updated_at.desc(), other.c.scan_id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    metadata = result.image_metadata
+    return (
+        select(
+            top.image_id,
+            top.model,
+            top.scan_id,
+            top.dag_id,
+            top.run_id,
+            top.state,
+            verdict_sql(completed, result.ai, mask_area_sql(dialect), thresholds).label("verdict"),
+            result.ai,
+            mask_area_sql(dialect).label("mask_share"),
+            metadata["issuedBy"].as_string().label("issued_by"),
+            metadata["issuedTime"].as_string().label("issued_time"),
+            metadata["appOrDeviceUsed"].as_string().label("app_or_device_used"),
+            top.source,
+            utc_day_sql(top.ingested_at, dialect).label("ingest_day"),
+            top.attempts,
+            top.first_audited_at,
+            top.last_audited_at,
+            case((completed, result.received_at), else_=null()).label("completed_at"),
+            case((completed, null()), else_=func.coalesce(latest_error, top.last_error)).label("last_error"),
+        )
+        .select_from(ranked.outerjoin(audit_results, result.scan_id == top.scan_id))
+        .where(top.rank == 1)
+    )
+
+
+# --- audit_daily ----------------------------------------------------------------------------------------
+
+
+def daily_query(dialect: str, days: list[DayKey] | None = None) -> Select:
+    """The rows of ``audit_daily`` (its columns, in order) for the (day, source, model) keys ``days``
+    (``None``: every day)."""
+    stand, scan, result = image_standing.c, audit_scans.c, audit_results.c
+    zero = literal(0)
+
+    def where(*key):
+        return [] if days is None else [tuple_(*key).in_(days)]
+
+    def flag(condition):
+        return case((condition, 1), else_=0)
+
+    stand_key = (func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model)
+    completed = stand.verdict.is_not(None)
+    images = select(
+        *(k.label(n) for k, n in zip(stand_key, ("ingest_day", "source", "model"), strict=True)),
+        literal(1).label("images"),
+        flag(completed).label("completed"),
+        flag(stand.verdict == "ai_generated").label("ai_generated"),
+        flag(stand.verdict == "partly_ai").label("partly_ai"),
+        flag(stand.verdict == "human").label("human"),
+        case((completed, stand.ai), else_=null()).label("ai"),
+        flag(stand.state == ScanState.FAILED.value).label("failed"),
+        flag(stand.state == ScanState.TIMED_OUT.value).label("timed_out"),
+        flag(stand.state == ScanState.REJECTED.value).label("rejected"),
+        flag(stand.state.in_([ScanState.PENDING.value, ScanState.SUBMITTED.value])).label("in_flight"),
+        zero.label("scans"),
+        zero.label("results"),
+        zero.label("expected_credits"),
+        zero.label("actual_credits"),
+    ).where(*where(*stand_key))
+    scan_key = (_scan_day(dialect), func.coalesce(scan.source, NO_SOURCE), scan.model)
+    attempts = (
+        select(
+            *(k.label(n) for k, n in zip(scan_key, ("ingest_day", "source", "model"), strict=True)),
+            *(zero.label(n) for n in ("images", "completed", "ai_generated", "partly_ai", "human")),
+            null().label("ai"),
+            *(zero.label(n) for n in ("failed", "timed_out", "rejected", "in_flight")),
+            literal(1).label("scans"),
+            flag(result.scan_id.is_not(None)).label("results"),
+            case((scan.state.in_([s.value for s in SENT_STATES]), scan.expected_credits), else_=0).label(
+                "expected_credits"
+            ),
+            func.coalesce(result.actual_credits, 0).label("actual_credits"),
+        )
+        .select_from(audit_scans.outerjoin(audit_results, result.scan_id == scan.scan_id))
+        .where(*where(*scan_key))
+    )
+    rows = union_all(images, attempts).subquery("rows")
+    r = rows.c
+
+    def total(name):
+        return cast(func.coalesce(func.sum(r[name]), 0), Integer).label(name)
+
+    done = func.sum(r.completed)
+    share = case((done > 0, cast(func.sum(r.ai_generated), Float) / done), else_=null())
+    mean = case((done > 0, cast(func.sum(r.ai), Float) / done), else_=null())
+    return select(
+        r.ingest_day,
+        r.source,
+        r.model,
+        total("images"),
+        total("completed"),
+        total("ai_generated"),
+        total("partly_ai"),
+        total("human"),
+        share.label("ai_share"),
+        mean.label("mean_ai"),
+        total("failed"),
+        total("timed_out"),
+        total("rejected"),
+        total("in_flight"),
+        total("scans"),
+        total("results"),
+        total("expected_credits"),
+        total("actual_credits"),
+    ).group_by(r.ingest_day, r.source, r.model)
+
+
+# --- recomputing ----------------------------------------------------------------------------------------
+
+
+def _lock(conn: Connection) -> None:
+    """Take the recompute's lock for the rest of the transaction."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+    else:  # a write first: the transaction holds SQLite's write lock before it reads anything
+        conn.execute(delete(audit_daily).where(literal(False)))
+
+
+def _days_of(conn: Connection, keys: Select) -> set[DayKey]:
+    """The daily keys the images ``keys`` selects touch: their standing's, and their scans'."""
+    stand, scan = image_standing.c, audit_scans.c
+    standing = select(
+        func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model
+    ).where(tuple_(stand.image_id, stand.model).in_(keys))
+    scans = select(_scan_day(conn.dialect.name), func.coalesce(scan.source, NO_SOURCE), scan.model).where(
+        tuple_(image_key(), scan.model).in_(keys)
+    )
+    return {tuple(row) for row in conn.execute(union_all(standing, scans))}
+
+
+def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None) -> int:
+    """Recompute the ``audit_daily`` rows of ``days`` ((day, source, model) keys; ``None``: every day)
+    from ``image_standing`` and the scans, in ``conn``'s transaction; returns the rows written."""
+    keys = None if days is None else sorted(set(days))
+    if keys == []:
+        return 0
+    daily = audit_daily.c
+    stale = delete(audit_daily)
+    if keys is not None:
+        stale = stale.where(tuple_(daily.ingest_day, daily.source, daily.model).in_(keys))
+    conn.execute(stale)
+    names = [column.name for column in audit_daily.columns]
+    insert = audit_daily.insert().from_select(names, daily_query(conn.dialect.name, keys))
+    return conn.execute(insert).rowcount
+
+
+def _refresh(conn: Connection, keys: Select | None, thresholds: Thresholds) -> tuple[int, int]:
+    _lock(conn)
+    dialect = conn.dialect.name
+    if keys is None:
+        conn.execute(delete(image_standing))
+    else:
+        days = _days_of(conn, keys)  # the days the images stood on before: they may move
+        stand = image_standing.c
+        conn.execute(delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(keys)))
+    names = [column.name for column in image_standing.columns]
+    images = conn.execute(
+        image_standing.insert().from_select(names, standing_query(dialect, thresholds, keys))
+    ).rowcount
+    if keys is None:
+        return images, refresh_days(conn, None)
+    return images, refresh_days(conn, days | _days_of(conn, keys))
+
+
+def refresh_images(
+    conn: Connection, images: Iterable[tuple[str, str]], thresholds: Thresholds = Thresholds()
+) -> tuple[int, int]:
+    """Recompute the standing of ``images`` ((image id, model) pairs) and the daily rows they touch, in
+    ``conn``'s transaction; returns (standing rows, daily rows) written."""
+    pairs = sorted(set(images))
+    if not pairs:
+        return 0, 0
+    scan = audit_scans.c
+    keys = select(image_key(), scan.model).where(tuple_(image_key(), scan.model).in_(pairs)).distinct()
+    return _refresh(conn, keys, thresholds)
+
+
+def refresh_changed(
+    conn: Connection, thresholds: Thresholds = Thresholds(), *, now: datetime | None = None
+) -> tuple[int, int]:
+    """Recompute the standing of every image with a scan updated since the last refresh (less
+    ``LATE_COMMIT_MARGIN``) and the daily rows they touch, in ``conn``'s transaction; the whole model
+    when it was never refreshed. Returns (standing rows, daily rows) written."""
+    started = now or datetime.now(UTC)
+    _lock(conn)
+    refresh = analytics_refresh.c
+    since = conn.execute(
+        select(refresh.scans_updated_before).where(refresh.name == REFRESH_NAME)
+    ).scalar_one_or_none()
+    if since is None:
+        return refresh_all(conn, thresholds, now=started)
+    scan = audit_scans.c
+    keys = (
+        select(image_key(), scan.model)
+        .where(scan.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
+        .distinct()
+    )
+    written = _refresh(conn, keys, thresholds)
+    _mark_refreshed(conn, started)
+    return written
+
+
+def refresh_all(
+    conn: Connection, thresholds: Thresholds = Thresholds(), *, now: datetime | None = None
+) -> tuple[int, int]:
+    """Recompute the whole model from the per-scan tables, in ``conn``'s transaction; returns (standing
+    rows, daily rows) written."""
+    started = now or datetime.now(UTC)
+    written = _refresh(conn, None, thresholds)
+    _mark_refreshed(conn, started)
+    return written
+
+
+def _mark_refreshed(conn: Connection, started: datetime) -> None:
+    """Record that the model holds every scan updated before ``started``."""
+    values = {"scans_updated_before": started, "refreshed_at": datetime.now(UTC)}
+    updated = conn.execute(
+        analytics_refresh.update().where(analytics_refresh.c.name == REFRESH_NAME).values(**values)
+    ).rowcount
+    if not updated:  # under the recompute's lock: nobody inserts it meanwhile
+        conn.execute(analytics_refresh.insert().values(name=REFRESH_NAME, **values))
