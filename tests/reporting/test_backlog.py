@@ -23,7 +23,7 @@ from tests.support.reports import (
 
 def _seed_backlog(engine) -> None:
     """R2's scans (``n`` is pending, released unsent) plus scans the caps deferred, in R1 and R2."""
-    window = f"{DEFERRED_BY_WINDOW} of 201139 submissions is full"
+    window = f"{DEFERRED_BY_WINDOW} of 200091 submissions is full"
     budget = f"{DEFERRED_BY_BUDGET} of 100 credits is spent"
     credits = f"{DEFERRED_BY_CREDITS}: 2 credits were available"
     insert_report_scans(engine, r2_scans())
@@ -60,7 +60,7 @@ def test_backlog_and_when_it_clears_at_the_accounts_rate(warehouse_url, tmp_path
         "by_reason": {"window": 7, "budget": 2, "credits": 1, "unsent": 1},
         "requests_per_second": 10,
         "window_minutes": 360,
-        "run_capacity": 201_139,
+        "run_capacity": 200_091,
         "submission_minutes": 1,
         "runs_to_clear": 1,
     }
@@ -70,7 +70,7 @@ def test_backlog_and_when_it_clears_at_the_accounts_rate(warehouse_url, tmp_path
     assert "<strong>11 images</strong>" in section
     assert "Those waiting for credits go once the account is topped up." in section
     assert "At 10 requests/s that is about 1 minute of submission" in section
-    assert "within the next run&#39;s window (360 minutes, up to 201,139 submissions)" in section
+    assert "within the next run&#39;s window (360 minutes, up to 200,091 submissions)" in section
     assert "Those the credit budget held back go only as far as later runs' budgets allow" in (
         section.replace("&#39;", "'")
     )
@@ -114,9 +114,9 @@ def test_backlog_estimates_without_a_window_a_limit_or_a_rate():
         "At 10 requests/s that is about 23 minutes of submission; "
         "the next run submits them all (it has no submission window)."
     )
-    slow = backlog_summary(by_reason, 0.5, 360)  # 10,056 a run
+    slow = backlog_summary(by_reason, 0.5, 360)  # 10,004 a run
     assert slow["runs_to_clear"] == 2 and describe_backlog(slow).startswith(
-        "At 0.5 requests/s that is about 7.4 hours of submission, i.e. the windows of the next 2 runs"
+        "At 0.5 requests/s that is about 7.5 hours of submission, i.e. the windows of the next 2 runs"
     )
     unlimited = backlog_summary(by_reason, 0, 360)
     assert unlimited["run_capacity"] is None and unlimited["runs_to_clear"] == 1

@@ -25,7 +25,7 @@ DEFERRED_BY_WINDOW = "deferred: the run's submission window"
 def submission_capacity(requests_per_second: float | None, minutes: float | None) -> int | None:
     """Submissions that fit ``minutes`` at the account's ``requests_per_second`` (None: no cap).
 
-    ``floor(rate * 60 * minutes * 0.96 * 0.97)``, computed exactly (10/s for 360 minutes is 201,139).
+    ``floor(rate * 60 * minutes * 0.955 * 0.97)``, computed exactly (10/s for 360 minutes is 200,091).
     No window, or a rate of 0 (no limit), means no cap.
     """
     if minutes is None or not requests_per_second or requests_per_second <= 0:

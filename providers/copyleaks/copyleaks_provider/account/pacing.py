@@ -21,23 +21,27 @@ from copyleaks_provider.settings import RATE_HEADROOM, CopyleaksSettings
 RESERVE_SECONDS = 0.025
 #: Slots a request may miss (its process held up past each) before it is sent anyway.
 MAX_MISSED_SLOTS = 20
+#: How much slower than the last one a reservation may come back and still meet its first slot.
+RESERVE_MARGIN = 0.010
 
 
 class Pacer:
     """Send times (epoch seconds) from one of the account's shared budgets, reserved
     ``RESERVE_SECONDS`` at a time.
 
-    A request may start up to ``lateness`` after its slot: a quarter of the ``1 - RATE_HEADROOM`` slack,
-    the rest left to the jitter of Copyleaks' counting. A slot missed by more (the process was held up)
-    is given up, since a late request lands among the next process's punctual ones and crowds
-    Copyleaks' one-second window. Not thread-safe: each client calls it under its own lock.
+    A request may start up to ``lateness`` after its slot: an eighth of the ``1 - RATE_HEADROOM`` slack
+    (6 ms at 10 requests/s), the rest left to what happens between starting a request and Copyleaks
+    counting it (a process descheduled mid-send, the network, Copyleaks' own queue). A slot missed by
+    more (the process was held up) is given up, since a late request lands among the next process's
+    punctual ones and crowds Copyleaks' one-second window. Not thread-safe: each client calls it under
+    its own lock.
     """
 
     def __init__(self, state: AccountState, kind: str, per_second: float):
         self.state, self.kind = state, kind
         self.interval = 1.0 / (per_second * RATE_HEADROOM)
         self.block = max(1, int(per_second * RESERVE_SECONDS))
-        self.lateness = (1 - RATE_HEADROOM) / 4
+        self.lateness = (1 - RATE_HEADROOM) / 8
         #: How long this process's last reservation took (the store's round trip, thread hop included).
         self.round_trip = 0.0
         self._slots: deque[float] = deque()
@@ -56,14 +60,14 @@ class Pacer:
         """The next usable slot and the time to send by, reserving more when none is left.
 
         An idle budget gives its first slot no earlier than the answer can be back: now, plus the last
-        round trip to the store, plus ``lateness``. A slot in the past when the answer came would be
-        sent late into the slack of the second that follows; one set too close to now would be missed
-        by every reservation that is slower than ``lateness`` (a store across the network).
+        round trip to the store, plus ``RESERVE_MARGIN``. A slot in the past when the answer came would
+        be sent late into the slack of the second that follows; one set too close to now would be
+        missed by every reservation slower than the last (a store across the network).
         """
         taken = self.take_reserved()
         if taken is None:
             asked = time.time()
-            earliest = asked + self.round_trip + self.lateness
+            earliest = asked + self.round_trip + RESERVE_MARGIN
             start = self.state.reserve(self.kind, self.block, self.interval, earliest)  # a database trip
             self.round_trip = time.time() - asked
             self._slots.extend(start + i * self.interval for i in range(1, self.block))
