@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import zlib
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -16,8 +15,9 @@ from PIL import Image
 
 from image_audit.reporting import build_run_report
 from image_audit.warehouse.engine import get_engine
-from image_audit_dev.screenshot import ChromiumNotFoundError, dump_dom, find_chromium, screenshot
+from image_audit_dev.screenshot import dump_dom, screenshot
 from image_audit_dev.servers import BackgroundServer
+from tests.support import browser
 from tests.support.reports import DAG_ID, R2, demo_scans, image_png, insert_report_row, insert_report_scans
 
 IMAGE_SIZE = (480, 360)
@@ -77,13 +77,7 @@ class _Images(HTMLParser):
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    try:
-        return find_chromium()
-    except ChromiumNotFoundError:
-        message = "Debian's chromium is needed: apt-get install -y chromium, or set IMAGE_AUDIT_CHROMIUM"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message} (CI always runs the browser test)")
-        pytest.skip(f"{message}; the browser test runs where chromium is found")
+    return browser.chromium()
 
 
 def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp_path):

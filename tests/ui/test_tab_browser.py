@@ -15,42 +15,25 @@ from urllib.parse import quote
 
 import pytest
 
-from image_audit_dev.screenshot import ChromiumNotFoundError, find_chromium
-from tests.support.api_server import PASSWORDS, ui_api_server
+from tests.support.api_server import ui_api_server
+from tests.support.browser import chromium, viewer_page
 from tests.support.factories import DAY
 
 pytestmark = pytest.mark.slow
 SCREENSHOT_ENV = "IMAGE_AUDIT_UI_SCREENSHOT"
 
 
-def _chromium() -> str:
-    try:
-        return find_chromium()
-    except ChromiumNotFoundError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("chromium is not installed (./run test installs it where it may)")
-
-
 @pytest.mark.parametrize("warehouse_url", ["sqlite"], indirect=True)
 def test_an_analyst_logs_in_and_reads_the_runs_report_in_its_tab(audit, warehouse_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    chromium = _chromium()
+    chromium()
     audit.seed(12)
     run = audit.run(DAY)
     assert run.state == "success"
     images = audit.report(run.run_id)["summary"]["images"]
     run_page = f"/dags/image_catalog_audit/runs/{quote(run.run_id, safe='')}"
-    with ui_api_server(tmp_path, warehouse_url) as base, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 900})
-        page.goto(base + run_page)
-        # Not logged in: Airflow sends the browser to its login form
-        page.get_by_label("Username").fill("viewer")
-        page.get_by_label("Password").fill(PASSWORDS["viewer"])
-        page.get_by_role("button", name="Sign in").click()
-        page.wait_for_url(f"**{run_page}", timeout=60_000)
+    with ui_api_server(tmp_path, warehouse_url) as base, viewer_page(base, run_page) as page:
         page.get_by_role("link", name="Audit report", exact=True).click()
         page.wait_for_url(re.compile(r".*/runs/[^/]+/plugin/audit-report$"), wait_until="commit")
         frame = page.frame_locator("iframe")
@@ -62,7 +45,6 @@ def test_an_analyst_logs_in_and_reads_the_runs_report_in_its_tab(audit, warehous
         assert src and src.endswith(f"/image-audit/runs/image_catalog_audit/{quote(run.run_id, safe='')}")
         shot = tmp_path / "ui-tab.png"
         page.screenshot(path=str(shot))
-        browser.close()
     assert shot.stat().st_size > 20_000  # a page drawn, not a blank one
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])

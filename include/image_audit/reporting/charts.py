@@ -285,43 +285,6 @@ def verdict_breakdown_chart(
 
 def trend_chart(runs: pd.DataFrame) -> Markup:
     """AI share per run (``label``, ``ai_share``, ``flagged_share``), oldest first."""
-    width, height = _px(10.2), _px(2.8)
-    labels = [str(label) for label in runs["label"]]
-    crowded = len(labels) > 5
-    left, right, top = 36 + _text_width("100.0%"), width - 24, 28
-    bottom = height - (max(_text_width(t, SMALL) for t in labels) * 0.5 + 24 if crowded else 46)
-    shares = pd.concat([runs["flagged_share"], runs["ai_share"]])
-    ceiling = min(1.0, max(0.05, float(shares.max(skipna=True) or 0)) * 1.25)
-    if math.isnan(ceiling):
-        ceiling = 0.0625
-    ticks = nice_ticks(ceiling, 5)
-    step = ticks[1] if len(ticks) > 1 else ceiling
-    y_scale = (bottom - top) / ceiling
-    count = len(labels)
-    pad = (right - left) * 0.05
-    x_step = (right - left - 2 * pad) / max(count - 1, 1)
-    xs = [left + pad + i * x_step for i in range(count)]
-    body = []
-    for tick in ticks:
-        y = bottom - tick * y_scale
-        body.append(_line(left, y, right, y, GRID))
-        body.append(_text(left - 7, y + 4, _percent(tick, step), "end"))
-    body += [_line(left, bottom, right, bottom), _line(left, top, left, bottom)]
-    for x, text in zip(xs, labels, strict=True):
-        body.append(_line(x, bottom, x, bottom + 4))
-        if crowded:
-            body.append(
-                _text(
-                    x,
-                    bottom + 14,
-                    text,
-                    "end",
-                    size=SMALL,
-                    transform=f"rotate(-30 {_coord(x)} {_coord(bottom + 14)})",
-                )
-            )
-        else:
-            body.append(_text(x, bottom + 17, text, "middle", size=SMALL))
     series = [
         (
             "AI-generated or partly AI",
@@ -330,10 +293,56 @@ def trend_chart(runs: pd.DataFrame) -> Markup:
         ),
         ("AI-generated", VERDICT_COLORS[Verdict.AI_GENERATED.value], runs["ai_share"].tolist()),
     ]
+    return share_lines_chart(
+        [str(label) for label in runs["label"]], series, key="trend", title="AI share per run"
+    )
+
+
+def share_lines_chart(
+    labels: Sequence[str],
+    series: Sequence[tuple[str, str, Sequence[float | None]]],
+    *,
+    key: str,
+    title: str,
+    y_label: str = "share of completed images",
+) -> Markup:
+    """Shares (0-1) along ``labels``, one line per ``(name, color, values)``; a missing value (None, NaN)
+    breaks its line. Drawn in order: the last series is on top."""
+    labels = list(labels)
+    crowded = len(labels) > 5
+    top = 20 + 16 * len(series)  # the legend above the plot, a line per series
+    width, height = _px(10.2), _px(2.8) + top - 28
+    left, right = 36 + _text_width("100.0%"), width - 24
+    bottom = height - (max(_text_width(t, SMALL) for t in labels) * 0.5 + 24 if crowded else 46)
+    known = [v for _, _, values in series for v in values if not _missing(v)]
+    ceiling = min(1.0, max(0.05, max(known, default=0.0)) * 1.25)
+    ticks = nice_ticks(ceiling, 5)
+    step = ticks[1] if len(ticks) > 1 else ceiling
+    y_scale = (bottom - top) / ceiling
+    count = len(labels)
+    pad = (right - left) * 0.05
+    x_step = (right - left - 2 * pad) / max(count - 1, 1)
+    xs = [left + pad + i * x_step for i in range(count)]
+    every = max(1, math.ceil(count / 30))  # at most 30 axis labels
+    body = []
+    for tick in ticks:
+        y = bottom - tick * y_scale
+        body.append(_line(left, y, right, y, GRID))
+        body.append(_text(left - 7, y + 4, _percent(tick, step), "end"))
+    body += [_line(left, bottom, right, bottom), _line(left, top, left, bottom)]
+    for i, (x, text) in enumerate(zip(xs, labels, strict=True)):
+        body.append(_line(x, bottom, x, bottom + 4))
+        if i % every:
+            continue
+        if crowded:
+            transform = f"rotate(-30 {_coord(x)} {_coord(bottom + 14)})"
+            body.append(_text(x, bottom + 14, text, "end", size=SMALL, transform=transform))
+        else:
+            body.append(_text(x, bottom + 17, text, "middle", size=SMALL))
     for name, color, values in series:
         run: list[str] = []
         for x, value in zip([*xs, None], [*values, None], strict=True):
-            if value is None or x is None or (isinstance(value, float) and math.isnan(value)):
+            if x is None or _missing(value):
                 if len(run) > 1:  # a missing share breaks the line
                     points = " ".join(run)
                     body.append(
@@ -343,31 +352,36 @@ def trend_chart(runs: pd.DataFrame) -> Markup:
                 continue
             run.append(f"{_coord(x)},{_coord(bottom - min(value, ceiling) * y_scale)}")
         for x, value, text in zip(xs, values, labels, strict=True):
-            if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            if not _missing(value):
                 y = bottom - min(value, ceiling) * y_scale
                 body.append(
                     f'<circle cx="{_coord(x)}" cy="{_coord(y)}" r="3.5" fill="{color}">'
                     f"<title>{escape(f'{text}: {name} {value * 100:.1f}%')}</title></circle>"
                 )
-    legend_y = top + 6
     for i, (name, color, _) in enumerate(series):
-        y = legend_y + i * 16
+        y = 12 + i * 16
         body.append(_line(left + 10, y, left + 30, y, color, stroke_width="1.6"))
         body.append(f'<circle cx="{left + 20}" cy="{y}" r="3" fill="{color}"/>')
         body.append(_text(left + 36, y + 4, name, color=INK, size=SMALL))
     body.append(
-        _text(16, (top + bottom) / 2, "share of completed images", "middle",
-              transform=f"rotate(-90 16 {_coord((top + bottom) / 2)})")
-    )  # fmt: skip
-    lines = []
-    for text, ai, flagged in zip(labels, series[1][2], series[0][2], strict=True):
+        _text(
+            16,
+            (top + bottom) / 2,
+            y_label,
+            "middle",
+            transform=f"rotate(-90 16 {_coord((top + bottom) / 2)})",
+        )
+    )
+    lines = [
+        f"{text}: "
+        + ", ".join(
+            f"{name} {DASH if _missing(values[i]) else f'{values[i] * 100:.1f}%'}"
+            for name, _, values in series
+        )
+        for i, text in enumerate(labels)
+    ]
+    return _svg(key, width, height, title, "; ".join(lines), body)
 
-        def pct(value):
-            return (
-                DASH
-                if value is None or (isinstance(value, float) and math.isnan(value))
-                else f"{value * 100:.1f}%"
-            )
 
-        lines.append(f"{text}: AI-generated {pct(ai)}, AI-generated or partly AI {pct(flagged)}")
-    return _svg("trend", width, height, "AI share per run", "; ".join(lines), body)
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

@@ -20,6 +20,9 @@ FALLBACK_BASE_URL = "http://localhost:8080"
 #: The tab's route under a DAG run's page (the plugin's external view ``url_route``).
 TAB_ROUTE = "audit-report"
 TAB_NAME = "Audit report"
+#: The trends page's route under a DAG's page, and its name.
+TRENDS_ROUTE = "audit-trends"
+TRENDS_NAME = "Audit trends"
 
 
 def run_url(dag_id: str, run_id: str) -> str:

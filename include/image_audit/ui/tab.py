@@ -1,4 +1,5 @@
-"""The "Audit report" tab on each DAG run in the Airflow UI: ``GET /image-audit/runs/{dag_id}/{run_id}``.
+"""The "Audit report" tab on each DAG run in the Airflow UI: ``GET /image-audit/runs/{dag_id}/{run_id}``;
+and the "Audit trends" tab on the DAG: ``GET /image-audit/dags/{dag_id}/trends`` (``ui.trends``).
 
 Mounted in the api-server by ``plugins/image_audit_plugin.py``, behind Airflow's auth manager (the caller
 must be allowed to read the DAG's runs). It shows the run's HTML report once written, and until then a
@@ -15,14 +16,15 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi import Depends, FastAPI, Query
+from fastapi.responses import HTMLResponse, Response
 from sqlalchemy import select
 from starlette.datastructures import MutableHeaders
 
 from image_audit.config import warehouse_url
-from image_audit.ui.links import TAB_NAME, TAB_ROUTE
+from image_audit.ui.links import TAB_NAME, TAB_ROUTE, TRENDS_NAME, TRENDS_ROUTE
 from image_audit.ui.progress import RunProgress, account_requests_per_second, read_run_progress
+from image_audit.ui.trends import DEFAULT_DAYS, MAX_DAYS, read_trends, render_trends, trends_csv
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_reports
 
@@ -39,6 +41,13 @@ EXTERNAL_VIEW = {
     "href": URL_PREFIX + "/runs/{DAG_ID}/{RUN_ID}",
     "destination": "dag_run",
     "url_route": TAB_ROUTE,
+}
+#: The tab on each DAG's page.
+TRENDS_VIEW = {
+    "name": TRENDS_NAME,
+    "href": URL_PREFIX + "/dags/{DAG_ID}/trends",
+    "destination": "dag",
+    "url_route": TRENDS_ROUTE,
 }
 _PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8">{head}<title>{title}</title>
 <style>body{{font:14px/1.5 system-ui,sans-serif;margin:24px;color:#1f2933}}table{{border-collapse:collapse}}
@@ -120,6 +129,25 @@ def build_ui_app() -> FastAPI:
         if html_path:
             return _report(dag_id, run_id, html_path)
         return _progress(progress)
+
+    can_read_dag = Depends(requires_access_dag(method="GET"))
+    days_query = Query(DEFAULT_DAYS, ge=1, le=MAX_DAYS)
+
+    @app.get("/dags/{dag_id}/trends", response_class=HTMLResponse, dependencies=[can_read_dag])
+    def trends_page(dag_id: str, days: int = days_query) -> HTMLResponse:
+        """The last ``days`` days of the analytics model (``audit_daily`` only)."""
+        with get_engine(warehouse_url()).connect() as conn:
+            trends = read_trends(conn, days)
+        return HTMLResponse(render_trends(dag_id, trends, days), headers={"Cache-Control": "no-store"})
+
+    @app.get("/dags/{dag_id}/trends.csv", dependencies=[can_read_dag])
+    def trends_table(dag_id: str, days: int = days_query) -> Response:
+        """The page's table, one row per day and source."""
+        with get_engine(warehouse_url()).connect() as conn:
+            trends = read_trends(conn, days)
+        name = f"audit-trends-{trends.first}-{trends.last}.csv"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"}
+        return Response(trends_csv(trends), media_type="text/csv; charset=utf-8", headers=headers)
 
     return app
 
