@@ -13,7 +13,8 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
 - ``wait_for_results`` defers to the triggerer until the webhook receiver has stored every result (or
   its timeout: the missing scans become ``timed_out`` and the next run retries them).
 - ``close_run`` closes the run's scans in the warehouse (never submitted: back to the queue; still
-  waiting: timed out) and brings the analytics model (docs/analytics.md) up to date.
+  waiting: timed out) and brings the analytics model (docs/analytics.md) up to date. Its success
+  callback alerts when a source's share jumped above its baseline (the ``alert_change_*`` Params).
 - ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
   Its files are its OpenLineage outputs (``image_audit.reporting.lineage``); ``submit_batch``'s are the
   warehouse's.
@@ -37,6 +38,7 @@ from copyleaks_provider.scan_ids import MODEL_ALIASES
 from copyleaks_provider.settings import DEFAULT_CONN_ID
 from image_audit.config import DEFAULT_WAREHOUSE_CONN_ID, warehouse_url
 from image_audit.notifications.alerts import AuditAlertNotifier
+from image_audit.notifications.changes import SourceChangeNotifier
 from image_audit.notifications.deadline import audit_deadlines
 from image_audit.operators.submit import SubmitAuditBatchOperator
 from image_audit.operators.wait import WaitForScanResultsOperator
@@ -118,6 +120,28 @@ with DAG(
         "alert_credits": Param(
             None, type=["null", "number"], minimum=0, description="Alert: credits spent over"
         ),
+        # Change alerts (image_audit.notifications.changes): close_run e-mails alert_to when a source's
+        # share of a day is this many points over its baseline; null: off.
+        "alert_change_points": Param(
+            10,
+            type=["null", "number"],
+            minimum=0,
+            maximum=100,
+            description="Alert: a source's AI or failure share this many points over its baseline",
+        ),
+        "alert_change_min_images": Param(
+            100,
+            type="integer",
+            minimum=1,
+            description="Change alerts: a source's day counts with at least this many images",
+        ),
+        "alert_change_baseline_days": Param(
+            14,
+            type="integer",
+            minimum=3,
+            maximum=366,
+            description="Change alerts: the baseline is the median of the source's previous N days",
+        ),
         "alert_to": Param(
             None,
             type=["null", "string", "array"],
@@ -197,9 +221,16 @@ with DAG(
         log.info("Interval [%s, %s): %s", *_data_interval(context), result.as_dict())
         return result.batch_ids
 
-    @task(retries=2, retry_delay=timedelta(seconds=30), execution_timeout=timedelta(minutes=30))
+    @task(
+        retries=2,
+        retry_delay=timedelta(seconds=30),
+        execution_timeout=timedelta(minutes=30),
+        on_success_callback=SourceChangeNotifier(),
+    )
     def close_run() -> dict:
-        """Close the run's scans, then recompute the analytics model where scans changed."""
+        """Close the run's scans, recompute the analytics model where scans changed, and find the sources
+        whose figures jumped (its callback alerts on them)."""
+        from image_audit.notifications.changes import run_changes
         from image_audit.warehouse.analytics import refresh_changed
         from image_audit.warehouse.engine import get_engine
         from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
@@ -216,7 +247,15 @@ with DAG(
         with engine.begin() as conn:
             images, days = refresh_changed(conn)
         log.info("Analytics model: %d images and %d daily rows recomputed", images, days)
-        return {"released": released, "timed_out": stranded, "images": images, "days": days}
+        with engine.connect() as conn:
+            changes = run_changes(conn, dag_id, run_id, context["params"])
+        return {
+            "released": released,
+            "timed_out": stranded,
+            "images": images,
+            "days": days,
+            "changes": changes,
+        }
 
     # A report reads the warehouse and fetches a few catalog images (attacker-chosen hosts) under its
     # own deadlines: minutes at most. Past 30, something hangs: fail (and retry) rather than hold a slot.

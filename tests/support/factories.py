@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import numpy as np
@@ -128,3 +128,16 @@ def with_value(body: dict, path: str, value) -> dict:
         node = node[key]
     node[leaf] = value
     return body
+
+
+# --- audit_daily rows (the analytics model) -------------------------------------------------------
+def daily_row(day: date, source: str, images: int, ai: int, *, failed: int = 0, model: str = MODEL) -> dict:
+    """An ``audit_daily`` row: ``images`` of which ``ai`` AI-generated, ``failed`` failed, the rest human."""
+    completed = images - failed
+    return {
+        "ingest_day": day.isoformat(), "source": source, "model": model, "images": images,
+        "completed": completed, "ai_generated": ai, "partly_ai": 0, "human": completed - ai,
+        "ai_share": ai / completed if completed else None, "mean_ai": None, "failed": failed,
+        "timed_out": 0, "rejected": 0, "in_flight": 0, "scans": images, "results": completed,
+        "expected_credits": images, "actual_credits": completed,
+    }  # fmt: skip

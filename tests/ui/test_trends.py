@@ -24,23 +24,11 @@ from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_daily, audit_scans, migrate
 from tests.support.api_server import PASSWORDS, ui_api_server
 from tests.support.browser import chromium, viewer_page
-from tests.support.factories import DAY, MODEL
+from tests.support.factories import DAY, daily_row
 
 DAG_ID = "image_catalog_audit"
 TODAY = date(2026, 12, 6)
 SCREENSHOT_ENV = "IMAGE_AUDIT_TRENDS_SCREENSHOT"
-
-
-def daily_row(day: date, source: str, images: int, ai: int, *, failed: int = 0, model: str = MODEL) -> dict:
-    """An ``audit_daily`` row: ``images`` of which ``ai`` AI-generated, ``failed`` failed, the rest human."""
-    completed = images - failed
-    return {
-        "ingest_day": day.isoformat(), "source": source, "model": model, "images": images,
-        "completed": completed, "ai_generated": ai, "partly_ai": 0, "human": completed - ai,
-        "ai_share": ai / completed if completed else None, "mean_ai": None, "failed": failed,
-        "timed_out": 0, "rejected": 0, "in_flight": 0, "scans": images, "results": completed,
-        "expected_credits": images, "actual_credits": completed,
-    }  # fmt: skip
 
 
 def seed_days(url: str, days: int = 30, today: date = TODAY) -> None:

@@ -25,12 +25,22 @@ TRENDS_ROUTE = "audit-trends"
 TRENDS_NAME = "Audit trends"
 
 
-def run_url(dag_id: str, run_id: str) -> str:
-    """The run's page in the Airflow UI (``[api] base_url``, else :data:`FALLBACK_BASE_URL`)."""
+def dag_url(dag_id: str) -> str:
+    """The DAG's page in the Airflow UI (``[api] base_url``, else :data:`FALLBACK_BASE_URL`)."""
     from airflow.sdk.configuration import conf
 
     base = conf.get("api", "base_url", fallback=None) or FALLBACK_BASE_URL
-    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}"
+
+
+def run_url(dag_id: str, run_id: str) -> str:
+    """The run's page in the Airflow UI."""
+    return f"{dag_url(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def trends_tab_url(dag_id: str) -> str:
+    """The DAG's "Audit trends" tab."""
+    return f"{dag_url(dag_id)}/plugin/{TRENDS_ROUTE}"
 
 
 def report_tab_url(dag_id: str, run_id: str) -> str:
