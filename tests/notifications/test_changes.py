@@ -47,11 +47,18 @@ def test_a_jump_is_named_not_a_source_within_its_baseline_or_too_small(warehouse
                 [(50, 0, 0)] * 10 + [(200, 40, 0)] * 3,
                 (200, 50, 0),
             ),  # baseline of 3 big days: 20%
+            "x\r\nBcc: someone@example.com": ([(200, 0, 0)] * 14, (200, 100, 0)),  # an uploader's source
         },
     )
     with get_engine(warehouse_url).connect() as conn:
         found = source_changes(conn, [TODAY.isoformat()], points=10, min_images=100, baseline_days=14)
-    assert {(c.source, c.metric) for c in found} == {("jumper", "ai_share"), ("failing", "failed_share")}
+    assert {(c.source, c.metric) for c in found} == {
+        ("jumper", "ai_share"),
+        ("failing", "failed_share"),
+        ("x\r\nBcc: someone@example.com", "ai_share"),
+    }
+    (odd,) = [c for c in found if c.source.startswith("x")]
+    assert odd.name == "x  Bcc: someone@example.com"  # one line in a subject
     jumper = next(c for c in found if c.source == "jumper")
     assert (jumper.value, jumper.baseline, jumper.baseline_days, jumper.images) == (0.4, 0.05, 14, 200)
     assert (

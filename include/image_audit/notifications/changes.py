@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
@@ -38,6 +39,8 @@ from image_audit.warehouse.verdicts import utc_day_sql
 
 log = logging.getLogger(__name__)
 
+#: The longest source name a message shows.
+MAX_NAME = 100
 #: A baseline is the median over at least this many days of the source (each with ``min_images``).
 MIN_BASELINE_DAYS = 3
 #: The shares compared: name, label.
@@ -61,9 +64,16 @@ class SourceChange:
     baseline_days: int
     images: int
 
+    @property
+    def name(self) -> str:
+        """The source as a message shows it: one line (it is an uploader's text: a line break in a mail
+        subject would be refused, and the alert lost), at most ``MAX_NAME`` characters."""
+        text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in self.source)
+        return (text[:MAX_NAME] + "...") if len(text) > MAX_NAME else text or "(no source)"
+
     def describe(self) -> str:
         return (
-            f"{self.source or '(no source)'} on {self.day}: {self.label} {self.value * 100:.1f}%, its "
+            f"{self.name} on {self.day}: {self.label} {self.value * 100:.1f}%, its "
             f"{self.baseline_days}-day baseline {self.baseline * 100:.1f}% ({self.images} images)"
         )
 
@@ -187,7 +197,7 @@ class SourceChangeNotifier(BaseNotifier):
         first = changes[0]
         more = f" (+{len(changes) - 1} more)" if len(changes) > 1 else ""
         subject = (
-            f"[image-audit] {dag_id}: {first.source or '(no source)'} {first.label} {first.value * 100:.1f}% "
+            f"[image-audit] {dag_id}: {first.name} {first.label} {first.value * 100:.1f}% "
             f"vs its baseline {first.baseline * 100:.1f}%{more}"
         )
         points = (context.get("params") or {}).get(POINTS_PARAM)
