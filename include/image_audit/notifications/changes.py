@@ -21,7 +21,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from airflow.sdk import BaseNotifier
-from sqlalchemy import Connection, distinct, func, select
+from sqlalchemy import Connection, func, select
 
 from image_audit.notifications.alerts import (
     DEFAULT_SMTP_CONN_ID,
@@ -82,8 +82,10 @@ def run_days(conn: Connection, dag_id: str, run_id: str) -> list[str]:
     """The ingestion days (UTC) of the run's scans."""
     scan = audit_scans.c
     day = utc_day_sql(scan.ingested_at, conn.dialect.name)
-    query = select(distinct(day)).where(
-        scan.dag_id == dag_id, scan.run_id == run_id, scan.ingested_at.is_not(None)
+    query = (
+        select(day)
+        .distinct()
+        .where(scan.dag_id == dag_id, scan.run_id == run_id, scan.ingested_at.is_not(None))
     )
     return sorted(row[0] for row in conn.execute(query))
 
