@@ -33,9 +33,11 @@ pytestmark = [
     ),
 ]
 
-#: Callbacks trail the submissions by 5 to 10 s (the emulator's webhook latency, reordered), so the run
-#: is deferred in wait_for_results while they still arrive.
-TRAILING_CALLBACKS = {"webhook_latency_ms": 5000, "reorder": True}
+#: Callbacks trail the submissions by 10 to 20 s (the emulator's webhook latency, reordered), so the run
+#: is deferred in wait_for_results while they still arrive: from a batch's last acceptance to the wait
+#: deferring (the submit task ending, the scheduler queueing the wait, its process starting) took more
+#: than the 5 to 10 s of before on a loaded machine, and the scenario never began.
+TRAILING_CALLBACKS = {"webhook_latency_ms": 10000, "reorder": True}
 #: Each callback comes 1 s after its scan: a batch half sent has callbacks due within the next second,
 #: so a fault of a few seconds injected then meets some (the scans accepted just before it).
 CALLBACKS_DUE_SOON = {"webhook_latency_ms": 1000}
