@@ -152,9 +152,7 @@ class Chaos:
         """
         run_id = scenario.run_id
         wait_for(
-            lambda: (
-                self.task_states(run_id, "wait_for_results")["success"] or self.run_state(run_id) != "running"
-            ),
+            lambda: self.task_states(run_id, "close_run")["success"] or self.run_state(run_id) != "running",
             "only the report left to write",
             timeout=300,
             interval=0.2,
