@@ -244,11 +244,10 @@ with DAG(
             log.warning(
                 "%d scans were never submitted (the next run submits them); %d timed out", released, stranded
             )
-        with engine.begin() as conn:
+        with engine.begin() as conn:  # the changes are read from the model as this transaction leaves it
             images, days = refresh_changed(conn)
-        log.info("Analytics model: %d images and %d daily rows recomputed", images, days)
-        with engine.connect() as conn:
             changes = run_changes(conn, dag_id, run_id, context["params"])
+        log.info("Analytics model: %d images and %d daily rows recomputed", images, days)
         return {
             "released": released,
             "timed_out": stranded,

@@ -30,10 +30,11 @@ from image_audit.notifications.alerts import (
     alert_channel,
     alert_html,
     recipients,
+    run_figures,
     send_alert,
 )
 from image_audit.ui.links import trends_tab_url
-from image_audit.warehouse.analytics import NO_DAY, NO_SOURCE
+from image_audit.warehouse.analytics import NO_DAY, NO_SOURCE_LABEL
 from image_audit.warehouse.schema import audit_daily, audit_scans
 from image_audit.warehouse.verdicts import utc_day_sql
 
@@ -69,7 +70,7 @@ class SourceChange:
         """The source as a message shows it: one line (it is an uploader's text: a line break in a mail
         subject would be refused, and the alert lost), at most ``MAX_NAME`` characters."""
         text = "".join(" " if unicodedata.category(c)[0] == "C" else c for c in self.source)
-        return (text[:MAX_NAME] + "...") if len(text) > MAX_NAME else text or "(no source)"
+        return (text[:MAX_NAME] + "...") if len(text) > MAX_NAME else text or NO_SOURCE_LABEL
 
     def describe(self) -> str:
         return (
@@ -108,12 +109,8 @@ def source_changes(
     )
     shares: dict[str, dict[str, tuple[int, dict[str, float | None]]]] = {}
     for day, source, images, completed, ai, failed, timed_out in conn.execute(query):
-        sent = completed + failed + timed_out
-        figures = {
-            "ai_share": ai / completed if completed else None,
-            "failed_share": (failed + timed_out) / sent if sent else None,
-        }
-        shares.setdefault(source, {})[day] = (int(images), figures)
+        counted = {"completed": completed, "ai_generated": ai, "failed": failed, "timed_out": timed_out}
+        shares.setdefault(source, {})[day] = (int(images), run_figures(counted))  # the thresholds' shares
     found = []
     for source, by_day in sorted(shares.items()):
         for day in days:
@@ -137,7 +134,7 @@ def source_changes(
                 if (value - baseline) * 100 > points:
                     found.append(
                         SourceChange(
-                            "" if source == NO_SOURCE else source,
+                            source,
                             day,
                             metric,
                             label,

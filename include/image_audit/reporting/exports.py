@@ -70,11 +70,17 @@ _LIST_TO_SPACES = bytes.maketrans(b"[],", b"   ")
 _PLAIN_URL_RE2 = r"\A(?P<url>[a-z][a-z0-9+.-]*://[a-z0-9._~-]+(?:/[^?#\t\r\n]*)?)(?:[?#][^\t\r\n]*)?\z"
 #: The first characters that make a text cell a formula in a spreadsheet: OWASP's ``= + - @``, tab and
 #: carriage return (and NUL, ASVS 1.2.10).
-_FORMULA_STARTS = pa.array(list("=+-@\t\r\x00"), pa.string())
+FORMULA_STARTS = "=+-@\t\r\x00"
+_FORMULA_STARTS = pa.array(list(FORMULA_STARTS), pa.string())
 #: A text cell the CSV quotes (beside formulas): one with a comma, quote or line break. RE2.
 _QUOTED_RE2 = r'[,"\n\r]'
 #: The export's text columns, whose cells may be formulas.
 _TEXT_COLUMNS = frozenset(field.name for field in EXPORT_SCHEMA if pa.types.is_string(field.type))
+
+
+def inert_cell(text: str) -> str:
+    """One text cell as a CSV of the project holds it: a formula (``FORMULA_STARTS``) prefixed with ``'``."""
+    return "'" + text if text[:1] in FORMULA_STARTS and text else text
 
 
 def redact_url(url: str | None) -> str | None:

@@ -19,7 +19,8 @@ import pandas as pd
 from sqlalchemy import Connection, func, select
 
 from image_audit.reporting import charts
-from image_audit.warehouse.analytics import NO_DAY, NO_SOURCE
+from image_audit.reporting.exports import inert_cell
+from image_audit.warehouse.analytics import NO_DAY, NO_SOURCE, NO_SOURCE_LABEL
 from image_audit.warehouse.schema import audit_daily
 
 DEFAULT_DAYS = 90
@@ -27,7 +28,7 @@ MAX_DAYS = 3660
 #: Colors of the sources' lines, in the order of their volume (the rest share the last).
 SOURCE_COLORS = ["#2563eb", "#dc2626", "#16a34a", "#f59e0b", "#7c3aed", "#0891b2", "#6b7280"]
 #: What the page shows for a row without a source.
-UNKNOWN_SOURCE = "(no source)"
+UNKNOWN_SOURCE = NO_SOURCE_LABEL
 #: The CSV's columns, one row per day and source.
 CSV_COLUMNS = [
     "day",
@@ -101,20 +102,16 @@ def read_trends(conn: Connection, days: int = DEFAULT_DAYS, *, today: date | Non
 
 def trends_csv(trends: Trends) -> str:
     """The page's table as CSV. A source name is the catalog's (an uploader's) text: one a spreadsheet
-    would read as a formula is prefixed with ``'``, as in the report's export."""
+    would read as a formula is made inert as in the report's export (``inert_cell``)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     for row in trends.rows.itertuples(index=False):
         values = list(row)
-        values[1] = _inert(values[1])
+        values[1] = inert_cell(values[1])
         values[-2:] = ["" if pd.isna(v) else f"{v:.6f}" for v in values[-2:]]
         writer.writerow(values)
     return out.getvalue()
-
-
-def _inert(text: str) -> str:
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r", "\x00") else text
 
 
 def render_trends(dag_id: str, trends: Trends, days: int) -> str:

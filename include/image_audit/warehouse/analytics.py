@@ -56,6 +56,8 @@ _LOCK_ID = 0x1A6E_A0D5
 #: ``audit_daily``'s key for a scan without an ingestion time or a source.
 NO_DAY = ""
 NO_SOURCE = ""
+#: How pages and messages show a source that is ``NO_SOURCE``.
+NO_SOURCE_LABEL = "(no source)"
 #: A scan updated this long before the last refresh started is looked at again: a write stamped before
 #: it may have committed after it read (writers stamp ``updated_at`` by their own clock, then commit).
 LATE_COMMIT_MARGIN = timedelta(minutes=10)
