@@ -1,6 +1,6 @@
 """``./run bench [name ...] [--quick] [--large] [--record]``: run the benchmarks and print their figures.
 
-Names: ingest, submit, e2e, catalog, account, report (default: all). ``--quick`` runs small sizes (a
+Names: ingest, submit, e2e, catalog, account, report, history (default: all). ``--quick`` runs small sizes (a
 smoke run); ``--large`` adds the 100,000-image end-to-end run on PostgreSQL (saved as ``e2e_large``).
 Each benchmark's figures are saved as JSON under var/bench/; ``--record`` also writes them to
 docs/benchmarks/results/, from which the docs' benchmark tables are built. PostgreSQL figures need
@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from bench import account_rate, catalog, common, e2e, ingest, report, submit
+from bench import account_rate, catalog, common, e2e, history, ingest, report, submit
 from bench.common import machine, postgres_admin_url
 
-NAMES = ["ingest", "submit", "e2e", "catalog", "account", "report"]
+NAMES = ["ingest", "submit", "e2e", "catalog", "account", "report", "history"]
 
 
 def main() -> None:
@@ -54,6 +54,8 @@ def main() -> None:
             catalog.main(sizes=(10_000, 100_000) if args.quick else (100_000, 1_000_000))
         elif name == "report":
             report.main(count=10_000 if args.quick else 100_000)
+        elif name == "history":
+            history.main(history=100_000 if args.quick else 10_000_000, night=1_000 if args.quick else 10_000)
     print(f"\nBenchmarks done in {time.monotonic() - started:.0f} s.")
 
 

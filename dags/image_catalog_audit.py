@@ -2,7 +2,7 @@
 Asset is updated and nightly at the latest.
 
 plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferrable) -> close_run
--> report
+-> report -> archive_results
 
 - ``plan`` reads the catalog rows ingested in the run's interval (since the catalog's watermark; a
   backfill's day), plus scans earlier runs left unfinished (those first), records every decision in
@@ -18,9 +18,11 @@ plan -> submit_batch (mapped over warehouse batches) -> wait_for_results (deferr
 - ``report`` aggregates the run for analysts (HTML, CSV, Parquet, warehouse row) and emits an Asset.
   Its files are its OpenLineage outputs (``image_audit.reporting.lineage``); ``submit_batch``'s are the
   warehouse's.
-  ``close_run`` and ``report`` are teardowns: they run even when a submit fails, and the run's state
-  still shows that failure.
   Its success callback sends an alert when the run's figures cross the ``alert_*`` Params' thresholds.
+- ``archive_results`` moves the results of images settled more than ``archive_after_days`` ago to
+  Parquet in the reports store (``image_audit.maintenance.archive``); the analytics model keeps them.
+- ``close_run``, ``report`` and ``archive_results`` are teardowns: they run even when a submit fails,
+  and the run's state still shows that failure.
 
 A run still unfinished at its deadline (if one is configured) sends one alert with where it is.
 """
@@ -147,6 +149,14 @@ with DAG(
             type=["null", "string", "array"],
             items={"type": "string"},
             description="Alert e-mail recipients (a comma-separated string or a list; null: no e-mail)",
+        ),
+        # Retention (image_audit.maintenance.archive): archive_results moves the results of images settled
+        # this many days ago to Parquet in the reports store; the analytics model keeps them. null: off.
+        "archive_after_days": Param(
+            400,
+            type=["null", "integer"],
+            minimum=1,
+            description="Archive results settled this many days ago to the reports store (null: keep all)",
         ),
     },
 ) as dag:
@@ -297,6 +307,21 @@ with DAG(
         record_report_outputs([uris["html_path"], uris["csv_path"], uris["parquet_path"]])
         return {"html_path": uris["html_path"], **_small(run_report.summary)}
 
+    @task(execution_timeout=timedelta(hours=2))
+    def archive_results() -> dict:
+        """Archive the results older than ``archive_after_days`` (Parquet in the reports store), keeping
+        the analytics model whole, so the per-scan tables hold the recent history only."""
+        from image_audit.maintenance.archive import archive_results as archive
+        from image_audit.warehouse.engine import get_engine
+
+        days = get_current_context()["params"]["archive_after_days"]
+        if days is None:
+            log.info("archive_after_days is null: every result stays in the warehouse")
+            return {"archived": None}
+        done = archive(get_engine(warehouse_url(WAREHOUSE_CONN_ID)), timedelta(days=days))
+        log.info("Archived results settled more than %d days ago: %s", days, done.as_dict())
+        return {"archived": done.as_dict()}
+
     batches = plan()
     submitted = SubmitAuditBatchOperator.partial(
         task_id="submit_batch",
@@ -318,12 +343,14 @@ with DAG(
     # The "Audit report" button on the report task too (TaskFlow takes no extra links as an argument;
     # the serialized DAG carries the instance's links, and the task pushes its URL when it finishes).
     reported.operator.operator_extra_links = (AuditReportLink(),)
-    batches >> submitted >> waited >> closed >> reported
+    archived = archive_results()
+    batches >> submitted >> waited >> closed >> reported >> archived
     # A teardown that counts for the run state would be its only leaf, hiding a failed submit or wait:
     # left out, the run fails whenever submit_batch or wait_for_results does. The report runs even when
     # close_run failed: its scans are then reported in the state they were left in.
     closed.as_teardown(setups=batches)
     reported.as_teardown(setups=batches)
+    archived.as_teardown(setups=batches)
 
 
 def _audit_interval(context) -> AuditInterval:

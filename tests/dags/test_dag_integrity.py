@@ -26,12 +26,14 @@ def test_every_dag_file_imports_without_errors(dagbag):
 
 def test_audit_dag_shape(dagbag):
     dag = dagbag.dags["image_catalog_audit"]
-    tasks = {"plan", "submit_batch", "wait_for_results", "close_run", "report"}
+    tasks = {"plan", "submit_batch", "wait_for_results", "close_run", "report", "archive_results"}
     assert {t.task_id for t in dag.tasks} == tasks
     assert dag.get_task("wait_for_results").upstream_task_ids == {"submit_batch"}
     close_run, report = dag.get_task("close_run"), dag.get_task("report")
     assert close_run.is_teardown and close_run.upstream_task_ids >= {"plan", "wait_for_results"}
     assert report.is_teardown and report.upstream_task_ids >= {"plan", "close_run"}
+    archive = dag.get_task("archive_results")
+    assert archive.is_teardown and archive.upstream_task_ids >= {"plan", "report"}
     assert [o.name for o in report.outlets] == ["image_audit_report"]
     assert set(dag.params) >= {
         "source_filter",

@@ -167,3 +167,43 @@ def test_a_null_sandbox_param_takes_the_connections_and_records_what_was_sent(au
     assert {s["sandbox"] for s in audit.scans()} == {True}
     assert audit.emulator.state()["credits_remaining"] == credits_before
     assert audit.report(run.run_id)["summary"]["credits"]["sandbox_scans"] == 6
+
+
+def test_archive_results_moves_settled_old_results_out_and_keeps_the_model(audit):
+    from pathlib import Path
+
+    from sqlalchemy import select, update
+
+    from image_audit.reporting.storage import reports_base
+    from image_audit.warehouse.analytics import refresh_all
+    from image_audit.warehouse.schema import audit_scans, image_standing
+
+    audit.seed(12)
+    assert audit.run(DAY).state == "success"
+    audit.emulator.wait_idle()
+    with audit.engine.begin() as conn:  # the run as it stands 500 days later
+        scan = audit_scans.c
+        for scan_id, created, updated in conn.execute(
+            select(scan.scan_id, scan.created_at, scan.updated_at)
+        ).all():
+            aged = {"created_at": created - timedelta(days=500), "updated_at": updated - timedelta(days=500)}
+            conn.execute(update(audit_scans).where(scan.scan_id == scan_id).values(**aged))
+        refresh_all(conn)
+        standing = [dict(row) for row in conn.execute(select(image_standing)).mappings()]
+    settled = [s for s in audit.scans() if s["state"] in ("completed", "failed", "rejected")]
+    assert settled
+
+    kept = audit.run(DAY + timedelta(days=1), archive_after_days=None)
+    assert audit.task_state(kept, "archive_results")[0] == "success"
+    assert len(audit.scans()) == len(settled)
+    archived = audit.run(DAY + timedelta(days=2), archive_after_days=400)
+    assert archived.state == "success" and audit.task_state(archived, "archive_results")[0] == "success"
+    assert audit.scans() == [] and audit.results() == []
+    files = sorted(Path(reports_base().path, "archive").rglob("*.parquet"))
+    assert {f.name for f in files} == {
+        "audit_scans.parquet",
+        "audit_results.parquet",
+        "audit_failed_callbacks.parquet",
+    }
+    with audit.engine.connect() as conn:
+        assert [dict(row) for row in conn.execute(select(image_standing)).mappings()] == standing

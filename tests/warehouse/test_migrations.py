@@ -59,10 +59,17 @@ OLD_INDEX = ("ix_audit_scans_state", ("state",))
 #: What the third revision adds: each result's mask pixels, back-filled from its ``mask_lengths``.
 NEW_COLUMN = ("audit_results", "mask_pixels")
 #: Indexes later revisions added, which the legacy schema did not have.
-LATER_INDEXES = ("ix_audit_scans_updated",)
+LATER_INDEXES = ("ix_audit_scans_updated", "ix_audit_scans_ingested", "ix_audit_scans_leftovers")
 #: What the fourth revision adds (the runs' claims on the catalog's watermark) and the fifth (the analytics
-#: model, back-filled from the scans: tests/warehouse/test_analytics.py).
-NEW_TABLES = ("audit_run_intervals", "image_standing", "audit_daily", "analytics_refresh")
+#: model, back-filled from the scans: tests/warehouse/test_analytics.py) and the sixth (the archive's).
+NEW_TABLES = (
+    "audit_run_intervals",
+    "image_standing",
+    "audit_daily",
+    "analytics_refresh",
+    "audit_archived_days",
+    "audit_archived_images",
+)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     Text,
     and_,
+    bindparam,
     case,
     cast,
     false,
@@ -45,7 +46,6 @@ from image_audit.planning.tables import (
     Decision,
     Origin,
     analyze,
-    dialect_insert,
     drop_tables,
     pages,
     plan_batch_ids,
@@ -58,8 +58,9 @@ from image_audit.planning.tables import (
     update_rows,
 )
 from image_audit.planning.window import DEFERRED_BY_BUDGET, DEFERRED_BY_CREDITS, DEFERRED_BY_WINDOW
+from image_audit.warehouse.engine import dialect_insert
 from image_audit.warehouse.lifecycle import ScanState
-from image_audit.warehouse.schema import audit_batches, audit_scans
+from image_audit.warehouse.schema import LEFTOVER_STATES, audit_archived_images, audit_batches, audit_scans
 
 #: The SQLite functions planning registers on its connection: ``scan_id_stem``, and the stem of a
 #: catalog row that passes the row check without anything to note (NULL for the others).
@@ -229,8 +230,13 @@ class Planner:
         """Whether an ``audit_scans`` row is a leftover of another run: ``pending`` without a batch (a
         cap deferred it, or its run ended first), or ``timed_out`` (to retry)."""
         scans = audit_scans.c
-        pending = and_(scans.state == ScanState.PENDING.value, scans.batch_id.is_(None))
-        return and_(scans.run_id != self.run.run_id, or_(pending, scans.state == ScanState.TIMED_OUT.value))
+        # ``ix_audit_scans_leftovers``' own condition, as literals (a planner matches a partial index by
+        # its text), so the cost follows the leftovers, not the history of completed scans.
+        states = scans.state.in_(
+            bindparam("leftover_states", LEFTOVER_STATES, expanding=True, literal_execute=True)
+        )
+        unbatched = or_(scans.state == ScanState.TIMED_OUT.value, scans.batch_id.is_(None))
+        return and_(states, unbatched, scans.run_id != self.run.run_id)
 
     def stage_leftovers(self) -> None:
         """``plan_leftovers``: the leftovers with the model, oldest first. A timed-out one without a
@@ -279,10 +285,23 @@ class Planner:
             .join_from(plan_catalog, audit_scans, scans.image_id == catalog.image_id)
             .where(catalog.error.is_(None)),
         ]
-        for latest_scans in images:
-            insert = dialect_insert(self.conn, plan_latest).from_select(
-                [column.name for column in plan_latest.columns], latest_scans.where(is_latest)
+        # an image whose scans were all archived (image_audit.maintenance.archive) stands as its archive
+        # row says: scanned (or failed) at its latest attempt, never a leftover
+        archived = audit_archived_images.c
+        archived_images = (
+            select(
+                archived.image_id, archived.scan_id, archived.latest_attempt, archived.state, true(), false()
             )
+            .join_from(plan_catalog, audit_archived_images, archived.image_id == catalog.image_id)
+            .where(
+                catalog.error.is_(None),
+                archived.model == self.model,
+                archived.state != ScanState.REJECTED.value,
+            )
+        )
+        names = [column.name for column in plan_latest.columns]
+        for latest_scans in [*(live.where(is_latest) for live in images), archived_images]:
+            insert = dialect_insert(self.conn, plan_latest).from_select(names, latest_scans)
             self.execute(insert.on_conflict_do_nothing(index_elements=["image_id"]))
         analyze(self.conn, plan_latest)
 

@@ -42,7 +42,6 @@ from image_audit.planning.tables import (
     ATTEMPTS,
     Decision,
     Origin,
-    dialect_insert,
     page_cache,
     plan_batch_ids,
     plan_catalog,
@@ -50,6 +49,7 @@ from image_audit.planning.tables import (
     plan_work,
 )
 from image_audit.planning.watermark import WatermarkClaim, WatermarkMoved
+from image_audit.warehouse.engine import dialect_insert
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import TZ, audit_batches, audit_scans
 

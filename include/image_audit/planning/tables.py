@@ -24,7 +24,6 @@ from sqlalchemy import (
     bindparam,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 
 from image_audit.warehouse.schema import TZ
 
@@ -155,12 +154,6 @@ class Verdict(StrEnum):
 
     WON = "won"
     LOST = "lost"
-
-
-def dialect_insert(conn: Connection, table: Table):
-    """``INSERT`` in the connection's dialect, for its ``ON CONFLICT DO NOTHING``."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(table)
 
 
 def drop_tables(conn: Connection) -> None:

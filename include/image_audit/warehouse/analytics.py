@@ -23,27 +23,38 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    Column,
     Connection,
     Float,
+    FromClause,
     Integer,
+    MetaData,
     Select,
+    String,
+    Table,
     and_,
     case,
     cast,
     delete,
+    false,
     func,
     literal,
     null,
+    or_,
     select,
     text,
     tuple_,
+    type_coerce,
     union_all,
+    update,
 )
 
 from image_audit.warehouse.engine import as_utc
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import (
     analytics_refresh,
+    audit_archived_days,
+    audit_archived_images,
     audit_daily,
     audit_results,
     audit_scans,
@@ -69,51 +80,92 @@ SENT_STATES = [ScanState.SUBMITTED, ScanState.COMPLETED, ScanState.FAILED, ScanS
 DayKey = tuple[str, str, str]  # (ingest_day, source, model)
 
 
-def image_key():
+def image_key(scan=audit_scans.c):
     """What makes scans the same image: the image id (rows without one are each an image of their own),
-    as in the report."""
-    scan = audit_scans.c
+    as in the report. ``scan``: the columns of ``audit_scans`` or of a selection of its rows."""
     return case((func.trim(scan.image_id) == "", scan.scan_id), else_=scan.image_id)
 
 
-def _scan_day(dialect: str):
-    return func.coalesce(utc_day_sql(audit_scans.c.ingested_at, dialect), NO_DAY)
+def _scan_day(dialect: str, scan=audit_scans.c):
+    return func.coalesce(utc_day_sql(scan.ingested_at, dialect), NO_DAY)
+
+
+#: The (image key, model) pairs a recompute covers: a temporary table per connection, filled for each
+#: recompute, so every read of the per-scan tables is an index lookup per image, never a scan of history.
+_SCRATCH = MetaData()
+refresh_keys = Table(
+    "analytics_refresh_keys",
+    _SCRATCH,
+    Column("image_id", String(255), primary_key=True),
+    Column("model", String(64), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+
+
+def stage_keys(conn: Connection, keys: Select | list[dict]) -> None:
+    """Fill ``refresh_keys`` with the distinct pairs ``keys`` selects, or the rows it lists (distinct), on
+    a fresh table."""
+    schema = "temp" if conn.dialect.name == "sqlite" else "pg_temp"
+    conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{refresh_keys.name}")
+    refresh_keys.create(conn)
+    if isinstance(keys, Select):
+        conn.execute(refresh_keys.insert().from_select(["image_id", "model"], keys.distinct()))
+    elif keys:
+        conn.execute(refresh_keys.insert(), keys)
+    # statistics, so a planner drives the joins from the few keys into the per-scan tables' indexes
+    conn.exec_driver_sql(f"ANALYZE {schema}.{refresh_keys.name}")
+
+
+def scans_of_keys() -> FromClause:
+    """The ``audit_scans`` rows of the staged keys: by image id (the (image_id, model) index), and the
+    rows without an image id by scan id (the primary key)."""
+    scan, key = audit_scans.c, refresh_keys.c
+    blank = func.trim(scan.image_id) == ""
+    by_image = (
+        select(audit_scans)
+        .join(refresh_keys, and_(scan.image_id == key.image_id, scan.model == key.model))
+        .where(~blank)
+    )
+    by_scan = (
+        select(audit_scans)
+        .join(refresh_keys, and_(scan.scan_id == key.image_id, scan.model == key.model))
+        .where(blank)
+    )
+    return union_all(by_image, by_scan).subquery("scans")
 
 
 # --- image_standing -------------------------------------------------------------------------------------
 
 
-def standing_query(dialect: str, thresholds: Thresholds = Thresholds(), keys: Select | None = None) -> Select:
-    """The rows of ``image_standing`` (its columns, in order) for the (image key, model) pairs ``keys``
-    selects (``None``: every image)."""
-    scan, result = audit_scans.c, audit_results.c
-    key = image_key()
+def standing_query(
+    dialect: str, thresholds: Thresholds = Thresholds(), scans: FromClause = audit_scans
+) -> Select:
+    """The rows of ``image_standing`` (its columns, in order) of the images of ``scans`` (``audit_scans``,
+    or a selection of its rows holding every scan of each image it has)."""
+    scan, result = scans.c, audit_results.c
+    key = image_key(scan)
     partition = (key, scan.model)
     preference = case(
         (scan.state == ScanState.COMPLETED.value, 0), (scan.state != ScanState.REJECTED.value, 1), else_=2
     )
     order = [preference, scan.attempt.desc(), scan.updated_at.desc(), scan.scan_id.desc()]
-    ranked = (
-        select(
-            key.label("image_id"),
-            scan.model,
-            scan.scan_id,
-            scan.dag_id,
-            scan.run_id,
-            scan.state,
-            scan.source,
-            scan.ingested_at,
-            scan.last_error,
-            func.row_number().over(partition_by=partition, order_by=order).label("rank"),
-            func.sum(case((scan.state != ScanState.REJECTED.value, 1), else_=0))
-            .over(partition_by=partition)
-            .label("attempts"),
-            func.min(scan.created_at).over(partition_by=partition).label("first_audited_at"),
-            func.max(scan.created_at).over(partition_by=partition).label("last_audited_at"),
-        )
-        .where(*([] if keys is None else [tuple_(key, scan.model).in_(keys)]))
-        .subquery("ranked")
-    )
+    ranked = select(
+        key.label("image_id"),
+        scan.model,
+        scan.scan_id,
+        scan.dag_id,
+        scan.run_id,
+        scan.state,
+        scan.source,
+        scan.ingested_at,
+        scan.last_error,
+        func.row_number().over(partition_by=partition, order_by=order).label("rank"),
+        func.sum(case((scan.state != ScanState.REJECTED.value, 1), else_=0))
+        .over(partition_by=partition)
+        .label("attempts"),
+        func.min(scan.created_at).over(partition_by=partition).label("first_audited_at"),
+        func.max(scan.created_at).over(partition_by=partition).label("last_audited_at"),
+    ).subquery("ranked")
     top = ranked.c
     completed = and_(top.state == ScanState.COMPLETED.value, result.scan_id.is_not(None))
     # the latest error among the image's attempts, for an image that never completed (by the image id,
@@ -157,14 +209,14 @@ def standing_query(dialect: str, thresholds: Thresholds = Thresholds(), keys: Se
 # --- audit_daily ----------------------------------------------------------------------------------------
 
 
-def daily_query(dialect: str, days: list[DayKey] | None = None) -> Select:
+def daily_query(dialect: str, days: list[DayKey] | None = None, *, archive: bool = True) -> Select:
     """The rows of ``audit_daily`` (its columns, in order) for the (day, source, model) keys ``days``
-    (``None``: every day)."""
-    stand, scan, result = image_standing.c, audit_scans.c, audit_results.c
+    (``None``: every day); ``archive``: counting the archived scan attempts (``audit_archived_days``)."""
+    stand, scan = image_standing.c, audit_scans.c
     zero = literal(0)
 
-    def where(*key):
-        return [] if days is None else [tuple_(*key).in_(days)]
+    def where(*key, narrowing=()):
+        return [] if days is None else [*narrowing, tuple_(*key).in_(days)]
 
     def flag(condition):
         return case((condition, 1), else_=0)
@@ -187,25 +239,25 @@ def daily_query(dialect: str, days: list[DayKey] | None = None) -> Select:
         zero.label("results"),
         zero.label("expected_credits"),
         zero.label("actual_credits"),
-    ).where(*where(*stand_key))
+    ).where(*where(*stand_key, narrowing=[_standing_of_days(days or [])]))
     scan_key = (_scan_day(dialect), func.coalesce(scan.source, NO_SOURCE), scan.model)
-    attempts = (
-        select(
-            *(k.label(n) for k, n in zip(scan_key, ("ingest_day", "source", "model"), strict=True)),
-            *(zero.label(n) for n in ("images", "completed", "ai_generated", "partly_ai", "human")),
-            null().label("ai"),
-            *(zero.label(n) for n in ("failed", "timed_out", "rejected", "in_flight")),
-            literal(1).label("scans"),
-            flag(result.scan_id.is_not(None)).label("results"),
-            case((scan.state.in_([s.value for s in SENT_STATES]), scan.expected_credits), else_=0).label(
-                "expected_credits"
-            ),
-            func.coalesce(result.actual_credits, 0).label("actual_credits"),
-        )
-        .select_from(audit_scans.outerjoin(audit_results, result.scan_id == scan.scan_id))
-        .where(*where(*scan_key))
+    attempts = scan_attempts(dialect).where(
+        *where(*scan_key, narrowing=[_scans_of_days(days or [], dialect)])
     )
-    rows = union_all(images, attempts).subquery("rows")
+    archived = audit_archived_days.c
+    archived_attempts = select(
+        archived.ingest_day,
+        archived.source,
+        archived.model,
+        *(zero.label(n) for n in ("images", "completed", "ai_generated", "partly_ai", "human")),
+        null().label("ai"),
+        *(zero.label(n) for n in ("failed", "timed_out", "rejected", "in_flight")),
+        archived.scans,
+        archived.results,
+        archived.expected_credits,
+        archived.actual_credits,
+    ).where(*where(archived.ingest_day, archived.source, archived.model))
+    rows = union_all(images, attempts, *([archived_attempts] if archive else [])).subquery("rows")
     r = rows.c
 
     def total(name):
@@ -236,6 +288,66 @@ def daily_query(dialect: str, days: list[DayKey] | None = None) -> Select:
     ).group_by(r.ingest_day, r.source, r.model)
 
 
+def scan_attempts(dialect: str, scans: FromClause = audit_scans) -> Select:
+    """One row per scan of ``scans`` in ``daily_query``'s columns: its daily key, and what it counts as an
+    attempt (1 scan, its result, its expected and actual credits)."""
+    scan, result, zero = scans.c, audit_results.c, literal(0)
+    key = (_scan_day(dialect, scan), func.coalesce(scan.source, NO_SOURCE), scan.model)
+    sent = scan.state.in_([state.value for state in SENT_STATES])
+    return select(
+        *(k.label(n) for k, n in zip(key, ("ingest_day", "source", "model"), strict=True)),
+        *(zero.label(n) for n in ("images", "completed", "ai_generated", "partly_ai", "human")),
+        null().label("ai"),
+        *(zero.label(n) for n in ("failed", "timed_out", "rejected", "in_flight")),
+        literal(1).label("scans"),
+        case((result.scan_id.is_not(None), 1), else_=0).label("results"),
+        case((sent, scan.expected_credits), else_=0).label("expected_credits"),
+        func.coalesce(result.actual_credits, 0).label("actual_credits"),
+    ).select_from(scans.outerjoin(audit_results, result.scan_id == scan.scan_id))
+
+
+def _standing_of_days(days: Iterable[DayKey]):
+    """A condition on ``image_standing`` that its (day, source) index serves, true of every row of
+    ``days`` (the exact key is matched besides)."""
+    stand = image_standing.c
+
+    def equals(column, value, none):
+        return column.is_(None) if value == none else column == value
+
+    pairs = sorted({(day, source) for day, source, _ in days})
+    return or_(
+        false(),
+        *(
+            and_(
+                equals(stand.ingest_day, day, NO_DAY),
+                or_(stand.source.is_(None), stand.source == "")
+                if source == NO_SOURCE
+                else stand.source == source,
+            )
+            for day, source in pairs
+        ),
+    )
+
+
+def _scans_of_days(days: Iterable[DayKey], dialect: str):
+    """A condition on ``audit_scans`` that its ``ingested_at`` index serves, true of every scan ingested
+    on one of ``days`` (the exact key is matched besides): a range per day, as ``utc_day_sql`` reads it."""
+    ingested = audit_scans.c.ingested_at
+    ranges = []
+    for day in sorted({day for day, _, _ in days}):
+        if day == NO_DAY:
+            ranges.append(ingested.is_(None))
+            continue
+        first = datetime.fromisoformat(day).replace(tzinfo=UTC)
+        following = first + timedelta(days=1)
+        if dialect == "sqlite":  # UTC wall time as text: the day's strings sort between these two
+            text_value = type_coerce(ingested, String)
+            ranges.append(and_(text_value >= day, text_value < following.date().isoformat()))
+        else:
+            ranges.append(and_(ingested >= first, ingested < following))
+    return or_(false(), *ranges)
+
+
 # --- recomputing ----------------------------------------------------------------------------------------
 
 
@@ -247,19 +359,18 @@ def _lock(conn: Connection) -> None:
         conn.execute(delete(audit_daily).where(literal(False)))
 
 
-def _days_of(conn: Connection, keys: Select) -> set[DayKey]:
-    """The daily keys the images ``keys`` selects touch: their standing's, and their scans'."""
-    stand, scan = image_standing.c, audit_scans.c
+def _days_of(conn: Connection) -> set[DayKey]:
+    """The daily keys the staged images touch: their standing's, and their scans'."""
+    stand, key = image_standing.c, refresh_keys.c
     standing = select(
         func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model
-    ).where(tuple_(stand.image_id, stand.model).in_(keys))
-    scans = select(_scan_day(conn.dialect.name), func.coalesce(scan.source, NO_SOURCE), scan.model).where(
-        tuple_(image_key(), scan.model).in_(keys)
-    )
+    ).join_from(image_standing, refresh_keys, and_(stand.image_id == key.image_id, stand.model == key.model))
+    scan = scans_of_keys().c
+    scans = select(_scan_day(conn.dialect.name, scan), func.coalesce(scan.source, NO_SOURCE), scan.model)
     return {tuple(row) for row in conn.execute(union_all(standing, scans))}
 
 
-def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None) -> int:
+def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None, *, archive: bool = True) -> int:
     """Recompute the ``audit_daily`` rows of ``days`` ((day, source, model) keys; ``None``: every day)
     from ``image_standing`` and the scans, in ``conn``'s transaction; returns the rows written."""
     keys = None if days is None else sorted(set(days))
@@ -271,39 +382,86 @@ def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None) -> int:
         stale = stale.where(tuple_(daily.ingest_day, daily.source, daily.model).in_(keys))
     conn.execute(stale)
     names = [column.name for column in audit_daily.columns]
-    insert = audit_daily.insert().from_select(names, daily_query(conn.dialect.name, keys))
+    insert = audit_daily.insert().from_select(names, daily_query(conn.dialect.name, keys, archive=archive))
     return conn.execute(insert).rowcount
 
 
-def _refresh(conn: Connection, keys: Select | None, thresholds: Thresholds) -> tuple[int, int]:
+def _refresh(
+    conn: Connection, keys: Select | list[dict] | None, thresholds: Thresholds, *, archive: bool = True
+) -> tuple[int, int]:
     _lock(conn)
     dialect = conn.dialect.name
+    names = [column.name for column in image_standing.columns]
     if keys is None:
         conn.execute(delete(image_standing))
-    else:
-        days = _days_of(conn, keys)  # the days the images stood on before: they may move
-        stand = image_standing.c
-        conn.execute(delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(keys)))
-    names = [column.name for column in image_standing.columns]
+        images = conn.execute(
+            image_standing.insert().from_select(names, standing_query(dialect, thresholds))
+        ).rowcount
+        if archive:
+            stage_keys(conn, select(audit_archived_images.c.image_id, audit_archived_images.c.model))
+            _merge_archived(conn)
+        return images, refresh_days(conn, None, archive=archive)
+    stage_keys(conn, keys)
+    days = _days_of(conn)  # the days the images stood on before: they may move
+    stand, key = image_standing.c, refresh_keys.c
+    staged = select(key.image_id, key.model)
+    conn.execute(delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(staged)))
     images = conn.execute(
-        image_standing.insert().from_select(names, standing_query(dialect, thresholds, keys))
+        image_standing.insert().from_select(names, standing_query(dialect, thresholds, scans_of_keys()))
     ).rowcount
-    if keys is None:
-        return images, refresh_days(conn, None)
-    return images, refresh_days(conn, days | _days_of(conn, keys))
+    _merge_archived(conn)
+    return images, refresh_days(conn, days | _days_of(conn))
+
+
+def _preference(row) -> int:
+    """The order in which a standing is preferred (``standing_query``'s): completed, then any but a
+    rejection, then a rejection."""
+    if row["state"] == ScanState.COMPLETED.value:
+        return 0
+    return 1 if row["state"] != ScanState.REJECTED.value else 2
+
+
+def _merge_archived(conn: Connection) -> None:
+    """Fold the archived history of the staged images into their standing: the archive's standing where
+    the image has no scan left (one statement), else the preferred of the two (the newer on a tie),
+    counting the archived attempts and the first audit (row by row: only images re-audited after
+    their archiving)."""
+    archived, key, stand = audit_archived_images.c, refresh_keys.c, image_standing.c
+    names = [column.name for column in image_standing.columns]
+    of_keys = and_(archived.image_id == key.image_id, archived.model == key.model)
+    live = (
+        select(stand.image_id)
+        .where(stand.image_id == archived.image_id, stand.model == archived.model)
+        .exists()
+    )
+    snapshots = select(*(archived[name] for name in names)).join_from(
+        audit_archived_images, refresh_keys, of_keys
+    )
+    for snapshot in conn.execute(snapshots.where(live)).mappings().all():
+        pk = and_(stand.image_id == snapshot["image_id"], stand.model == snapshot["model"])
+        current = conn.execute(select(image_standing).where(pk)).mappings().one()
+        row = dict(current) if _preference(current) <= _preference(snapshot) else dict(snapshot)
+        row["attempts"] = current["attempts"] + snapshot["attempts"]
+        row["first_audited_at"] = min(
+            as_utc(current["first_audited_at"]), as_utc(snapshot["first_audited_at"])
+        )
+        row["last_audited_at"] = max(as_utc(current["last_audited_at"]), as_utc(snapshot["last_audited_at"]))
+        if row["state"] != ScanState.COMPLETED.value:
+            row["last_error"] = current["last_error"] or snapshot["last_error"]
+        conn.execute(update(image_standing).where(pk).values(**row))
+    # after the merges: the rows inserted here would count as live for them
+    conn.execute(image_standing.insert().from_select(names, snapshots.where(~live)))
 
 
 def refresh_images(
     conn: Connection, images: Iterable[tuple[str, str]], thresholds: Thresholds = Thresholds()
 ) -> tuple[int, int]:
-    """Recompute the standing of ``images`` ((image id, model) pairs) and the daily rows they touch, in
+    """Recompute the standing of ``images`` ((image key, model) pairs) and the daily rows they touch, in
     ``conn``'s transaction; returns (standing rows, daily rows) written."""
     pairs = sorted(set(images))
     if not pairs:
         return 0, 0
-    scan = audit_scans.c
-    keys = select(image_key(), scan.model).where(tuple_(image_key(), scan.model).in_(pairs)).distinct()
-    return _refresh(conn, keys, thresholds)
+    return _refresh(conn, [{"image_id": image_id, "model": model} for image_id, model in pairs], thresholds)
 
 
 def refresh_changed(
@@ -321,23 +479,24 @@ def refresh_changed(
     if since is None:
         return refresh_all(conn, thresholds, now=started)
     scan = audit_scans.c
-    keys = (
-        select(image_key(), scan.model)
-        .where(scan.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
-        .distinct()
-    )
+    keys = select(image_key(), scan.model).where(scan.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
     written = _refresh(conn, keys, thresholds)
     _mark_refreshed(conn, started)
     return written
 
 
 def refresh_all(
-    conn: Connection, thresholds: Thresholds = Thresholds(), *, now: datetime | None = None
+    conn: Connection,
+    thresholds: Thresholds = Thresholds(),
+    *,
+    now: datetime | None = None,
+    archive: bool = True,
 ) -> tuple[int, int]:
-    """Recompute the whole model from the per-scan tables, in ``conn``'s transaction; returns (standing
-    rows, daily rows) written."""
+    """Recompute the whole model from the per-scan tables (and with ``archive``, the archive's: false for
+    a warehouse at a revision before it), in ``conn``'s transaction; returns (standing rows, daily rows)
+    written."""
     started = now or datetime.now(UTC)
-    written = _refresh(conn, None, thresholds)
+    written = _refresh(conn, None, thresholds, archive=archive)
     _mark_refreshed(conn, started)
     return written
 

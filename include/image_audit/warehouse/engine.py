@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Table, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -116,3 +117,9 @@ def as_utc(value: datetime) -> datetime:
     """A timestamp read back from the warehouse as an aware UTC datetime: SQLite hands back the naive
     UTC it was given, PostgreSQL an aware one."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def dialect_insert(conn: Connection, table: Table):
+    """``INSERT`` in the connection's dialect, for its ``ON CONFLICT`` clauses."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)

@@ -20,10 +20,15 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
 TZ = DateTime(timezone=True)
+#: The states of a scan planning may take up again (``ix_audit_scans_leftovers``'s condition; a query
+#: uses the index when its WHERE holds this very condition).
+LEFTOVER_STATES = ["pending", "timed_out"]
+LEFTOVER_STATES_SQL = f"state IN ({', '.join(repr(state) for state in LEFTOVER_STATES)})"
 
 
 #: The catalog table as the demo and most data teams have it. The DAG only reads it, and its table and
@@ -81,6 +86,16 @@ audit_scans = Table(
     Index("ix_audit_scans_batch", "batch_id"),  # submit task: the scans of a batch
     Index("ix_audit_scans_state_run", "state", "dag_id", "run_id"),  # trigger: waiting scans of many runs
     Index("ix_audit_scans_updated", "updated_at"),  # the analytics model: scans changed since its refresh
+    Index("ix_audit_scans_ingested", "ingested_at"),  # the analytics model: the scans of a day
+    # planning: the leftovers of earlier runs, whatever the size of the history (a partial index: it holds
+    # the scans in these states alone, which statistics on ``state`` cannot tell a planner are few)
+    Index(
+        "ix_audit_scans_leftovers",
+        "model",
+        "created_at",
+        sqlite_where=text(LEFTOVER_STATES_SQL),
+        postgresql_where=text(LEFTOVER_STATES_SQL),
+    ),
 )
 
 audit_results = Table(
@@ -159,40 +174,62 @@ audit_run_intervals = Table(
 # --- the analytics model (``image_audit.warehouse.analytics``; documented column by column in
 # docs/analytics.md): derived from audit_scans and audit_results, recomputed as each run closes --------
 
+
 #: One row per (image, model): where the image stands, as the report resolves it over every run.
+def _standing_columns() -> list[Column]:
+    """``image_standing``'s columns (also those of an archived image's snapshot)."""
+    return [
+        Column("image_id", String(255), primary_key=True),
+        Column("model", String(64), primary_key=True),
+        Column("scan_id", String(36), nullable=False),  # the attempt the row reads
+        Column("dag_id", String(250)),
+        Column("run_id", String(250)),
+        Column("state", String(16), nullable=False),
+        Column("verdict", String(16)),
+        Column("ai", Float),
+        Column("mask_share", Float),
+        Column("issued_by", Text),
+        Column("issued_time", Text),
+        Column("app_or_device_used", Text),
+        Column("source", String(255)),
+        Column("ingest_day", String(10)),
+        Column("attempts", Integer, nullable=False),
+        Column("first_audited_at", TZ, nullable=False),
+        Column("last_audited_at", TZ, nullable=False),
+        Column("completed_at", TZ),
+        Column("last_error", Text),
+    ]
+
+
 image_standing = Table(
     "image_standing",
     metadata,
-    Column("image_id", String(255), primary_key=True),
-    Column("model", String(64), primary_key=True),
-    Column("scan_id", String(36), nullable=False),  # the attempt the row reads
-    Column("dag_id", String(250)),
-    Column("run_id", String(250)),
-    Column("state", String(16), nullable=False),
-    Column("verdict", String(16)),
-    Column("ai", Float),
-    Column("mask_share", Float),
-    Column("issued_by", Text),
-    Column("issued_time", Text),
-    Column("app_or_device_used", Text),
-    Column("source", String(255)),
-    Column("ingest_day", String(10)),
-    Column("attempts", Integer, nullable=False),
-    Column("first_audited_at", TZ, nullable=False),
-    Column("last_audited_at", TZ, nullable=False),
-    Column("completed_at", TZ),
-    Column("last_error", Text),
+    *_standing_columns(),
     Index("ix_image_standing_day_source", "ingest_day", "source"),  # audit_daily's recompute; BI filters
 )
+
+
+def _day_key() -> list[Column]:
+    """The key of a daily row: (catalog ingestion day, source, model)."""
+    return [
+        Column("ingest_day", String(10), primary_key=True),  # "" when the catalog row had no ingestion time
+        Column("source", String(255), primary_key=True),  # "" when the catalog row had no source
+        Column("model", String(64), primary_key=True),
+    ]
+
+
+def _attempt_counts() -> list[Column]:
+    """A day's scan attempts: the attempts, their results, and their expected and actual credits."""
+    names = ("scans", "results", "expected_credits", "actual_credits")
+    return [Column(name, Integer, nullable=False) for name in names]
+
 
 #: One row per (catalog ingestion day, source, model): the images of the day as image_standing has them,
 #: and every scan attempt of the day with its credits.
 audit_daily = Table(
     "audit_daily",
     metadata,
-    Column("ingest_day", String(10), primary_key=True),  # "" when the catalog row had no ingestion time
-    Column("source", String(255), primary_key=True),  # "" when the catalog row had no source
-    Column("model", String(64), primary_key=True),
+    *_day_key(),
     Column("images", Integer, nullable=False),
     Column("completed", Integer, nullable=False),
     Column("ai_generated", Integer, nullable=False),
@@ -204,12 +241,25 @@ audit_daily = Table(
     Column("timed_out", Integer, nullable=False),
     Column("rejected", Integer, nullable=False),
     Column("in_flight", Integer, nullable=False),
-    Column("scans", Integer, nullable=False),
-    Column("results", Integer, nullable=False),
-    Column("expected_credits", Integer, nullable=False),
-    Column("actual_credits", Integer, nullable=False),
+    *_attempt_counts(),
 )
 
+
+#: Per (day, source, model), the scan attempts archived out of ``audit_scans``
+#: (``image_audit.maintenance.archive``): ``audit_daily`` counts them with the scans still there.
+audit_archived_days = Table("audit_archived_days", metadata, *_day_key(), *_attempt_counts())
+
+#: One row per (image, model) whose scans were archived: its ``image_standing`` row as it stood then,
+#: and its latest attempt, so planning still knows the image was scanned (and numbers a forced re-audit
+#: after it) and a later recompute of its standing keeps its history.
+audit_archived_images = Table(
+    "audit_archived_images",
+    metadata,
+    *_standing_columns(),
+    Column("latest_attempt", Integer, nullable=False),
+    Column("archived_at", TZ, nullable=False),
+    Column("archive_uri", Text, nullable=False),
+)
 
 #: How far the analytics model has read: every scan updated before ``scans_updated_before`` (less a
 #: margin for writes that commit late) is in it. One row, named ``model``.

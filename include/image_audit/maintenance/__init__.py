@@ -1,0 +1,1 @@
+"""Keeping the warehouse's size bounded: archiving old results (``archive``)."""
