@@ -110,6 +110,16 @@ def test_trend_rolling_view_and_report_rows(reports, warehouse_url):
     assert positions == sorted(positions)  # newest first in the table
     assert "<code>later</code>" not in trend_section and "<code>x</code>" not in trend_section
     assert "25.0%" in trend_section and "100.0%" in trend_section and "40.0%" in trend_section
+    # the per-source view: each run's AI share per source, from the reports' stored summaries, newest first
+    by_source = trend_section[trend_section.index(">By source</h3>") :]
+    header = re.search(r"<tr><th>Interval end</th>(.*?)</tr>", by_source).group(1)
+    assert re.findall(r'<th class="n">(.*?)</th>', header) == ["shop", "blog", "(no source)"]
+    rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr><td>.*?</tr>", by_source)]
+    assert rows[0] == ["2026-11-22", "60.0% (5)", "25.0% (4)", "0.0% (1)"]  # R2: its summary's by_source
+    assert rows[-1] == ["2026-11-20", "–", "–", "–"]  # R0's stored summary has none
+    assert len(rows) == 3
+    lines = svg_charts(html)["chart-source-trend"]
+    assert {"shop", "blog", "(no source)"} <= set(svg_text(lines, "text"))
     engine = get_engine(warehouse_url)
     with engine.connect() as conn:
         row = conn.execute(
@@ -179,7 +189,8 @@ def test_html_is_self_contained_and_holds_no_secrets(reports):
     assert len(thumbnails) == 3
     charts = svg_charts(html)
     assert set(charts) == {
-        f"chart-{key}" for key in ("states", "verdicts", "histogram", "by-source", "by-day", "trend")
+        f"chart-{key}"
+        for key in ("states", "verdicts", "histogram", "by-source", "by-day", "trend", "source-trend")
     }
     for key, chart in charts.items():  # accessible: a role, a title and a description, referenced
         assert chart.get("role") == "img"

@@ -283,6 +283,15 @@ def verdict_breakdown_chart(
     return _svg(key or label.replace(" ", "-"), width, height, title, "; ".join(lines), body)
 
 
+#: One color per source line, in the order the sources are listed; the sources past the sixth share gray.
+SOURCE_COLORS = ["#2563eb", "#dc2626", "#16a34a", "#f59e0b", "#7c3aed", "#0891b2", "#6b7280"]
+
+
+def source_colors(sources: Sequence[str]) -> dict[str, str]:
+    """Each of ``sources`` its line's color (``SOURCE_COLORS``, in order)."""
+    return {s: SOURCE_COLORS[min(i, len(SOURCE_COLORS) - 1)] for i, s in enumerate(sources)}
+
+
 def trend_chart(runs: pd.DataFrame) -> Markup:
     """AI share per run (``label``, ``ai_share``, ``flagged_share``), oldest first."""
     series = [

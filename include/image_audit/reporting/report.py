@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import pandas as pd
 from airflow.sdk import ObjectStoragePath
 from sqlalchemy import Connection, Engine, func, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from copyleaks_provider.models import MAX_IMAGE_PIXELS, check_rle_bounds, decode_rle_mask
 from image_audit.reporting import aggregates, charts
@@ -32,6 +31,7 @@ from image_audit.reporting.overlays import (
 )
 from image_audit.reporting.render import render_report
 from image_audit.reporting.storage import as_storage_path, reports_base, staged, uri
+from image_audit.warehouse.engine import dialect_insert
 from image_audit.warehouse.lifecycle import ScanState
 from image_audit.warehouse.schema import audit_reports
 from image_audit.warehouse.verdicts import VERDICT_LABELS, Thresholds, Verdict
@@ -43,6 +43,8 @@ HTML_NAME, CSV_NAME, PARQUET_NAME = "report.html", "results.csv", "results.parqu
 ISSUE_ROWS_SHOWN = 200
 #: Sources and days kept in the stored summary (the HTML and the exports have them all).
 SUMMARY_GROUPS = 31
+#: The sources the "Last N runs" section follows run by run (those with the most images over the runs).
+SOURCES_PER_RUN_TREND = 6
 FETCH_WORKERS = 4
 #: The time all of a report's thumbnails may take to fetch; an image not fetched by then is a placeholder.
 THUMBNAILS_FETCH_SECONDS = 60.0
@@ -257,6 +259,28 @@ def _trend_frame(earlier: list[dict], summary: dict) -> pd.DataFrame:
     return frame
 
 
+def _source_trend_frame(earlier: list[dict], summary: dict, labels: list[str]) -> pd.DataFrame:
+    """Per run (rows: ``labels``, oldest first) and source (columns: the ``SOURCES_PER_RUN_TREND`` with
+    the most images over the runs), the AI share and the completed images, from the reports' stored
+    summaries (``by_source``): ``<source>`` and ``<source> completed`` columns."""
+    runs = [*((row["summary"] or {}) for row in earlier), summary]
+    shares: dict[str, dict] = {}
+    completed: dict[str, dict] = {}
+    images: dict[str, int] = {}
+    for label, run in zip(labels, runs, strict=True):
+        for source, figures in (run.get("by_source") or {}).items():
+            shares.setdefault(source, {})[label] = figures.get("ai_share")
+            completed.setdefault(source, {})[label] = figures.get("completed")
+            images[source] = images.get(source, 0) + (figures.get("images") or 0)
+    sources = sorted(images, key=lambda s: (-images[s], s))[:SOURCES_PER_RUN_TREND]
+    frame = pd.DataFrame(index=pd.Index(labels, name="run"))
+    for source in sources:
+        frame[source] = pd.to_numeric(pd.Series(shares[source]).reindex(labels), errors="coerce")
+        frame[f"{source} completed"] = pd.Series(completed[source]).reindex(labels)
+    frame.attrs["sources"] = sources
+    return frame
+
+
 # --- thumbnails ---------------------------------------------------------------------------------------
 
 
@@ -414,8 +438,7 @@ def _resolve_aggregate_export(
 
 
 def _upsert_report(conn: Connection, row: dict) -> None:
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(audit_reports).values(**row)
+    statement = dialect_insert(conn, audit_reports).values(**row)
     updates = {k: statement.excluded[k] for k in row if k not in ("dag_id", "run_id")}
     conn.execute(statement.on_conflict_do_update(index_elements=["dag_id", "run_id"], set_=updates))
 
@@ -440,6 +463,8 @@ def _render(
     if rolling:
         summary["rolling"] = rolling
     trend = _trend_frame(earlier, summary)
+    source_trend = _source_trend_frame(earlier, summary, trend["label"].tolist())
+    sources = source_trend.attrs["sources"]
 
     issues["url"] = issues["url"].map(redact_url)
     ingested = pd.to_datetime(issues["ingested_at"], utc=True, format="ISO8601").dt.strftime("%Y-%m-%d %H:%M")
@@ -461,6 +486,8 @@ def _render(
         "thumbnails": thumbnails,
         "top_n": top_n,
         "trend": trend,
+        "source_trend": source_trend,
+        "trend_sources": sources,
         "rolling": rolling,
         "backlog": backlog,
         "backlog_eta": describe_backlog(backlog),
@@ -485,6 +512,17 @@ def _render(
             if len(by_day)
             else None,
             "trend": charts.trend_chart(trend) if len(trend) > 1 else None,
+            "source_trend": charts.share_lines_chart(
+                source_trend.index.tolist(),
+                [
+                    (source, color, [None if pd.isna(v) else float(v) for v in source_trend[source]])
+                    for source, color in charts.source_colors(sources).items()
+                ],
+                key="source-trend",
+                title="AI share per run, by source",
+            )
+            if len(trend) > 1 and sources
+            else None,
         },
     }
     return render_report(context), summary

@@ -26,7 +26,6 @@ from image_audit.warehouse.schema import audit_daily
 DEFAULT_DAYS = 90
 MAX_DAYS = 3660
 #: Colors of the sources' lines, in the order of their volume (the rest share the last).
-SOURCE_COLORS = ["#2563eb", "#dc2626", "#16a34a", "#f59e0b", "#7c3aed", "#0891b2", "#6b7280"]
 #: What the page shows for a row without a source.
 UNKNOWN_SOURCE = NO_SOURCE_LABEL
 #: The CSV's columns, one row per day and source.
@@ -124,7 +123,7 @@ def render_trends(dag_id: str, trends: Trends, days: int) -> str:
         )
         return _page(title, dag_id, days, body)
     sources = trends.sources
-    colors = {s: SOURCE_COLORS[min(i, len(SOURCE_COLORS) - 1)] for i, s in enumerate(sources)}
+    colors = charts.source_colors(sources)
     sections = []
     for column, heading, key in (
         ("ai_share", "AI share per source (AI-generated, of the completed images)", "ai-share"),
