@@ -6,7 +6,7 @@ analytics model over them (recomputed once, as the migration's back-fill does), 
 days before the night. It is generated in the database by SQL (a recursive CTE on SQLite,
 ``generate_series`` on PostgreSQL). The night runs the pipeline's own code: ``plan_run``, the submit
 task's state change, the trigger's poll query, the receiver's ``store_callbacks`` with the emulator's
-detection bodies, ``close_run``'s steps, ``build_run_report``, and a read of the trends page.
+detection bodies, ``close_run``'s steps, ``build_run_report``, and the trends page (read and rendered).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ TARGET_RATIO = 1.2
 #: The trends page's target, with the history in the model.
 TRENDS_TARGET_SECONDS = 1.0
 POLLS = 21
+REPORT_BUILDS = 3
+#: A small night run first on a warehouse of its own, so neither measured night pays first-use costs.
+WARM_UP_NIGHT = 200
+#: The report's target: its build time grows by at most 10% with the history.
+REPORT_TARGET_RATIO = 1.1
 
 
 def _history_sql(dialect: str, count: int) -> list[str]:
@@ -180,7 +185,7 @@ def run_night(url: str, out_dir: Path) -> dict:
     from image_audit.planning import PlanOptions, RunContext, plan_run
     from image_audit.planning.catalog import CatalogSpec
     from image_audit.reporting import build_run_report
-    from image_audit.ui.trends import read_trends
+    from image_audit.ui.trends import read_trends, render_trends
     from image_audit.warehouse.analytics import refresh_changed
     from image_audit.warehouse.lifecycle import ScanState
     from image_audit.warehouse.progress import mark_timed_out, release_unsubmitted
@@ -220,19 +225,23 @@ def run_night(url: str, out_dir: Path) -> dict:
         run_changes(conn, DAG_ID, RUN_ID, {"alert_change_points": 10})
     figures["close_run"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    built = build_run_report(engine, DAG_ID, RUN_ID, out_dir=str(out_dir), fetch_image=_fetcher())
-    figures["report"] = time.perf_counter() - started
+    builds = []
+    for _ in range(REPORT_BUILDS):  # a rebuild writes the same report: the median is the figure
+        started = time.perf_counter()
+        built = build_run_report(engine, DAG_ID, RUN_ID, out_dir=str(out_dir), fetch_image=_fetcher())
+        builds.append(time.perf_counter() - started)
+    figures["report"] = statistics.median(builds)
     figures["completed"] = built.summary["completed"]
 
     started = time.perf_counter()
     with engine.connect() as conn:
-        read_trends(conn, days=90, today=START.date() + timedelta(days=1))
-    figures["trends page data"] = time.perf_counter() - started
+        trends = read_trends(conn, days=90, today=START.date() + timedelta(days=1))
+    render_trends(DAG_ID, trends, 90)
+    figures["trends page"] = time.perf_counter() - started
     return figures
 
 
-STEPS = ("plan", "poll", "store results", "close_run", "report", "trends page data")
+STEPS = ("plan", "poll", "store results", "close_run", "report", "trends page")
 
 
 def main(history: int = 10_000_000, night: int = 10_000) -> dict:
@@ -250,6 +259,9 @@ def main(history: int = 10_000_000, night: int = 10_000) -> dict:
                 for url in (empty, full):
                     seed_night(url, night)
                     _analyze(get_engine(url))
+                with warehouse(backend, Path(tmp)) as warm_up:  # first-use costs (imports, caches)
+                    seed_night(warm_up, WARM_UP_NIGHT)
+                    run_night(warm_up, Path(tmp) / f"{backend}-warm-up")
                 # side by side: the empty warehouse's night, then the full one's
                 without = run_night(empty, Path(tmp) / f"{backend}-empty")
                 with_history = run_night(full, Path(tmp) / f"{backend}-full")
@@ -263,11 +275,13 @@ def main(history: int = 10_000_000, night: int = 10_000) -> dict:
                     f"{ratio:.2f}x"
                 )
                 if step in ("plan", "poll", "close_run", "report"):
-                    targets.append((f"{backend} {step} within {TARGET_RATIO}x", ratio <= TARGET_RATIO))
+                    bound = REPORT_TARGET_RATIO if step == "report" else TARGET_RATIO
+                    targets.append((f"{backend} {step} within {bound}x", ratio <= bound))
             targets.append(
                 (
-                    f"{backend} trends page data < {TRENDS_TARGET_SECONDS:g} s with the history",
-                    with_history["trends page data"] < TRENDS_TARGET_SECONDS,
+                    f"{backend} trends page (90 days read and rendered) < {TRENDS_TARGET_SECONDS:g} s "
+                    "with the history",
+                    with_history["trends page"] < TRENDS_TARGET_SECONDS,
                 )
             )
             figures[f"{backend} completed"] = f"{with_history['completed']} / {without['completed']}"

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select, update
 
+from image_audit.maintenance import archive
 from image_audit.maintenance.archive import archive_results
 from image_audit.planning import PlanOptions, RunContext, plan_run
 from image_audit.planning.catalog import CatalogSpec
@@ -65,7 +66,10 @@ def _parquet_rows(files: list[str], name: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("seed_value", [4, 5])
-def test_archiving_a_month_keeps_the_models_answers_identical(warehouse_url, tmp_path, seed_value):
+def test_archiving_a_month_keeps_the_models_answers_identical(
+    warehouse_url, tmp_path, seed_value, monkeypatch
+):
+    monkeypatch.setattr(archive, "ROWS_PER_CHUNK", 7)  # a day's rows go to its files in several chunks
     engine = get_engine(warehouse_url)
     random_nights(engine, random.Random(seed_value), nights=8)
     _age_the_nights(engine)

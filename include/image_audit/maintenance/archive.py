@@ -71,6 +71,8 @@ SETTLED_STATES = [ScanState.COMPLETED.value, ScanState.FAILED.value, ScanState.R
 #: The shortest age that may be archived: the model's refresh must have read every scan archived.
 MINIMUM_AGE = timedelta(days=1)
 ARCHIVE_DIR = "archive"
+#: Rows read and written at a time: a day's archive streams through in bounded memory.
+ROWS_PER_CHUNK = 5_000
 
 
 @dataclass
@@ -106,16 +108,19 @@ def archive_results(
     stamp = moment.strftime("%Y%m%dT%H%M%SZ")
     done = ArchiveResult()
     scan = audit_scans.c
-    with engine.connect() as conn:
-        oldest = conn.execute(select(func.min(scan.updated_at))).scalar_one_or_none()
-    if oldest is None:
-        return done
-    day = as_utc(oldest).replace(hour=0, minute=0, second=0, microsecond=0)
-    while day < cutoff:
+    settled = and_(scan.state.in_(SETTLED_STATES), scan.updated_at < cutoff)
+    day = None
+    while True:  # from one day with a settled scan to the next (the updated_at index finds each)
+        with engine.connect() as conn:
+            later = [] if day is None else [scan.updated_at >= day]
+            first = conn.execute(select(func.min(scan.updated_at)).where(settled, *later)).scalar()
+        if first is None:
+            break
+        day = as_utc(first).replace(hour=0, minute=0, second=0, microsecond=0)
         until = min(day + timedelta(days=1), cutoff)
         with engine.begin() as conn:
             _archive_day(conn, day, until, cutoff, base / ARCHIVE_DIR / day.date().isoformat() / stamp, done)
-        day += timedelta(days=1)
+        day = until
     log.info("Archived %s", done.as_dict())
     return done
 
@@ -144,11 +149,16 @@ def _archive_day(
     scan_ids = select(scans_of_keys().c.scan_id)
     archived = {}
     for table in (audit_scans, audit_results, audit_failed_callbacks):
-        rows = conn.execute(select(table).where(table.c.scan_id.in_(scan_ids))).mappings().all()
         target = folder / f"{table.name}.parquet"
-        with staged(target) as path:
-            pq.write_table(_arrow(table, rows), path)
-        archived[table.name] = len(rows)
+        rows = conn.execute(
+            select(table).where(table.c.scan_id.in_(scan_ids)).execution_options(yield_per=ROWS_PER_CHUNK)
+        )
+        archived[table.name] = 0
+        schema = pa.schema([(column.name, _arrow_type(column)) for column in table.columns])
+        with staged(target) as path, pq.ParquetWriter(path, schema) as writer:
+            for chunk in rows.mappings().partitions():
+                writer.write_table(_arrow(table, chunk, schema))
+                archived[table.name] += len(chunk)
         done.files.append(uri(target))
     _keep_history(conn, uri(folder / f"{audit_scans.name}.parquet"))
     for table in (audit_failed_callbacks, audit_results, audit_scans):
@@ -229,14 +239,14 @@ def _arrow_type(column) -> pa.DataType:
     return pa.string()
 
 
-def _arrow(table, rows) -> pa.Table:
-    """``rows`` of ``table`` as an Arrow table of its columns: timestamps in UTC, JSON as its text."""
-    arrays = {}
+def _arrow(table, rows, schema: pa.Schema) -> pa.Table:
+    """``rows`` of ``table`` as an Arrow table of ``schema``: timestamps in UTC, JSON as its text."""
+    arrays = []
     for column in table.columns:
         values = [row[column.name] for row in rows]
         if isinstance(column.type, JSON):
             values = [None if value is None else json.dumps(value) for value in values]
         elif isinstance(column.type, DateTime):
             values = [None if value is None else as_utc(value) for value in values]
-        arrays[column.name] = pa.array(values, _arrow_type(column))
-    return pa.table(arrays)
+        arrays.append(pa.array(values, _arrow_type(column)))
+    return pa.Table.from_arrays(arrays, schema=schema)
