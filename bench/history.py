@@ -26,8 +26,10 @@ from bench.common import postgres_admin_url, report, warehouse
 from image_audit.warehouse.engine import get_engine
 
 DAG_ID = "bench_history"
-RUN_ID = "scheduled__2026-11-21T00:00:00+00:00"
 START = datetime(2026, 11, 20, tzinfo=UTC)
+#: Nights measured on each warehouse, one after the other (START, START + 1 day, ...): each step's figure
+#: is its median over them.
+NIGHTS = 3
 HISTORY_DAYS = 100
 SOURCES = ("partner-feed", "user-uploads", "stock", "marketing", "archive")
 #: A step of the night may take this much longer with the history than without it.
@@ -119,17 +121,22 @@ def _analyze(engine) -> None:
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
 
-def seed_night(url: str, count: int) -> None:
-    """The night's ``count`` catalog rows, ingested in [START, START + 1 day)."""
+def run_id(night: int) -> str:
+    return f"scheduled__{(START + timedelta(days=night + 1)).date()}T00:00:00+00:00"
+
+
+def seed_night(url: str, count: int, night: int = 0) -> None:
+    """Night ``night``'s ``count`` catalog rows, ingested in its day (START + ``night`` days)."""
+    day = START + timedelta(days=night)
     from image_audit.warehouse.schema import image_catalog
 
     rows = [
         {
-            "image_id": f"n-{i:07d}",
+            "image_id": f"n{night}-{i:07d}",
             "url": f"https://cdn.example.com/catalog/img-{i % 64:05d}.jpg?n={i}",
             "file_name": f"img-{i % 64:05d}.jpg",
             "source": SOURCES[i % len(SOURCES)],
-            "ingested_at": START + timedelta(seconds=86_400 * (i + 0.5) / count),
+            "ingested_at": day + timedelta(seconds=86_400 * (i + 0.5) / count),
         }
         for i in range(count)
     ]
@@ -159,7 +166,7 @@ async def _deliver(url: str, scan_ids: list[str]) -> None:
         await engine.dispose()
 
 
-async def _polls(url: str) -> list[float]:
+async def _polls(url: str, run: str) -> list[float]:
     """The trigger's poll of the run (``waiting_counts_by_run``), ``POLLS`` times."""
     from image_audit.warehouse.engine import create_async_warehouse_engine
     from image_audit.warehouse.progress import waiting_counts_by_run
@@ -169,15 +176,15 @@ async def _polls(url: str) -> list[float]:
     try:
         for _ in range(POLLS):
             started = time.perf_counter()
-            await waiting_counts_by_run(engine, [(DAG_ID, RUN_ID)])
+            await waiting_counts_by_run(engine, [(DAG_ID, run)])
             seconds.append(time.perf_counter() - started)
     finally:
         await engine.dispose()
     return seconds
 
 
-def run_night(url: str, out_dir: Path) -> dict:
-    """The night through the pipeline's code; the seconds of each step."""
+def run_night(url: str, out_dir: Path, night: int = 0) -> dict:
+    """Night ``night`` through the pipeline's code; the seconds of each step."""
     from sqlalchemy import select
 
     from bench.report import _fetcher
@@ -194,12 +201,13 @@ def run_night(url: str, out_dir: Path) -> dict:
 
     engine = get_engine(url)
     figures: dict = {}
+    day, night_run = START + timedelta(days=night), run_id(night)
 
     started = time.perf_counter()
     plan = plan_run(
         engine,
         CatalogSpec(),
-        RunContext(DAG_ID, RUN_ID, START, START + timedelta(days=1)),
+        RunContext(DAG_ID, night_run, day, day + timedelta(days=1)),
         PlanOptions(model=MODEL),
     )
     figures["plan"] = time.perf_counter() - started
@@ -207,35 +215,34 @@ def run_night(url: str, out_dir: Path) -> dict:
 
     with engine.connect() as conn:
         scan = audit_scans.c
-        scan_ids = list(
-            conn.execute(select(scan.scan_id).where(scan.dag_id == DAG_ID, scan.run_id == RUN_ID)).scalars()
-        )
+        of_run = select(scan.scan_id).where(scan.dag_id == DAG_ID, scan.run_id == night_run)
+        scan_ids = list(conn.execute(of_run).scalars())
     record_transitions(engine, [(scan_id, ScanState.SUBMITTED, None) for scan_id in scan_ids])
-    figures["poll"] = statistics.median(asyncio.run(_polls(url)))
+    figures["poll"] = statistics.median(asyncio.run(_polls(url, night_run)))
 
     started = time.perf_counter()
     asyncio.run(_deliver(url, scan_ids))
     figures["store results"] = time.perf_counter() - started
 
     started = time.perf_counter()
-    release_unsubmitted(engine, DAG_ID, RUN_ID)
-    mark_timed_out(engine, DAG_ID, RUN_ID, "the run ended before its result arrived")
+    release_unsubmitted(engine, DAG_ID, night_run)
+    mark_timed_out(engine, DAG_ID, night_run, "the run ended before its result arrived")
     with engine.begin() as conn:
         refresh_changed(conn)
-        run_changes(conn, DAG_ID, RUN_ID, {"alert_change_points": 10})
+        run_changes(conn, DAG_ID, night_run, {"alert_change_points": 10})
     figures["close_run"] = time.perf_counter() - started
 
     builds = []
-    for _ in range(REPORT_BUILDS):  # a rebuild writes the same report: the median is the figure
+    for _ in range(REPORT_BUILDS):  # a rebuild writes the same report: the median is the night's figure
         started = time.perf_counter()
-        built = build_run_report(engine, DAG_ID, RUN_ID, out_dir=str(out_dir), fetch_image=_fetcher())
+        built = build_run_report(engine, DAG_ID, night_run, out_dir=str(out_dir), fetch_image=_fetcher())
         builds.append(time.perf_counter() - started)
     figures["report"] = statistics.median(builds)
     figures["completed"] = built.summary["completed"]
 
     started = time.perf_counter()
     with engine.connect() as conn:
-        trends = read_trends(conn, days=90, today=START.date() + timedelta(days=1))
+        trends = read_trends(conn, days=90, today=day.date() + timedelta(days=1))
     render_trends(DAG_ID, trends, 90)
     figures["trends page"] = time.perf_counter() - started
     return figures
@@ -256,15 +263,21 @@ def main(history: int = 10_000_000, night: int = 10_000) -> dict:
             with warehouse(backend, Path(tmp)) as empty, warehouse(backend, Path(tmp)) as full:
                 seeded = seed_history(full, history)
                 seed_history(empty, 0)
-                for url in (empty, full):
-                    seed_night(url, night)
-                    _analyze(get_engine(url))
                 with warehouse(backend, Path(tmp)) as warm_up:  # first-use costs (imports, caches)
                     seed_night(warm_up, WARM_UP_NIGHT)
                     run_night(warm_up, Path(tmp) / f"{backend}-warm-up")
-                # side by side: the empty warehouse's night, then the full one's
-                without = run_night(empty, Path(tmp) / f"{backend}-empty")
-                with_history = run_night(full, Path(tmp) / f"{backend}-full")
+                nights: dict[str, list[dict]] = {empty: [], full: []}
+                for k in range(NIGHTS):  # side by side, the order alternating from night to night
+                    order = (empty, full) if k % 2 == 0 else (full, empty)
+                    for url in order:
+                        seed_night(url, night, k)
+                        _analyze(get_engine(url))
+                    for url in order:
+                        nights[url].append(run_night(url, Path(tmp) / f"{backend}-{k}", k))
+                without, with_history = (
+                    {step: statistics.median(n[step] for n in nights[url]) for step in (*STEPS, "completed")}
+                    for url in (empty, full)
+                )
             figures[f"{backend} history"] = (
                 f"seeded in {seeded['seed_seconds']} s, model built in {seeded['model_seconds']} s"
             )
