@@ -92,7 +92,11 @@ def test_report_renders_in_headless_chromium(chromium, sqlite_warehouse_url, tmp
     dom.feed(dump_dom(html_file))
     charts = [i for i in dom.charts if i.get("class") == "chart"]
     thumbnails = [i for i in dom.images if i.get("class") == "thumbnail"]
-    assert len(charts) == 6 and len(thumbnails) == 12
+    assert {chart["id"] for chart in charts} == {
+        f"chart-{key}"
+        for key in ("states", "verdicts", "histogram", "by-source", "by-day", "trend", "source-trend")
+    }
+    assert len(charts) == 7 and len(thumbnails) == 12
     for chart in charts:  # inline SVG, parsed by the browser as such, with its accessible name
         assert chart["role"] == "img" and chart["aria-labelledby"].endswith("-desc")
         assert float(chart["width"]) > 50 and float(chart["height"]) > 50
