@@ -17,6 +17,7 @@ from copyleaks_provider.models import decode_rle_mask
 from image_audit.reporting import RunReport, Thresholds, build_run_report
 from image_audit.reporting import report as report_module
 from image_audit.reporting.exports import EXPORT_COLUMNS
+from image_audit.reporting.render import DASH
 from image_audit.reporting.report import safe_run_id
 from image_audit.warehouse.engine import get_engine
 from image_audit.warehouse.schema import audit_reports, audit_results
@@ -116,7 +117,7 @@ def test_trend_rolling_view_and_report_rows(reports, warehouse_url):
     assert re.findall(r'<th class="n">(.*?)</th>', header) == ["shop", "blog", "(no source)"]
     rows = [re.findall(r"<td[^>]*>(.*?)</td>", row) for row in re.findall(r"<tr><td>.*?</tr>", by_source)]
     assert rows[0] == ["2026-11-22", "60.0% (5)", "25.0% (4)", "0.0% (1)"]  # R2: its summary's by_source
-    assert rows[-1] == ["2026-11-20", "–", "–", "–"]  # R0's stored summary has none
+    assert rows[-1] == ["2026-11-20", DASH, DASH, DASH]  # R0's stored summary has none
     assert len(rows) == 3
     lines = svg_charts(html)["chart-source-trend"]
     assert {"shop", "blog", "(no source)"} <= set(svg_text(lines, "text"))
