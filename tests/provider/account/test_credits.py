@@ -43,7 +43,9 @@ def test_the_usage_history_nets_used_and_refunded_credits_or_says_it_cannot():
 @pytest.fixture
 def hook(emulator) -> CopyleaksHook:
     emulator.reset(credits=10)
-    return CopyleaksHook(settings=emulator.connection_settings("http://127.0.0.1:9/hooks", "secret"))
+    return CopyleaksHook(
+        settings=emulator.connection_settings("http://127.0.0.1:9/hooks", "credits-test-webhook-secret")
+    )
 
 
 def _today() -> date:
