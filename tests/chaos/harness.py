@@ -146,14 +146,14 @@ class Chaos:
     def finish(self, scenario: Scenario) -> dict[str, Any]:
         """After the scenario's recovery: the run's end and its invariants (:meth:`check`).
 
-        Once only its report is left to write (the emulator idle, its counters read), the next
-        scenario's run is triggered, so that run's planning overlaps this run's report; the next fault
-        comes only once this run has ended (the next test starts after this one).
+        Once only its archiving is left (the emulator idle, its counters read), the next scenario's run
+        is triggered, so that run's planning overlaps this run's last task; the next fault comes only
+        once this run has ended (the next test starts after this one).
         """
         run_id = scenario.run_id
         wait_for(
-            lambda: self.task_states(run_id, "close_run")["success"] or self.run_state(run_id) != "running",
-            "only the report left to write",
+            lambda: self.task_states(run_id, "report")["success"] or self.run_state(run_id) != "running",
+            "only the archiving left",
             timeout=300,
             interval=0.2,
         )
