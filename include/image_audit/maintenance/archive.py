@@ -6,7 +6,8 @@ when every one of its scans is settled (completed, failed or rejected: never one
 again) and was last updated before the cut-off. All its scans go at once, one day of last updates per
 transaction, oldest first:
 
-1. the model is brought up to date (``refresh_changed``), so the image's standing includes every scan;
+1. the model is brought up to date once (``refresh_changed``), so each image's standing includes every
+   scan (a settled scan older than the cut-off changes no more), and each day holds the model's lock;
 2. its scans, their results and their failed callbacks are written to Parquet under
    ``<reports base>/archive/<day>/<archived at>/`` (``audit_scans``, ``audit_results``,
    ``audit_failed_callbacks``; JSON columns as JSON text), published whole before anything is deleted;
@@ -46,6 +47,7 @@ from sqlalchemy import (
 from image_audit.reporting.storage import reports_base, staged, uri
 from image_audit.warehouse.analytics import (
     image_key,
+    lock,
     refresh_changed,
     refresh_keys,
     scan_attempts,
@@ -109,6 +111,8 @@ def archive_results(
     done = ArchiveResult()
     scan = audit_scans.c
     settled = and_(scan.state.in_(SETTLED_STATES), scan.updated_at < cutoff)
+    with engine.begin() as conn:
+        refresh_changed(conn)
     day = None
     while True:  # from one day with a settled scan to the next (the updated_at index finds each)
         with engine.connect() as conn:
@@ -119,18 +123,19 @@ def archive_results(
         day = as_utc(first).replace(hour=0, minute=0, second=0, microsecond=0)
         until = min(day + timedelta(days=1), cutoff)
         with engine.begin() as conn:
-            _archive_day(conn, day, until, cutoff, base / ARCHIVE_DIR / day.date().isoformat() / stamp, done)
+            folder = base / ARCHIVE_DIR / day.date().isoformat() / stamp
+            _archive_day(conn, day, until, cutoff, folder, moment, done)
         day = until
     log.info("Archived %s", done.as_dict())
     return done
 
 
 def _archive_day(
-    conn, since: datetime, until: datetime, cutoff: datetime, folder, done: ArchiveResult
+    conn, since: datetime, until: datetime, cutoff: datetime, folder, moment: datetime, done: ArchiveResult
 ) -> None:
     """Archive, in ``conn``'s transaction, the archivable images with a scan last updated in
     [``since``, ``until``)."""
-    refresh_changed(conn)  # takes the model's lock for the transaction: no recompute runs meanwhile
+    lock(conn)  # the model's lock for the transaction: no recompute runs meanwhile
     scan, key = audit_scans.c, refresh_keys.c
     stage_keys(
         conn,
@@ -160,7 +165,7 @@ def _archive_day(
                 writer.write_table(_arrow(table, chunk, schema))
                 archived[table.name] += len(chunk)
         done.files.append(uri(target))
-    _keep_history(conn, uri(folder / f"{audit_scans.name}.parquet"))
+    _keep_history(conn, uri(folder / f"{audit_scans.name}.parquet"), moment)
     for table in (audit_failed_callbacks, audit_results, audit_scans):
         conn.execute(delete(table).where(table.c.scan_id.in_(scan_ids)))
     done.images += images
@@ -169,7 +174,7 @@ def _archive_day(
     done.failed_callbacks += archived[audit_failed_callbacks.name]
 
 
-def _keep_history(conn, archive_uri: str) -> None:
+def _keep_history(conn, archive_uri: str, archived_at: datetime) -> None:
     """Record what the staged images' scans add to the model before they are deleted: each image's
     standing and latest attempt, and each day's scan attempts."""
     days = scan_attempts(conn.dialect.name, scans_of_keys()).subquery("attempts")
@@ -207,7 +212,7 @@ def _keep_history(conn, archive_uri: str) -> None:
         select(
             *(stand[name] for name in names),
             func.coalesce(latest.c.attempt, earlier.latest_attempt, 0),
-            literal(datetime.now(UTC), TZ),
+            literal(archived_at, TZ),
             literal(archive_uri),
         )
         .join_from(

@@ -351,7 +351,7 @@ def _scans_of_days(days: Iterable[DayKey], dialect: str):
 # --- recomputing ----------------------------------------------------------------------------------------
 
 
-def _lock(conn: Connection) -> None:
+def lock(conn: Connection) -> None:
     """Take the recompute's lock for the rest of the transaction."""
     if conn.dialect.name == "postgresql":
         conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
@@ -389,7 +389,7 @@ def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None, *, arch
 def _refresh(
     conn: Connection, keys: Select | list[dict] | None, thresholds: Thresholds, *, archive: bool = True
 ) -> tuple[int, int]:
-    _lock(conn)
+    lock(conn)
     dialect = conn.dialect.name
     names = [column.name for column in image_standing.columns]
     if keys is None:
@@ -471,7 +471,7 @@ def refresh_changed(
     ``LATE_COMMIT_MARGIN``) and the daily rows they touch, in ``conn``'s transaction; the whole model
     when it was never refreshed. Returns (standing rows, daily rows) written."""
     started = now or datetime.now(UTC)
-    _lock(conn)
+    lock(conn)
     refresh = analytics_refresh.c
     since = conn.execute(
         select(refresh.scans_updated_before).where(refresh.name == REFRESH_NAME)
