@@ -16,6 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from image_audit.config import warehouse_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: The warehouse's PostgreSQL sessions run without JIT compilation: its statements are short and
+#: index-driven, but once the tables hold millions of rows their cost estimates cross ``jit_above_cost``
+#: and compiling them costs more (tens of milliseconds a statement) than it saves.
+POSTGRES_SETTINGS = {"jit": "off"}
 _SYNC_DRIVERS = {"postgresql": "postgresql+psycopg2", "sqlite": "sqlite"}
 _ASYNC_DRIVERS = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
 
@@ -76,6 +80,11 @@ def create_warehouse_engine(url: str, *, write_transactions: bool = False, **kwa
     ``write_transactions``: on SQLite every transaction takes the write lock when it begins (for an
     engine whose transactions read then write, like the receiver's).
     """
+    if is_postgres(url):
+        connect_args = kwargs.pop("connect_args", {})
+        settings = " ".join(f"-c {name}={value}" for name, value in POSTGRES_SETTINGS.items())
+        options = " ".join(filter(None, [connect_args.get("options"), settings]))
+        kwargs["connect_args"] = {**connect_args, "options": options}
     engine = create_engine(sync_url(url), pool_pre_ping=True, **kwargs)
     if not is_postgres(url):
         _listen_sqlite(engine, write_transactions)
@@ -107,6 +116,10 @@ def create_async_warehouse_engine(
     engine whose transactions read then write, like the receiver's).
     """
     url = url or warehouse_url()
+    if is_postgres(url):
+        connect_args = kwargs.pop("connect_args", {})
+        settings = {**connect_args.get("server_settings", {}), **POSTGRES_SETTINGS}
+        kwargs["connect_args"] = {**connect_args, "server_settings": settings}
     engine = create_async_engine(async_url(url), pool_pre_ping=True, **kwargs)
     if not is_postgres(url):
         _listen_sqlite(engine.sync_engine, write_transactions)
