@@ -47,6 +47,7 @@ from sqlalchemy import (
 from image_audit.reporting.storage import reports_base, staged, uri
 from image_audit.warehouse.analytics import (
     image_key,
+    keys_of_scans,
     lock,
     refresh_changed,
     refresh_keys,
@@ -138,10 +139,7 @@ def _archive_day(
     lock(conn)  # the model's lock for the transaction: no recompute runs meanwhile
     scan, key = audit_scans.c, refresh_keys.c
     stage_keys(
-        conn,
-        select(image_key(), scan.model).where(
-            scan.updated_at >= since, scan.updated_at < until, scan.state.in_(SETTLED_STATES)
-        ),
+        conn, keys_of_scans(scan.updated_at >= since, scan.updated_at < until, scan.state.in_(SETTLED_STATES))
     )
     every = scans_of_keys().c
     kept = select(image_key(every), every.model).where(

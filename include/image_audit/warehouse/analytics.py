@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Float,
@@ -92,44 +93,54 @@ def _scan_day(dialect: str, scan=audit_scans.c):
 
 #: The (image key, model) pairs a recompute covers: a temporary table per connection, filled for each
 #: recompute, so every read of the per-scan tables is an index lookup per image, never a scan of history.
+#: ``scan_key``: the key is a scan id (a scan without an image id), or not; null when not known.
 _SCRATCH = MetaData()
 refresh_keys = Table(
     "analytics_refresh_keys",
     _SCRATCH,
     Column("image_id", String(255), primary_key=True),
     Column("model", String(64), primary_key=True),
+    Column("scan_key", Boolean),
     prefixes=["TEMPORARY"],
 )
 
 
+def keys_of_scans(*conditions) -> Select:
+    """The keys (``refresh_keys``' columns) of the images of the ``audit_scans`` rows meeting
+    ``conditions``, for :func:`stage_keys`."""
+    scan = audit_scans.c
+    return select(image_key(), scan.model, func.trim(scan.image_id) == "").where(*conditions)
+
+
 def stage_keys(conn: Connection, keys: Select | list[dict]) -> None:
-    """Fill ``refresh_keys`` with the distinct pairs ``keys`` selects, or the rows it lists (distinct), on
-    a fresh table."""
+    """Fill ``refresh_keys`` with the distinct keys ``keys`` selects (:func:`keys_of_scans`), or the
+    (image key, model) rows it lists (distinct), on a fresh table."""
     schema = "temp" if conn.dialect.name == "sqlite" else "pg_temp"
     conn.exec_driver_sql(f"DROP TABLE IF EXISTS {schema}.{refresh_keys.name}")
     refresh_keys.create(conn)
     if isinstance(keys, Select):
-        conn.execute(refresh_keys.insert().from_select(["image_id", "model"], keys.distinct()))
+        names = [column.name for column in refresh_keys.columns]
+        conn.execute(refresh_keys.insert().from_select(names, keys.distinct()))
     elif keys:
-        conn.execute(refresh_keys.insert(), keys)
+        conn.execute(refresh_keys.insert(), [{**key, "scan_key": None} for key in keys])
     # statistics, so a planner drives the joins from the few keys into the per-scan tables' indexes
     conn.exec_driver_sql(f"ANALYZE {schema}.{refresh_keys.name}")
 
 
 def scans_of_keys() -> FromClause:
     """The ``audit_scans`` rows of the staged keys: by image id (the (image_id, model) index), and the
-    rows without an image id by scan id (the primary key)."""
+    rows without an image id by scan id (the primary key), each for the keys that may be of its kind."""
     scan, key = audit_scans.c, refresh_keys.c
     blank = func.trim(scan.image_id) == ""
     by_image = (
         select(audit_scans)
         .join(refresh_keys, and_(scan.image_id == key.image_id, scan.model == key.model))
-        .where(~blank)
+        .where(~blank, key.scan_key.is_not(True))
     )
     by_scan = (
         select(audit_scans)
         .join(refresh_keys, and_(scan.scan_id == key.image_id, scan.model == key.model))
-        .where(blank)
+        .where(blank, key.scan_key.is_not(False))
     )
     return union_all(by_image, by_scan).subquery("scans")
 
@@ -221,7 +232,7 @@ def daily_query(dialect: str, days: list[DayKey] | None = None, *, archive: bool
     def flag(condition):
         return case((condition, 1), else_=0)
 
-    stand_key = (func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model)
+    stand_key = _standing_day(stand)
     completed = stand.verdict.is_not(None)
     images = select(
         *(k.label(n) for k, n in zip(stand_key, ("ingest_day", "source", "model"), strict=True)),
@@ -359,15 +370,20 @@ def lock(conn: Connection) -> None:
         conn.execute(delete(audit_daily).where(literal(False)))
 
 
-def _days_of(conn: Connection) -> set[DayKey]:
-    """The daily keys the staged images touch: their standing's, and their scans'."""
-    stand, key = image_standing.c, refresh_keys.c
-    standing = select(
-        func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model
-    ).join_from(image_standing, refresh_keys, and_(stand.image_id == key.image_id, stand.model == key.model))
+def _standing_day(stand=image_standing.c) -> tuple:
+    """The ``audit_daily`` key a standing row counts in."""
+    return func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model
+
+
+def _days_of_staged(conn: Connection) -> set[DayKey]:
+    """The daily keys the staged images count in once recomputed: their scans', and their archived
+    standing's (a recomputed standing stands on one of these)."""
+    archived, key = audit_archived_images.c, refresh_keys.c
+    of_keys = and_(archived.image_id == key.image_id, archived.model == key.model)
+    archive = select(*_standing_day(archived)).join_from(audit_archived_images, refresh_keys, of_keys)
     scan = scans_of_keys().c
     scans = select(_scan_day(conn.dialect.name, scan), func.coalesce(scan.source, NO_SOURCE), scan.model)
-    return {tuple(row) for row in conn.execute(union_all(standing, scans))}
+    return {tuple(row) for row in conn.execute(union_all(scans, archive))}
 
 
 def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None, *, archive: bool = True) -> int:
@@ -398,19 +414,20 @@ def _refresh(
             image_standing.insert().from_select(names, standing_query(dialect, thresholds))
         ).rowcount
         if archive:
-            stage_keys(conn, select(audit_archived_images.c.image_id, audit_archived_images.c.model))
+            archived = audit_archived_images.c
+            stage_keys(conn, select(archived.image_id, archived.model, cast(null(), Boolean)))
             _merge_archived(conn)
         return images, refresh_days(conn, None, archive=archive)
     stage_keys(conn, keys)
-    days = _days_of(conn)  # the days the images stood on before: they may move
     stand, key = image_standing.c, refresh_keys.c
     staged = select(key.image_id, key.model)
-    conn.execute(delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(staged)))
+    stale = delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(staged))
+    days = {tuple(row) for row in conn.execute(stale.returning(*_standing_day()))}  # they may move
     images = conn.execute(
         image_standing.insert().from_select(names, standing_query(dialect, thresholds, scans_of_keys()))
     ).rowcount
     _merge_archived(conn)
-    return images, refresh_days(conn, days | _days_of(conn))
+    return images, refresh_days(conn, days | _days_of_staged(conn))
 
 
 def _preference(row) -> int:
@@ -478,8 +495,7 @@ def refresh_changed(
     ).scalar_one_or_none()
     if since is None:
         return refresh_all(conn, thresholds, now=started)
-    scan = audit_scans.c
-    keys = select(image_key(), scan.model).where(scan.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
+    keys = keys_of_scans(audit_scans.c.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
     written = _refresh(conn, keys, thresholds)
     _mark_refreshed(conn, started)
     return written
