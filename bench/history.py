@@ -7,6 +7,8 @@ days before the night. It is generated in the database by SQL (a recursive CTE o
 ``generate_series`` on PostgreSQL). The night runs the pipeline's own code: ``plan_run``, the submit
 task's state change, the trigger's poll query, the receiver's ``store_callbacks`` with the emulator's
 detection bodies, ``close_run``'s steps, ``build_run_report``, and the trends page (read and rendered).
+Each step runs on both warehouses before the next (the report's builds alternating between them), the
+order of the two alternating from night to night.
 """
 
 from __future__ import annotations
@@ -183,8 +185,10 @@ async def _polls(url: str, run: str) -> list[float]:
     return seconds
 
 
-def run_night(url: str, out_dir: Path, night: int = 0) -> dict:
-    """Night ``night`` through the pipeline's code; the seconds of each step."""
+def run_night(urls: list[str], out_dir: Path, night: int = 0) -> dict[str, dict]:
+    """Night ``night`` through the pipeline's code on each warehouse of ``urls``, side by side: each step
+    runs on every warehouse before the next step starts, and the report's builds alternate between them,
+    so a noisy moment on the machine falls on both. Returns each warehouse's seconds per step."""
     from sqlalchemy import select, update
 
     from bench.report import _fetcher
@@ -199,57 +203,71 @@ def run_night(url: str, out_dir: Path, night: int = 0) -> dict:
     from image_audit.warehouse.scans import record_transitions
     from image_audit.warehouse.schema import analytics_refresh, audit_scans
 
-    engine = get_engine(url)
-    figures: dict = {}
+    figures: dict[str, dict] = {url: {} for url in urls}
+    scan_ids: dict[str, list[str]] = {}
     day, night_run = START + timedelta(days=night), run_id(night)
 
-    started = time.perf_counter()
-    plan = plan_run(
-        engine,
-        CatalogSpec(),
-        RunContext(DAG_ID, night_run, day, day + timedelta(days=1)),
-        PlanOptions(model=MODEL),
-    )
-    figures["plan"] = time.perf_counter() - started
-    figures["planned"] = plan.planned
-
-    with engine.connect() as conn:
-        scan = audit_scans.c
-        of_run = select(scan.scan_id).where(scan.dag_id == DAG_ID, scan.run_id == night_run)
-        scan_ids = list(conn.execute(of_run).scalars())
-    record_transitions(engine, [(scan_id, ScanState.SUBMITTED, None) for scan_id in scan_ids])
-    figures["poll"] = statistics.median(asyncio.run(_polls(url, night_run)))
-
-    started = time.perf_counter()
-    asyncio.run(_deliver(url, scan_ids))
-    figures["store results"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    release_unsubmitted(engine, DAG_ID, night_run)
-    mark_timed_out(engine, DAG_ID, night_run, "the run ended before its result arrived")
-    with engine.begin() as conn:
-        refresh_changed(conn)
-        run_changes(conn, DAG_ID, night_run, {"alert_change_points": 10})
-    figures["close_run"] = time.perf_counter() - started
-
-    builds = []
-    for _ in range(REPORT_BUILDS):  # a rebuild writes the same report: the median is the night's figure
+    for url in urls:
         started = time.perf_counter()
-        built = build_run_report(engine, DAG_ID, night_run, out_dir=str(out_dir), fetch_image=_fetcher())
-        builds.append(time.perf_counter() - started)
-    figures["report"] = statistics.median(builds)
-    figures["completed"] = built.summary["completed"]
+        plan = plan_run(
+            get_engine(url),
+            CatalogSpec(),
+            RunContext(DAG_ID, night_run, day, day + timedelta(days=1)),
+            PlanOptions(model=MODEL),
+        )
+        figures[url]["plan"] = time.perf_counter() - started
+        figures[url]["planned"] = plan.planned
 
-    started = time.perf_counter()
-    with engine.connect() as conn:
-        trends = read_trends(conn, days=90, today=day.date() + timedelta(days=1))
-    render_trends(DAG_ID, trends, 90)
-    figures["trends page"] = time.perf_counter() - started
+    for url in urls:
+        with get_engine(url).connect() as conn:
+            scan = audit_scans.c
+            of_run = select(scan.scan_id).where(scan.dag_id == DAG_ID, scan.run_id == night_run)
+            scan_ids[url] = list(conn.execute(of_run).scalars())
+        submitted = [(scan_id, ScanState.SUBMITTED, None) for scan_id in scan_ids[url]]
+        record_transitions(get_engine(url), submitted)
+    for url in urls:
+        figures[url]["poll"] = statistics.median(asyncio.run(_polls(url, night_run)))
+
+    for url in urls:
+        started = time.perf_counter()
+        asyncio.run(_deliver(url, scan_ids[url]))
+        figures[url]["store results"] = time.perf_counter() - started
+
+    for url in urls:
+        engine = get_engine(url)
+        started = time.perf_counter()
+        release_unsubmitted(engine, DAG_ID, night_run)
+        mark_timed_out(engine, DAG_ID, night_run, "the run ended before its result arrived")
+        with engine.begin() as conn:
+            refresh_changed(conn)
+            run_changes(conn, DAG_ID, night_run, {"alert_change_points": 10})
+        figures[url]["close_run"] = time.perf_counter() - started
+
+    builds: dict[str, list[float]] = {url: [] for url in urls}
+    for _ in range(REPORT_BUILDS):  # a rebuild writes the same report: the median is the night's figure
+        for url in urls:
+            started = time.perf_counter()
+            built = build_run_report(
+                get_engine(url), DAG_ID, night_run, out_dir=str(out_dir), fetch_image=_fetcher()
+            )
+            builds[url].append(time.perf_counter() - started)
+            figures[url]["completed"] = built.summary["completed"]
+    for url in urls:
+        figures[url]["report"] = statistics.median(builds[url])
+
+    for url in urls:
+        started = time.perf_counter()
+        with get_engine(url).connect() as conn:
+            trends = read_trends(conn, days=90, today=day.date() + timedelta(days=1))
+        render_trends(DAG_ID, trends, 90)
+        figures[url]["trends page"] = time.perf_counter() - started
+
     # The next night comes a day later: its close_run re-reads only scans written in the model's
     # late-commit margin before it, never this night's, which minutes on this clock would re-read.
-    with engine.begin() as conn:
-        read = datetime.now(UTC) + LATE_COMMIT_MARGIN
-        conn.execute(update(analytics_refresh).values(scans_updated_before=read))
+    for url in urls:
+        with get_engine(url).begin() as conn:
+            read = datetime.now(UTC) + LATE_COMMIT_MARGIN
+            conn.execute(update(analytics_refresh).values(scans_updated_before=read))
     return figures
 
 
@@ -270,15 +288,15 @@ def main(history: int = 10_000_000, night: int = 10_000) -> dict:
                 seed_history(empty, 0)
                 with warehouse(backend, Path(tmp)) as warm_up:  # first-use costs (imports, caches)
                     seed_night(warm_up, WARM_UP_NIGHT)
-                    run_night(warm_up, Path(tmp) / f"{backend}-warm-up")
+                    run_night([warm_up], Path(tmp) / f"{backend}-warm-up")
                 nights: dict[str, list[dict]] = {empty: [], full: []}
                 for k in range(NIGHTS):  # side by side, the order alternating from night to night
-                    order = (empty, full) if k % 2 == 0 else (full, empty)
+                    order = [empty, full] if k % 2 == 0 else [full, empty]
                     for url in order:
                         seed_night(url, night, k)
                         _analyze(get_engine(url))
-                    for url in order:
-                        nights[url].append(run_night(url, Path(tmp) / f"{backend}-{k}", k))
+                    for url, figures_of_night in run_night(order, Path(tmp) / f"{backend}-{k}", k).items():
+                        nights[url].append(figures_of_night)
                 without, with_history = (
                     {step: statistics.median(n[step] for n in nights[url]) for step in (*STEPS, "completed")}
                     for url in (empty, full)
