@@ -8,7 +8,6 @@ POSTs are on the wire at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import Counter
 
 import httpx
@@ -46,9 +45,13 @@ class WebhookSender:
         return False
 
     async def _post(self, url: str, body: dict) -> bool:
+        """One try; a try without an answer (the connection broke, the time ran out) is counted as
+        ``webhooks_unanswered``: the receiver may or may not have stored the body."""
         async with self.on_the_wire:
             self.counters["webhooks_sent"] += 1
-            with contextlib.suppress(httpx.HTTPError):
+            try:
                 response = await self.client.post(url, json=body, timeout=WEBHOOK_TIMEOUT_SECONDS)
-                return response.is_success
-        return False
+            except httpx.HTTPError:
+                self.counters["webhooks_unanswered"] += 1
+                return False
+            return response.is_success

@@ -30,6 +30,7 @@ COUNTERS = (
     "scans_failed",
     "webhooks_sent",
     "webhooks_acknowledged",
+    "webhooks_unanswered",
     "webhooks_failed",
     "webhooks_dropped",
     "webhooks_duplicated",

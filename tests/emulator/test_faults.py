@@ -139,6 +139,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up(emulator, reco
     put(emulator, "retry-2", submit_body(emulator, recorder, "img-00031.jpg"))
     state = emulator.wait_idle()
     assert state["webhooks_failed"] == 1 and state["webhooks_sent"] == 6 and len(recorder.bodies) == 1
+    assert state["webhooks_unanswered"] == 0  # refusals are answers
 
 
 def test_an_unreachable_webhook_is_retried_then_given_up(emulator, recorder):
@@ -151,6 +152,7 @@ def test_an_unreachable_webhook_is_retried_then_given_up(emulator, recorder):
     assert (
         state["webhooks_sent"] == 2 and state["webhooks_failed"] == 1 and state["webhooks_acknowledged"] == 0
     )
+    assert state["webhooks_unanswered"] == 2
 
 
 def test_the_worker_pool_is_bounded(start_emulator, recorder):
@@ -181,8 +183,12 @@ def test_everything_at_once_still_delivers_every_kept_result_exactly_as_modelled
     scan_ids = submit_many(emulator, recorder, 20, "chaos")
     state = emulator.wait_idle()
     assert {b["scannedDocument"]["scanId"] for b in recorder.bodies} == set(scan_ids)
-    assert len(recorder.bodies) == 20 + state["webhooks_duplicated"]
-    assert state["webhooks_sent"] == len(recorder.bodies) + 3 == state["webhooks_acknowledged"] + 3
+    # every try is acknowledged, refused by the receiver (its 3 failures), or left without an answer
+    # (a connection the machine's load broke: the receiver may have stored that body, and it is retried)
+    acknowledged, unanswered = state["webhooks_acknowledged"], state["webhooks_unanswered"]
+    assert acknowledged == 20 + state["webhooks_duplicated"]
+    assert state["webhooks_sent"] == acknowledged + 3 + unanswered
+    assert acknowledged <= len(recorder.bodies) <= acknowledged + unanswered
     for body in recorder.bodies:
         WebhookBody.model_validate(body).detection()
     assert httpx.get(f"{emulator.url}/admin/state").json()["in_flight"] == 0
