@@ -87,8 +87,13 @@ def image_key(scan=audit_scans.c):
     return case((func.trim(scan.image_id) == "", scan.scan_id), else_=scan.image_id)
 
 
-def _scan_day(dialect: str, scan=audit_scans.c):
-    return func.coalesce(utc_day_sql(scan.ingested_at, dialect), NO_DAY)
+def _scan_day(dialect: str, scan=audit_scans.c) -> tuple:
+    """The ``audit_daily`` key a scan's attempt counts in (as :func:`_standing_day` for a standing)."""
+    return (
+        func.coalesce(utc_day_sql(scan.ingested_at, dialect), NO_DAY),
+        func.coalesce(scan.source, NO_SOURCE),
+        scan.model,
+    )
 
 
 #: The (image key, model) pairs a recompute covers: a temporary table per connection, filled for each
@@ -223,7 +228,7 @@ def standing_query(
 def daily_query(dialect: str, days: list[DayKey] | None = None, *, archive: bool = True) -> Select:
     """The rows of ``audit_daily`` (its columns, in order) for the (day, source, model) keys ``days``
     (``None``: every day); ``archive``: counting the archived scan attempts (``audit_archived_days``)."""
-    stand, scan = image_standing.c, audit_scans.c
+    stand = image_standing.c
     zero = literal(0)
 
     def where(*key, narrowing=()):
@@ -251,7 +256,7 @@ def daily_query(dialect: str, days: list[DayKey] | None = None, *, archive: bool
         zero.label("expected_credits"),
         zero.label("actual_credits"),
     ).where(*where(*stand_key, narrowing=[_standing_of_days(days or [])]))
-    scan_key = (_scan_day(dialect), func.coalesce(scan.source, NO_SOURCE), scan.model)
+    scan_key = _scan_day(dialect)
     attempts = scan_attempts(dialect).where(
         *where(*scan_key, narrowing=[_scans_of_days(days or [], dialect)])
     )
@@ -303,7 +308,7 @@ def scan_attempts(dialect: str, scans: FromClause = audit_scans) -> Select:
     """One row per scan of ``scans`` in ``daily_query``'s columns: its daily key, and what it counts as an
     attempt (1 scan, its result, its expected and actual credits)."""
     scan, result, zero = scans.c, audit_results.c, literal(0)
-    key = (_scan_day(dialect, scan), func.coalesce(scan.source, NO_SOURCE), scan.model)
+    key = _scan_day(dialect, scan)
     sent = scan.state.in_([state.value for state in SENT_STATES])
     return select(
         *(k.label(n) for k, n in zip(key, ("ingest_day", "source", "model"), strict=True)),
@@ -382,7 +387,7 @@ def _days_of_staged(conn: Connection) -> set[DayKey]:
     of_keys = and_(archived.image_id == key.image_id, archived.model == key.model)
     archive = select(*_standing_day(archived)).join_from(audit_archived_images, refresh_keys, of_keys)
     scan = scans_of_keys().c
-    scans = select(_scan_day(conn.dialect.name, scan), func.coalesce(scan.source, NO_SOURCE), scan.model)
+    scans = select(*_scan_day(conn.dialect.name, scan))
     return {tuple(row) for row in conn.execute(union_all(scans, archive))}
 
 
