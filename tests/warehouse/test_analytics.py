@@ -174,6 +174,34 @@ def test_an_image_that_moves_day_leaves_its_old_day(warehouse_url):
     assert daily["2026-11-23", "shop", MODEL]["in_flight"] == 1
 
 
+def test_an_image_whose_standing_falls_back_to_an_unchanged_scan_returns_to_its_day(warehouse_url):
+    engine = get_engine(warehouse_url)
+    seed(engine)
+    with engine.begin() as conn:
+        refresh_all(conn)
+        conn.execute(
+            audit_scans.insert(),
+            {"scan_id": "j-2", "image_id": "j", "model": MODEL, "attempt": 2, "state": "pending",
+             "source": "shop", "ingested_at": D1 + timedelta(days=3), "dag_id": DAG_ID, "run_id": "manual__x",
+             "sandbox": False, "expected_credits": 1, "created_at": datetime.now(UTC),
+             "updated_at": datetime.now(UTC)},
+        )  # fmt: skip
+        refresh_changed(conn)
+    assert_model_is_current(engine)
+    with engine.begin() as conn:
+        # Copyleaks refuses the new attempt at submission: j stands on its failed first attempt again,
+        # a scan that did not change, on a day no changed scan is on
+        conn.execute(
+            update(audit_scans)
+            .where(audit_scans.c.scan_id == "j-2")
+            .values(state="rejected", updated_at=datetime.now(UTC))
+        )
+        refresh_changed(conn)
+    standing, daily = assert_model_is_current(engine)
+    assert standing["j", MODEL]["scan_id"] == "j-1-r2"
+    assert daily["2026-11-23", "shop", MODEL]["rejected"] == 0
+
+
 @pytest.mark.parametrize("seed_value", [1, 2, 3])
 def test_random_nights_keep_the_model_equal_to_the_per_scan_tables(warehouse_url, seed_value):
     engine = get_engine(warehouse_url)

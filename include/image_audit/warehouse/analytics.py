@@ -11,7 +11,7 @@ tools (docs/analytics.md lists their columns), derived from ``audit_scans`` and 
 Both are recomputed from the per-scan tables, never incremented. :func:`refresh_changed` (each run's
 ``close_run`` task calls it) recomputes the standing of every image with a scan updated since the last
 refresh (``analytics_refresh``: the run's own scans, a late callback's, a backfill's) and the daily rows
-of every (day, source, model) they stood or stand on; :func:`refresh_all` recomputes everything (the
+of every (day, source, model) they stood or stand on or a changed scan counts in; :func:`refresh_all` recomputes everything (the
 migration's back-fill). A recompute deletes the rows it covers and inserts them again in one
 transaction (serialised on PostgreSQL by an advisory lock, on SQLite by the write lock), so running it
 twice gives the same rows.
@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     Connection,
     Float,
     FromClause,
@@ -380,14 +381,17 @@ def _standing_day(stand=image_standing.c) -> tuple:
     return func.coalesce(stand.ingest_day, NO_DAY), func.coalesce(stand.source, NO_SOURCE), stand.model
 
 
-def _days_of_staged(conn: Connection) -> set[DayKey]:
-    """The daily keys the staged images count in once recomputed: their scans', and their archived
-    standing's (a recomputed standing stands on one of these)."""
+def _days_of_staged(conn: Connection, changed: ColumnElement[bool] | None) -> set[DayKey]:
+    """The daily keys whose attempts or archived standing the staged images' recompute may change: the
+    days of the scans meeting ``changed`` (every scan changed since the model was last right; ``None``:
+    not known, every scan of the staged images), and the staged images' archived standing."""
     archived, key = audit_archived_images.c, refresh_keys.c
     of_keys = and_(archived.image_id == key.image_id, archived.model == key.model)
     archive = select(*_standing_day(archived)).join_from(audit_archived_images, refresh_keys, of_keys)
-    scan = scans_of_keys().c
-    scans = select(*_scan_day(conn.dialect.name, scan))
+    if changed is None:
+        scans = select(*_scan_day(conn.dialect.name, scans_of_keys().c))
+    else:  # the range ``stage_keys`` read: not the images' whole history
+        scans = select(*_scan_day(conn.dialect.name)).where(changed).distinct()
     return {tuple(row) for row in conn.execute(union_all(scans, archive))}
 
 
@@ -408,8 +412,16 @@ def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None, *, arch
 
 
 def _refresh(
-    conn: Connection, keys: Select | list[dict] | None, thresholds: Thresholds, *, archive: bool = True
+    conn: Connection,
+    keys: Select | list[dict] | None,
+    thresholds: Thresholds,
+    *,
+    archive: bool = True,
+    changed: ColumnElement[bool] | None = None,
 ) -> tuple[int, int]:
+    """Recompute the standing of the images ``keys`` stages (``None``: every image) and the daily rows
+    they touch; ``changed``: a condition true of every scan changed since the model was last right (the
+    scans ``keys`` selects), whose days are then the only attempts' days to recompute."""
     lock(conn)
     dialect = conn.dialect.name
     names = [column.name for column in image_standing.columns]
@@ -427,12 +439,13 @@ def _refresh(
     stand, key = image_standing.c, refresh_keys.c
     staged = select(key.image_id, key.model)
     stale = delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(staged))
-    days = {tuple(row) for row in conn.execute(stale.returning(*_standing_day()))}  # they may move
-    images = conn.execute(
-        image_standing.insert().from_select(names, standing_query(dialect, thresholds, scans_of_keys()))
-    ).rowcount
+    # the days a recomputed image stood on and stands on, from the statements that write its standing
+    days = {tuple(row) for row in conn.execute(stale.returning(*_standing_day()))}
+    fresh = image_standing.insert().from_select(names, standing_query(dialect, thresholds, scans_of_keys()))
+    standing = conn.execute(fresh.returning(*_standing_day())).all()
+    days.update(tuple(row) for row in standing)
     _merge_archived(conn)
-    return images, refresh_days(conn, days | _days_of_staged(conn))
+    return len(standing), refresh_days(conn, days | _days_of_staged(conn, changed))
 
 
 def _preference(row) -> int:
@@ -500,8 +513,8 @@ def refresh_changed(
     ).scalar_one_or_none()
     if since is None:
         return refresh_all(conn, thresholds, now=started)
-    keys = keys_of_scans(audit_scans.c.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN)
-    written = _refresh(conn, keys, thresholds)
+    changed = audit_scans.c.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN
+    written = _refresh(conn, keys_of_scans(changed), thresholds, changed=changed)
     _mark_refreshed(conn, started)
     return written
 
