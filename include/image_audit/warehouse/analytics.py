@@ -11,10 +11,10 @@ tools (docs/analytics.md lists their columns), derived from ``audit_scans`` and 
 Both are recomputed from the per-scan tables, never incremented. :func:`refresh_changed` (each run's
 ``close_run`` task calls it) recomputes the standing of every image with a scan updated since the last
 refresh (``analytics_refresh``: the run's own scans, a late callback's, a backfill's) and the daily rows
-of every (day, source, model) they stood or stand on or a changed scan counts in; :func:`refresh_all` recomputes everything (the
-migration's back-fill). A recompute deletes the rows it covers and inserts them again in one
-transaction (serialised on PostgreSQL by an advisory lock, on SQLite by the write lock), so running it
-twice gives the same rows.
+of every (day, source, model) they stood or stand on or a changed scan counts in; :func:`refresh_all`
+recomputes everything (the migration's back-fill). A recompute deletes the rows it covers and inserts
+them again in one transaction (serialised on PostgreSQL by an advisory lock, on SQLite by the write
+lock), so running it twice gives the same rows.
 """
 
 from __future__ import annotations
