@@ -274,8 +274,13 @@ def run_night(urls: list[str], out_dir: Path, night: int = 0) -> dict[str, dict]
 STEPS = ("plan", "poll", "store results", "close_run", "report", "trends page")
 
 
-def main(history: int = 10_000_000, night: int = 10_000) -> dict:
-    backends = ["sqlite"] + (["postgres"] if postgres_admin_url() else [])
+def main(history: int = 10_000_000, night: int = 10_000, backends: list[str] | None = None) -> dict:
+    """``backends``: the warehouses to measure (default: SQLite, and PostgreSQL when its URL is set)."""
+    available = ["sqlite"] + (["postgres"] if postgres_admin_url() else [])
+    if backends is None:
+        backends = available
+    elif missing := sorted(set(backends) - set(available)):
+        raise SystemExit(f"no {', '.join(missing)} warehouse to measure: set IMAGE_AUDIT_BENCH_POSTGRES_URL")
     figures: dict = {
         "night": f"{night} images",
         "history": f"{history} earlier scans over {HISTORY_DAYS} days",
@@ -321,7 +326,7 @@ def main(history: int = 10_000_000, night: int = 10_000) -> dict:
                 )
             )
             figures[f"{backend} completed"] = f"{with_history['completed']} / {without['completed']}"
-    if "postgres" not in backends:
+    if "postgres" not in available:
         print("  (PostgreSQL figures skipped: set IMAGE_AUDIT_BENCH_POSTGRES_URL)")
     return report("history", figures, targets)
 
@@ -330,8 +335,11 @@ def _cli() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.history", description=__doc__.splitlines()[0])
     parser.add_argument("--history", type=int, default=10_000_000, help="earlier scans in the warehouse")
     parser.add_argument("--night", type=int, default=10_000, help="images of the night")
+    parser.add_argument(
+        "--backend", action="append", choices=["sqlite", "postgres"], help="only this warehouse (repeatable)"
+    )
     args = parser.parse_args()
-    main(args.history, args.night)
+    main(args.history, args.night, args.backend)
 
 
 if __name__ == "__main__":
