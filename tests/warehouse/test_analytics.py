@@ -155,35 +155,34 @@ def test_a_late_result_after_a_failure_is_counted_when_the_next_run_closes(wareh
     assert shop["actual_credits"] == old["actual_credits"] + 3
 
 
-def _second_attempt_of_j(conn, state: str) -> None:
-    """A new attempt at j (failed on D1), from the catalog's re-ingestion of it three days later."""
-    conn.execute(
-        audit_scans.insert(),
-        {"scan_id": "j-2", "image_id": "j", "model": MODEL, "attempt": 2, "state": state, "source": "shop",
-         "ingested_at": D1 + timedelta(days=3), "dag_id": DAG_ID, "run_id": "manual__x", "sandbox": False,
-         "expected_credits": 1, "created_at": datetime.now(UTC), "updated_at": datetime.now(UTC)},
-    )  # fmt: skip
-
-
-def test_an_image_that_moves_day_leaves_its_old_day(warehouse_url):
+def _second_attempt_of_j(warehouse_url, state: str):
+    """The seeded warehouse and its model, then a new attempt at j (failed on D1) in ``state``, from
+    the catalog's re-ingestion of j three days later, and the model's refresh; returns the engine and
+    what the refresh wrote."""
     engine = get_engine(warehouse_url)
     seed(engine)
     with engine.begin() as conn:
         refresh_all(conn)
-        _second_attempt_of_j(conn, "submitted")
-        assert refresh_changed(conn) == (1, 2)  # j; its old day and its new one
+        conn.execute(
+            audit_scans.insert(),
+            {"scan_id": "j-2", "image_id": "j", "model": MODEL, "attempt": 2, "state": state,
+             "source": "shop", "ingested_at": D1 + timedelta(days=3), "dag_id": DAG_ID, "run_id": "manual__x",
+             "sandbox": False, "expected_credits": 1, "created_at": datetime.now(UTC),
+             "updated_at": datetime.now(UTC)},
+        )  # fmt: skip
+        return engine, refresh_changed(conn)
+
+
+def test_an_image_that_moves_day_leaves_its_old_day(warehouse_url):
+    engine, written = _second_attempt_of_j(warehouse_url, "submitted")
+    assert written == (1, 2)  # j; its old day and its new one
     standing, daily = assert_model_is_current(engine)
     assert standing["j", MODEL]["ingest_day"] == "2026-11-23"
     assert daily["2026-11-23", "shop", MODEL]["in_flight"] == 1
 
 
 def test_an_image_whose_standing_falls_back_to_an_unchanged_scan_returns_to_its_day(warehouse_url):
-    engine = get_engine(warehouse_url)
-    seed(engine)
-    with engine.begin() as conn:
-        refresh_all(conn)
-        _second_attempt_of_j(conn, "pending")
-        refresh_changed(conn)
+    engine, _ = _second_attempt_of_j(warehouse_url, "pending")
     assert_model_is_current(engine)
     with engine.begin() as conn:
         # Copyleaks refuses the new attempt at submission: j stands on its failed first attempt again,

@@ -413,29 +413,29 @@ def refresh_days(conn: Connection, days: Iterable[DayKey] | None = None, *, arch
 
 def _refresh(
     conn: Connection,
-    keys: Select | list[dict] | None,
+    images: ColumnElement[bool] | list[dict] | None,
     thresholds: Thresholds,
     *,
     archive: bool = True,
-    changed: ColumnElement[bool] | None = None,
 ) -> tuple[int, int]:
-    """Recompute the standing of the images ``keys`` stages (``None``: every image) and the daily rows
-    they touch; ``changed``: a condition true of every scan changed since the model was last right (the
-    scans ``keys`` selects), whose days are then the only attempts' days to recompute."""
+    """Recompute the standing of ``images`` and the daily rows they touch. ``images``: a condition true
+    of every scan changed since the model was last right (their images, and only their days' attempts,
+    are recomputed), or the (image key, model) rows to recompute, or ``None`` for every image."""
     lock(conn)
     dialect = conn.dialect.name
     names = [column.name for column in image_standing.columns]
-    if keys is None:
+    if images is None:
         conn.execute(delete(image_standing))
-        images = conn.execute(
+        written = conn.execute(
             image_standing.insert().from_select(names, standing_query(dialect, thresholds))
         ).rowcount
         if archive:
             archived = audit_archived_images.c
             stage_keys(conn, select(archived.image_id, archived.model, cast(null(), Boolean)))
             _merge_archived(conn)
-        return images, refresh_days(conn, None, archive=archive)
-    stage_keys(conn, keys)
+        return written, refresh_days(conn, None, archive=archive)
+    changed = None if isinstance(images, list) else images
+    stage_keys(conn, images if changed is None else keys_of_scans(changed))
     stand, key = image_standing.c, refresh_keys.c
     staged = select(key.image_id, key.model)
     stale = delete(image_standing).where(tuple_(stand.image_id, stand.model).in_(staged))
@@ -514,7 +514,7 @@ def refresh_changed(
     if since is None:
         return refresh_all(conn, thresholds, now=started)
     changed = audit_scans.c.updated_at >= as_utc(since) - LATE_COMMIT_MARGIN
-    written = _refresh(conn, keys_of_scans(changed), thresholds, changed=changed)
+    written = _refresh(conn, changed, thresholds)
     _mark_refreshed(conn, started)
     return written
 
